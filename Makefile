@@ -1,0 +1,33 @@
+# Pylon — build, test, run and benchmark. Every target installs what it needs (see `deps`).
+SHELL := /bin/bash
+SWIFT ?= swift
+CONFIG ?= debug
+
+.PHONY: deps build release test unit-test integration-test run bench clean
+
+## deps: install the Debian packages Pylon needs (idempotent; skips what is installed)
+deps:
+	@scripts/install-deps.sh
+
+## build: debug build of every target
+build: deps
+	$(SWIFT) build
+
+release: deps
+	$(SWIFT) build -c release
+
+## test: the whole suite — unit tests and integration tests against real redis-server processes
+test: deps
+	$(SWIFT) build --build-tests
+	$(SWIFT) test --skip-build --no-parallel
+
+## run: the main job on one machine (a local Redis and a sidecar in front of it)
+run: release
+	@scripts/run-local.sh
+
+## bench: redis-benchmark against direct Redis, twemproxy and pylon-sidecar, side by side
+bench: release
+	@scripts/bench.sh
+
+clean:
+	rm -rf .build

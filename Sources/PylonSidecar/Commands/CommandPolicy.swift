@@ -1,0 +1,112 @@
+/// What the gateway does with a command.
+public enum Disposition: Sendable, Equatable {
+    /// Served by the local Redis.
+    case read
+    /// Appended to the world's log, applied by every rack.
+    case write
+    /// Answered with an error saying why, and what to do instead.
+    case refused(String)
+    /// Accepted and answered `+OK` without effect (`SELECT`: Pylon always serves database 0).
+    case ignored
+    /// Answered by the sidecar itself (`PING`, `CLIENT SETNAME`, `PYLON …`).
+    case `internal`
+
+    public var className: String {
+        switch self {
+        case .read: "read"
+        case .write: "write"
+        case .refused: "refused"
+        case .ignored: "ignored"
+        case .internal: "internal"
+        }
+    }
+}
+
+/// A refinement that looks at the arguments: some commands change nature with an option.
+public enum ArgumentRule: Sendable, Equatable {
+    /// Refused when one of the keywords appears after the command name (SORT … STORE, XREAD BLOCK).
+    case refuseWithKeyword([String], reason: String)
+    /// A write when one of the keywords appears, a read otherwise (GEORADIUS … STORE).
+    case writeWithKeyword([String])
+}
+
+/// Pylon's policy: how every Redis command is handled, and why. The rules read Redis's own
+/// metadata (flags, ACL categories) so a new command is classified by what it is, and the few
+/// exceptions are named here with their reasons.
+public enum CommandPolicy {
+    public enum Reason {
+        public static let pubsub = "pylon: pub/sub is not supported; every write is in the world's Kafka topic (consume it), or subscribe on the underlying Redis"
+        public static let blocking = "pylon: blocking commands are not supported (pylon never parks a connection); poll with the non-blocking form instead, e.g. LPOP for BLPOP"
+        public static let transactions = "pylon: transactions (MULTI/EXEC/WATCH) are not supported; the world's log orders each write on its own, so send the commands without MULTI"
+        public static let scripting = "pylon: scripts and functions are not supported (their effects cannot be replayed safely on every rack); use plain commands"
+        public static let cluster = "pylon: cluster commands are not supported; pylon presents its rack as one Redis, so run them against the underlying Redis directly"
+        public static let admin = "pylon: administrative command; run it against the underlying Redis directly"
+        public static let auth = "pylon: AUTH is not supported yet; restrict who can reach the sidecar's listen address instead"
+        public static let getset = "pylon: GETSET is not supported because it reads and writes at once; use GET then SET"
+        public static let database = "pylon: pylon serves database 0 only; use key prefixes instead of databases"
+        public static let clientCaching = "pylon: client-side caching (CLIENT TRACKING) is not supported; read through the sidecar"
+        public static let clientReply = "pylon: CLIENT REPLY is not supported; every command gets its reply"
+        public static let wait = "pylon: WAIT concerns Redis replication, which pylon replaces with its log; an acknowledged write is already in the world's log"
+        public static let migrate = "pylon: MIGRATE moves keys between Redis servers behind pylon's back; let the operator migrate racks instead"
+        public static let sortStore = "pylon: SORT … STORE is not supported (SORT is served as a read); SORT without STORE, then write the result"
+    }
+
+    /// Commands whose handling is not what their flags alone say.
+    static let exceptions: [String: Disposition] = [
+        "ping": .internal, "echo": .internal, "quit": .internal, "reset": .internal, "hello": .internal,
+        "client|setname": .internal, "client|getname": .internal, "client|id": .internal,
+        "client|info": .internal, "client|list": .internal, "client|help": .internal,
+        "select": .ignored,
+        "command": .read, "command|count": .read, "command|docs": .read, "command|getkeys": .read,
+        "command|getkeysandflags": .read, "command|help": .read, "command|info": .read, "command|list": .read,
+        "info": .read, "time": .read, "lastsave": .read, "role": .read,
+        "object|help": .read, "memory|help": .read, "xinfo|help": .read, "xgroup|help": .read,
+        // SORT and GEORADIUS are flagged as writes for their STORE option; without it they read.
+        "sort": .read, "georadius": .read, "georadiusbymember": .read,
+        "xread": .read, "xreadgroup": .write,
+        "auth": .refused(Reason.auth),
+        "getset": .refused(Reason.getset),
+        "move": .refused(Reason.database), "swapdb": .refused(Reason.database),
+        "asking": .refused(Reason.cluster), "readonly": .refused(Reason.cluster),
+        "readwrite": .refused(Reason.cluster), "restore-asking": .refused(Reason.cluster),
+        "wait": .refused(Reason.wait),
+        "migrate": .refused(Reason.migrate),
+        "pubsub|help": .refused(Reason.pubsub),
+        "client|tracking": .refused(Reason.clientCaching), "client|caching": .refused(Reason.clientCaching),
+        "client|getredir": .refused(Reason.clientCaching), "client|trackinginfo": .refused(Reason.clientCaching),
+        "client|reply": .refused(Reason.clientReply),
+    ]
+
+    /// Command families refused as a whole, whatever their subcommand.
+    static let refusedFamilies: [String: String] = [
+        "cluster": Reason.cluster,
+        "acl": Reason.admin, "config": Reason.admin, "debug": Reason.admin, "latency": Reason.admin,
+        "module": Reason.admin, "slowlog": Reason.admin,
+    ]
+
+    static let argumentRules: [String: ArgumentRule] = [
+        "sort": .refuseWithKeyword(["STORE"], reason: Reason.sortStore),
+        "xread": .refuseWithKeyword(["BLOCK"], reason: Reason.blocking),
+        "xreadgroup": .refuseWithKeyword(["BLOCK"], reason: Reason.blocking),
+        "georadius": .writeWithKeyword(["STORE", "STOREDIST"]),
+        "georadiusbymember": .writeWithKeyword(["STORE", "STOREDIST"]),
+    ]
+
+    /// Classifies one command (or subcommand) of Redis's table.
+    public static func disposition(of info: RedisCommandInfo) -> Disposition {
+        if let exception = exceptions[info.name] { return exception }
+        let family = String(info.name.split(separator: "|").first ?? "")
+        if let reason = refusedFamilies[family] { return .refused(reason) }
+        let flags = Set(info.flags)
+        let categories = Set(info.categories)
+        if flags.contains("pubsub") || categories.contains("@pubsub") { return .refused(Reason.pubsub) }
+        if categories.contains("@scripting") { return .refused(Reason.scripting) }
+        if categories.contains("@transaction") { return .refused(Reason.transactions) }
+        if categories.contains("@blocking") { return .refused(Reason.blocking) }
+        if flags.contains("admin") { return .refused(Reason.admin) }
+        if flags.contains("write") { return .write }
+        if flags.contains("readonly") { return .read }
+        // A command that neither reads nor writes data and is not named above is an operator's tool.
+        return .refused(Reason.admin)
+    }
+}

@@ -1,0 +1,74 @@
+import Logging
+import NIOCore
+import Synchronization
+
+/// What every client connection of a sidecar shares: the command table, the Redis layer,
+/// counters and identity. Sendable; each connection keeps its loop's router.
+final class Gateway: Sendable {
+    let table: CommandTable
+    let backend: RedisBackend
+    let stats: SidecarStats
+    let metrics: SidecarMetrics
+    let clients = ClientRegistry()
+    let identity: Identity
+    let maxPendingReplies: Int
+    let logger: Logger
+
+    struct Identity: Sendable {
+        var rack: String?
+        var world: String?
+        var redis: RedisEndpoint
+        var readFrom: ReadPreference
+    }
+
+    init(table: CommandTable, backend: RedisBackend, stats: SidecarStats, metrics: SidecarMetrics, identity: Identity, maxPendingReplies: Int, logger: Logger) {
+        self.table = table
+        self.backend = backend
+        self.stats = stats
+        self.metrics = metrics
+        self.identity = identity
+        self.maxPendingReplies = maxPendingReplies
+        self.logger = logger
+    }
+
+    /// The reply to a write until the stream layer (Kafka) exists: never a silent success.
+    static let noWorldError = "ERR pylon: this sidecar has no world configured, so it cannot accept writes; writes go to the world's Kafka log (configure --world and --kafka-brokers), reads work meanwhile"
+}
+
+/// The connections of one sidecar, for `CLIENT LIST` and `CLIENT ID`.
+final class ClientRegistry: Sendable {
+    struct Client: Sendable {
+        var id: Int
+        var address: String
+        var localAddress: String
+        var name: String
+        var connectedAt: ContinuousClock.Instant
+    }
+
+    private let nextID = Atomic<Int>(1)
+    private let clients = Mutex<[Int: Client]>([:])
+
+    func register(address: String, localAddress: String) -> Int {
+        let id = self.nextID.add(1, ordering: .relaxed).oldValue
+        self.clients.withLock { $0[id] = Client(id: id, address: address, localAddress: localAddress, name: "", connectedAt: .now) }
+        return id
+    }
+
+    func rename(_ id: Int, to name: String) {
+        self.clients.withLock { $0[id]?.name = name }
+    }
+
+    func remove(_ id: Int) {
+        _ = self.clients.withLock { $0.removeValue(forKey: id) }
+    }
+
+    var all: [Client] { self.clients.withLock { $0.values.sorted { $0.id < $1.id } } }
+
+    func client(_ id: Int) -> Client? { self.clients.withLock { $0[id] } }
+
+    /// One `CLIENT INFO` / `CLIENT LIST` line, in Redis's format (fields Pylon cannot know are zero).
+    static func describe(_ client: Client, lastCommand: String) -> String {
+        let age = (ContinuousClock.now - client.connectedAt).components.seconds
+        return "id=\(client.id) addr=\(client.address) laddr=\(client.localAddress) fd=-1 name=\(client.name) age=\(age) idle=0 flags=N db=0 sub=0 psub=0 ssub=0 multi=-1 qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 rbs=0 rbp=0 obl=0 oll=0 omem=0 tot-mem=0 events=r cmd=\(lastCommand) user=default redir=-1 resp=2"
+    }
+}

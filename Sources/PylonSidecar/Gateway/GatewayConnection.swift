@@ -1,0 +1,207 @@
+import Logging
+import NIOCore
+
+/// One client connection: decodes its requests, answers each (locally or through the Redis
+/// layer) and writes the replies back in request order, however many are pipelined and in
+/// whatever order Redis nodes answer. Stops reading from a client that does not read its replies.
+final class GatewayConnection: ChannelDuplexHandler, ReplySink {
+    typealias InboundIn = RedisRequest
+    typealias OutboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+
+    /// A reply slot: filled when the reply is known, written once every earlier slot was.
+    private struct Slot {
+        var reply: ByteBuffer?
+        var className: String
+        var started: NIODeadline
+    }
+
+    let gateway: Gateway
+    private let router: BackendRouter
+    private var context: ChannelHandlerContext!
+    private var slots = CircularBuffer<Slot>(initialCapacity: 4)
+    /// Tag (sequence number) of `slots.first`.
+    private var firstTag = 0
+    private var readDeferred = false
+    private var closeWhenAnswered = false
+    private var unflushed = false
+    var flushRequested = false
+    private(set) var clientID = 0
+    var name = ""
+    var lastCommand = "NULL"
+
+    init(gateway: Gateway, router: BackendRouter) {
+        self.gateway = gateway
+        self.router = router
+    }
+
+    // MARK: - Lifecycle
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        self.clientID = self.gateway.clients.register(
+            address: context.remoteAddress.map(Self.format) ?? "?", localAddress: context.localAddress.map(Self.format) ?? "?"
+        )
+        self.gateway.stats.connectedClients.add(1, ordering: .relaxed)
+        self.gateway.stats.totalConnections.add(1, ordering: .relaxed)
+        self.gateway.metrics.connections.record(self.gateway.stats.connectedClients.load(ordering: .relaxed))
+        self.gateway.metrics.connectionsTotal.increment()
+        context.fireChannelActive()
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        self.gateway.clients.remove(self.clientID)
+        let now = self.gateway.stats.connectedClients.subtract(1, ordering: .relaxed).newValue
+        self.gateway.metrics.connections.record(now)
+        self.gateway.stats.pendingReplies.subtract(self.slots.count, ordering: .relaxed)
+        self.slots.removeAll()
+        context.fireChannelInactive()
+    }
+
+    static func format(_ address: SocketAddress) -> String {
+        "\(address.ipAddress ?? "?"):\(address.port ?? 0)"
+    }
+
+    // MARK: - Requests
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let request = self.unwrapInboundIn(data)
+        guard !self.closeWhenAnswered else { return }
+        let tag = self.firstTag + self.slots.count
+        self.slots.append(Slot(reply: nil, className: "error", started: .now()))
+        self.gateway.stats.pendingReplies.add(1, ordering: .relaxed)
+        self.dispatch(request, tag: tag)
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        self.router.flush()
+        self.flushReplies()
+        context.fireChannelReadComplete()
+    }
+
+    private func dispatch(_ request: RedisRequest, tag: Int) {
+        let command: Command
+        switch self.gateway.table.lookup(request.arguments) {
+        case .error(let message):
+            self.gateway.stats.unknown.add(1, ordering: .relaxed)
+            self.gateway.metrics.counted(nil)
+            self.complete(tag, error: message)
+            return
+        case .command(let found):
+            command = found
+        }
+        let disposition = command.disposition(for: request.arguments)
+        self.gateway.stats.count(disposition)
+        self.gateway.metrics.counted(command)
+        self.slots[offset: tag - self.firstTag].className = disposition.className
+        self.lastCommand = command.name
+        switch disposition {
+        case .read:
+            self.router.send(request, command: command, sink: self, tag: tag)
+        case .write:
+            self.complete(tag, error: Gateway.noWorldError)
+        case .refused(let reason):
+            self.complete(tag, error: reason)
+        case .ignored:
+            self.complete(tag, value: .ok)
+        case .internal:
+            let reply = LocalCommands.answer(request.arguments, command: command, connection: self)
+            self.complete(tag, value: reply)
+        }
+    }
+
+    // MARK: - Replies
+
+    func deliver(_ reply: ByteBuffer, tag: Int) {
+        let index = tag - self.firstTag
+        guard index >= 0, index < self.slots.count else { return }  // the connection is gone
+        self.slots[offset: index].reply = reply
+        if index == 0 { self.writeAnsweredReplies() }
+    }
+
+    private func complete(_ tag: Int, value: RESPValue) {
+        self.deliver(value.encoded, tag: tag)
+    }
+
+    private func complete(_ tag: Int, error: String) {
+        var buffer = ByteBuffer()
+        buffer.writeRESPError(error)
+        self.deliver(buffer, tag: tag)
+    }
+
+    /// Writes every reply at the head of the queue whose answer is known.
+    private func writeAnsweredReplies() {
+        let now = NIODeadline.now()
+        let before = self.slots.count
+        while let first = self.slots.first, let reply = first.reply {
+            self.slots.removeFirst()
+            self.firstTag += 1
+            self.context.write(self.wrapOutboundOut(reply), promise: nil)
+            self.unflushed = true
+            self.gateway.metrics.recordLatency(className: first.className, nanoseconds: (now - first.started).nanoseconds)
+        }
+        if before > self.slots.count { self.gateway.stats.pendingReplies.subtract(before - self.slots.count, ordering: .relaxed) }
+        if self.closeWhenAnswered, self.slots.isEmpty {
+            self.context.writeAndFlush(self.wrapOutboundOut(ByteBuffer()), promise: nil)
+            self.context.close(promise: nil)
+            return
+        }
+        self.resumeReadingIfPossible()
+    }
+
+    func flushReplies() {
+        guard self.unflushed else { return }
+        self.unflushed = false
+        self.context.flush()
+    }
+
+    /// After this request's reply, close (QUIT, protocol errors).
+    func closeAfterReplies() {
+        self.closeWhenAnswered = true
+    }
+
+    // MARK: - Backpressure
+
+    func read(context: ChannelHandlerContext) {
+        if self.slots.count >= self.gateway.maxPendingReplies || !context.channel.isWritable {
+            self.readDeferred = true
+        } else {
+            context.read()
+        }
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        self.resumeReadingIfPossible()
+        context.fireChannelWritabilityChanged()
+    }
+
+    private func resumeReadingIfPossible() {
+        guard self.readDeferred, self.slots.count < self.gateway.maxPendingReplies, self.context.channel.isWritable else { return }
+        self.readDeferred = false
+        self.context.read()
+    }
+
+    // MARK: - Errors
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        guard let protocolError = error as? RESPProtocolError else {
+            self.gateway.logger.debug("client connection error", metadata: ["error": "\(error)", "client": "\(self.clientID)"])
+            context.close(promise: nil)
+            return
+        }
+        // As Redis does: answer the error after the replies already owed, then close this connection only.
+        self.gateway.stats.protocolErrors.add(1, ordering: .relaxed)
+        self.gateway.metrics.protocolErrors.increment()
+        self.gateway.logger.info("protocol error, closing client", metadata: ["error": "\(protocolError)", "client": "\(self.clientID)"])
+        guard !self.closeWhenAnswered else { return }
+        let tag = self.firstTag + self.slots.count
+        self.slots.append(Slot(reply: nil, className: "error", started: .now()))
+        self.gateway.stats.pendingReplies.add(1, ordering: .relaxed)
+        self.closeWhenAnswered = true
+        self.complete(tag, error: "ERR \(protocolError)")
+        self.flushReplies()
+    }
+}

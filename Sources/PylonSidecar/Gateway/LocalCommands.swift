@@ -1,0 +1,153 @@
+import Shared
+import NIOCore
+
+/// The commands a sidecar answers itself: connection commands (as Redis answers them) and PYLON.
+enum LocalCommands {
+    static func answer(_ arguments: [ByteBuffer], command: Command, connection: GatewayConnection) -> RESPValue {
+        let gateway = connection.gateway
+        switch command.name {
+        case "ping":
+            return arguments.count > 1 ? .bulkString(arguments[1]) : .simple("PONG")
+        case "echo":
+            return .bulkString(arguments[1])
+        case "quit":
+            connection.closeAfterReplies()
+            return .ok
+        case "reset":
+            connection.name = ""
+            gateway.clients.rename(connection.clientID, to: "")
+            return .simple("RESET")
+        case "hello":
+            return self.hello(arguments, connection: connection)
+        case "client|setname":
+            return self.setName(arguments[2], connection: connection)
+        case "client|getname":
+            return connection.name.isEmpty ? .null : .bulk(connection.name)
+        case "client|id":
+            return .integer(connection.clientID)
+        case "client|info":
+            guard let client = gateway.clients.client(connection.clientID) else { return .null }
+            return .bulk(ClientRegistry.describe(client, lastCommand: "client|info") + "\n")
+        case "client|list":
+            return .bulk(gateway.clients.all.map { ClientRegistry.describe($0, lastCommand: $0.id == connection.clientID ? "client|list" : "NULL") + "\n" }.joined())
+        case "client|help":
+            return .array([
+                "CLIENT <subcommand> [<arg> [value] [opt] ...]. Subcommands handled by pylon are:",
+                "GETNAME", "    Return the name of the current connection.",
+                "ID", "    Return the ID of the current connection.",
+                "INFO", "    Return information about the current client connection.",
+                "LIST", "    Return information about client connections to this sidecar.",
+                "SETNAME <name>", "    Assign the name <name> to the current connection.",
+                "HELP", "    Print this help.",
+            ].map { .simple($0) })
+        case "pylon":
+            return PylonCommands.answer(arguments, gateway: gateway)
+        default:
+            return .error("ERR pylon: '\(command.displayName)' has no local handler (a bug in pylon; please report it)")
+        }
+    }
+
+    private static func setName(_ name: ByteBuffer, connection: GatewayConnection) -> RESPValue {
+        // Redis refuses spaces, newlines and other non-printable characters in names.
+        guard name.readableBytesView.allSatisfy({ $0 > 32 && $0 < 127 }) else {
+            return .error("ERR Client names cannot contain spaces, newlines or special characters.")
+        }
+        connection.name = String(buffer: name)
+        connection.gateway.clients.rename(connection.clientID, to: connection.name)
+        return .ok
+    }
+
+    /// `HELLO [protover [AUTH user pass] [SETNAME name]]`: Pylon speaks RESP2.
+    private static func hello(_ arguments: [ByteBuffer], connection: GatewayConnection) -> RESPValue {
+        if arguments.count > 1 {
+            guard let version = Int(String(buffer: arguments[1])) else {
+                return .error("ERR Protocol version is not an integer or out of range")
+            }
+            guard version == 2 else {
+                return .error("NOPROTO sorry, this protocol version is not supported; pylon speaks RESP2 (use HELLO 2 or no HELLO)")
+            }
+            var index = 2
+            while index < arguments.count {
+                if arguments[index].equalsIgnoringASCIICase("AUTH") {
+                    return .error(CommandPolicy.Reason.auth)
+                } else if arguments[index].equalsIgnoringASCIICase("SETNAME"), index + 1 < arguments.count {
+                    if case .error(let error) = self.setName(arguments[index + 1], connection: connection) { return .error(error) }
+                    index += 2
+                } else {
+                    return .error("ERR Syntax error in HELLO option '\(String(buffer: arguments[index]))'")
+                }
+            }
+        }
+        return .array([
+            .bulk("server"), .bulk("redis"),
+            .bulk("version"), .bulk(connection.gateway.table.redisVersion),
+            .bulk("proto"), .integer(2),
+            .bulk("id"), .integer(connection.clientID),
+            .bulk("mode"), .bulk("standalone"),
+            .bulk("role"), .bulk("master"),
+            .bulk("modules"), .array([]),
+        ])
+    }
+}
+
+/// `PYLON …`: the sidecar's own commands.
+enum PylonCommands {
+    static let help: [String] = [
+        "PYLON <subcommand> [<arg> ...]. Subcommands are:",
+        "INFO",
+        "    Version, uptime, rack and world, the Redis layer's topology and health, clients, command counts.",
+        "HELP",
+        "    Print this help.",
+    ]
+
+    static func answer(_ arguments: [ByteBuffer], gateway: Gateway) -> RESPValue {
+        let sub = String(buffer: arguments[1]).uppercased()
+        switch sub {
+        case "INFO":
+            return .bulk(self.info(gateway))
+        case "HELP":
+            return .array(self.help.map { .simple($0) })
+        default:
+            return .error("ERR unknown subcommand '\(sub.prefix(128))'. Try PYLON HELP.")
+        }
+    }
+
+    static func info(_ gateway: Gateway) -> String {
+        let stats = gateway.stats
+        let backend = gateway.backend.description
+        var lines: [String] = [
+            "# Pylon",
+            "pylon_version:\(Pylon.version)",
+            "redis_command_table:\(gateway.table.redisVersion)",
+            "uptime_in_seconds:\(stats.uptimeSeconds)",
+            "rack:\(gateway.identity.rack ?? "")",
+            "world:\(gateway.identity.world ?? "")",
+            "",
+            "# Backend",
+            "redis:\(gateway.identity.redis)",
+            "topology:\(backend.topology)",
+            "backend_ready:\(gateway.backend.isReady ? 1 : 0)",
+            "read_from:\(gateway.identity.readFrom.rawValue)",
+        ]
+        for (key, value) in backend.details { lines.append("\(key):\(value)") }
+        for (index, node) in backend.nodes.enumerated() {
+            lines.append("node\(index):address=\(node.address),role=\(node.role),state=\(node.up ? "up" : "down")")
+        }
+        lines += [
+            "",
+            "# Clients",
+            "connected_clients:\(stats.connectedClients.load(ordering: .relaxed))",
+            "total_connections_received:\(stats.totalConnections.load(ordering: .relaxed))",
+            "protocol_errors:\(stats.protocolErrors.load(ordering: .relaxed))",
+            "",
+            "# Commands",
+            "commands_read:\(stats.reads.load(ordering: .relaxed))",
+            "commands_write:\(stats.writes.load(ordering: .relaxed))",
+            "commands_refused:\(stats.refused.load(ordering: .relaxed))",
+            "commands_ignored:\(stats.ignored.load(ordering: .relaxed))",
+            "commands_internal:\(stats.internalCommands.load(ordering: .relaxed))",
+            "commands_unknown:\(stats.unknown.load(ordering: .relaxed))",
+        ]
+        return lines.joined(separator: "\r\n") + "\r\n"
+    }
+}

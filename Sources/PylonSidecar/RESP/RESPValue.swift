@@ -1,0 +1,208 @@
+import NIOCore
+
+/// A decoded RESP2 value, for the few replies Pylon reads itself (cluster slots, sentinel answers,
+/// replies it assembles). Replies it only forwards stay raw bytes and are never decoded.
+public enum RESPValue: Sendable, Equatable {
+    case simpleString(ByteBuffer)
+    case error(ByteBuffer)
+    case integer(Int)
+    case bulkString(ByteBuffer?)
+    case array([RESPValue]?)
+
+    public static func bulk(_ string: String) -> RESPValue { .bulkString(ByteBuffer(string: string)) }
+    public static func simple(_ string: String) -> RESPValue { .simpleString(ByteBuffer(string: string)) }
+    public static func error(_ string: String) -> RESPValue { .error(ByteBuffer(string: string)) }
+    public static let null = RESPValue.bulkString(nil)
+    public static let ok = RESPValue.simple("OK")
+
+    /// The value as text, for strings and errors.
+    public var string: String? {
+        switch self {
+        case .simpleString(let b), .error(let b), .bulkString(.some(let b)): return String(buffer: b)
+        case .integer(let i): return String(i)
+        default: return nil
+        }
+    }
+
+    public var int: Int? {
+        switch self {
+        case .integer(let i): return i
+        case .bulkString(.some(let b)), .simpleString(let b): return Int(String(buffer: b))
+        default: return nil
+        }
+    }
+
+    public var array: [RESPValue]? {
+        if case .array(let a) = self { return a }
+        return nil
+    }
+
+    public var isError: Bool {
+        if case .error = self { return true }
+        return false
+    }
+
+    public func encode(into buffer: inout ByteBuffer) {
+        switch self {
+        case .simpleString(var b):
+            buffer.writeInteger(UInt8(ascii: "+"))
+            buffer.writeBuffer(&b)
+            buffer.writeInteger(crlf)
+        case .error(var b):
+            buffer.writeInteger(UInt8(ascii: "-"))
+            buffer.writeBuffer(&b)
+            buffer.writeInteger(crlf)
+        case .integer(let i):
+            buffer.writeString(":\(i)\r\n")
+        case .bulkString(nil):
+            buffer.writeStaticString("$-1\r\n")
+        case .bulkString(.some(var b)):
+            buffer.writeString("$\(b.readableBytes)\r\n")
+            buffer.writeBuffer(&b)
+            buffer.writeInteger(crlf)
+        case .array(nil):
+            buffer.writeStaticString("*-1\r\n")
+        case .array(.some(let elements)):
+            buffer.writeString("*\(elements.count)\r\n")
+            for element in elements { element.encode(into: &buffer) }
+        }
+    }
+
+    public var encoded: ByteBuffer {
+        var buffer = ByteBuffer()
+        self.encode(into: &buffer)
+        return buffer
+    }
+
+    /// Decodes one complete value from the front of `buffer`, consuming it; nil if incomplete.
+    public static func decode(from buffer: inout ByteBuffer, limits: RESPLimits = .default) throws -> RESPValue? {
+        guard let length = try RESPReplyScanner(limits: limits).length(of: buffer, at: buffer.readerIndex) else { return nil }
+        var slice = buffer.readSlice(length: length)!
+        return try Self.parse(&slice)
+    }
+
+    /// Parses a value known to be complete (see `RESPReplyScanner`). RESP3 types are mapped to
+    /// their RESP2 equivalents.
+    private static func parse(_ buffer: inout ByteBuffer) throws -> RESPValue {
+        let marker = buffer.readInteger(as: UInt8.self)!
+        let cr = RESPRequestDecoder.firstIndex(of: UInt8(ascii: "\r"), in: buffer, from: buffer.readerIndex, limit: .max)!
+        let line = buffer.readSlice(length: cr - buffer.readerIndex)!
+        buffer.moveReaderIndex(forwardBy: 2)
+        func number() throws -> Int {
+            guard let n = RESPRequestDecoder.integer(line, line.readerIndex, line.writerIndex) else {
+                throw RESPProtocolError("invalid length in reply")
+            }
+            return n
+        }
+        switch marker {
+        case UInt8(ascii: "+"): return .simpleString(line)
+        case UInt8(ascii: "-"), UInt8(ascii: "!"): return .error(line)
+        case UInt8(ascii: ":"): return .integer(try number())
+        case UInt8(ascii: "_"): return .null
+        case UInt8(ascii: ","), UInt8(ascii: "("): return .bulkString(line)
+        case UInt8(ascii: "#"): return .integer(line.getInteger(at: line.readerIndex, as: UInt8.self) == UInt8(ascii: "t") ? 1 : 0)
+        case UInt8(ascii: "$"), UInt8(ascii: "="):
+            let n = try number()
+            if n < 0 { return .null }
+            let body = buffer.readSlice(length: n)!
+            buffer.moveReaderIndex(forwardBy: 2)
+            return .bulkString(body)
+        case UInt8(ascii: "*"), UInt8(ascii: "~"), UInt8(ascii: ">"), UInt8(ascii: "%"), UInt8(ascii: "|"):
+            var n = try number()
+            if n < 0 { return .array(nil) }
+            if marker == UInt8(ascii: "%") || marker == UInt8(ascii: "|") { n *= 2 }
+            var elements: [RESPValue] = []
+            elements.reserveCapacity(n)
+            for _ in 0..<n { elements.append(try parse(&buffer)) }
+            if marker == UInt8(ascii: "|") { return try parse(&buffer) }
+            return .array(elements)
+        default:
+            throw RESPProtocolError("unknown reply type '\(RESPRequestDecoder.printable(marker))'")
+        }
+    }
+}
+
+/// Finds where one complete reply ends without decoding it, so replies from Redis are forwarded
+/// to clients as the bytes Redis sent. Understands RESP2 and RESP3; bounded nesting.
+public struct RESPReplyScanner: Sendable {
+    let limits: RESPLimits
+
+    public init(limits: RESPLimits = .default) { self.limits = limits }
+
+    /// The byte length of the complete value at `index`, or nil if more bytes are needed.
+    public func length(of buffer: ByteBuffer, at index: Int) throws -> Int? {
+        guard let end = try self.end(of: buffer, at: index, depth: 0) else { return nil }
+        return end - index
+    }
+
+    private func end(of buffer: ByteBuffer, at index: Int, depth: Int) throws -> Int? {
+        guard depth <= self.limits.maxNestingDepth else { throw RESPProtocolError("reply nested too deeply") }
+        guard let marker = buffer.getInteger(at: index, as: UInt8.self) else { return nil }
+        guard let line = try RESPRequestDecoder.line(in: buffer, from: index + 1, limit: .max, tooLong: "") else { return nil }
+        switch marker {
+        case UInt8(ascii: "+"), UInt8(ascii: "-"), UInt8(ascii: ":"), UInt8(ascii: "_"), UInt8(ascii: ","),
+             UInt8(ascii: "#"), UInt8(ascii: "("):
+            return line.next
+        case UInt8(ascii: "$"), UInt8(ascii: "!"), UInt8(ascii: "="):
+            guard let n = RESPRequestDecoder.integer(buffer, line.start, line.end), n >= -1, n <= self.limits.maxBulkLength else {
+                throw RESPProtocolError("invalid bulk length in reply")
+            }
+            if n == -1 { return line.next }
+            let end = line.next + n + 2
+            return end <= buffer.writerIndex ? end : nil
+        case UInt8(ascii: "*"), UInt8(ascii: "~"), UInt8(ascii: ">"), UInt8(ascii: "%"), UInt8(ascii: "|"):
+            guard var n = RESPRequestDecoder.integer(buffer, line.start, line.end), n >= -1 else {
+                throw RESPProtocolError("invalid aggregate length in reply")
+            }
+            if marker == UInt8(ascii: "%") || marker == UInt8(ascii: "|") { n *= 2 }
+            if marker == UInt8(ascii: "|") { n += 1 }  // attributes precede the value they describe
+            var position = line.next
+            var remaining = n
+            while remaining > 0 {
+                guard let next = try self.end(of: buffer, at: position, depth: depth + 1) else { return nil }
+                position = next
+                remaining -= 1
+            }
+            return position
+        default:
+            throw RESPProtocolError("unknown reply type '\(RESPRequestDecoder.printable(marker))'")
+        }
+    }
+}
+
+/// Splits Redis's reply stream into complete replies, each a zero-copy slice.
+public struct RESPReplyDecoder: NIOSingleStepByteToMessageDecoder {
+    public typealias InboundOut = ByteBuffer
+    private let scanner: RESPReplyScanner
+
+    public init(limits: RESPLimits = .default) { self.scanner = RESPReplyScanner(limits: limits) }
+
+    public mutating func decode(buffer: inout ByteBuffer) throws -> ByteBuffer? {
+        guard let length = try self.scanner.length(of: buffer, at: buffer.readerIndex) else { return nil }
+        return buffer.readSlice(length: length)
+    }
+
+    public mutating func decodeLast(buffer: inout ByteBuffer, seenEOF: Bool) throws -> ByteBuffer? {
+        try self.decode(buffer: &buffer)
+    }
+}
+
+extension ByteBuffer {
+    /// Writes a command as a RESP array of bulk strings.
+    public mutating func writeRESPCommand(_ arguments: [ByteBuffer]) {
+        self.writeString("*\(arguments.count)\r\n")
+        for var argument in arguments {
+            self.writeString("$\(argument.readableBytes)\r\n")
+            self.writeBuffer(&argument)
+            self.writeInteger(crlf)
+        }
+    }
+
+    /// Writes a RESP error; `message` must include its prefix (`ERR …`, `WRONGTYPE …`).
+    public mutating func writeRESPError(_ message: String) {
+        self.writeInteger(UInt8(ascii: "-"))
+        // An error line cannot hold CR or LF.
+        self.writeString(message.replacing("\r", with: " ").replacing("\n", with: " "))
+        self.writeInteger(crlf)
+    }
+}

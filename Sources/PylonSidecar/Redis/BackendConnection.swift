@@ -1,0 +1,294 @@
+import Logging
+import NIOCore
+import NIOPosix
+
+/// One pipelined connection from one event loop to one Redis node. Requests from every client
+/// on the loop are written to it back to back; replies come back in the same order and are
+/// handed to each request's sink. Reconnects with exponential backoff; while Redis is away each
+/// request is answered at once with `-ERR pylon: local redis unavailable …`, never left hanging.
+///
+/// Loop-bound: every method must be called on `eventLoop`.
+final class BackendConnection {
+    struct Settings {
+        var connectTimeout: TimeAmount = .seconds(1)
+        /// A request with no reply for this long fails and the connection is re-established.
+        var requestTimeout: TimeAmount = .seconds(2)
+        var minBackoff: TimeAmount = .milliseconds(50)
+        var maxBackoff: TimeAmount = .seconds(2)
+        var limits = RESPLimits.default
+    }
+
+    private enum State {
+        case idle
+        case connecting
+        case connected(Channel)
+        case backingOff(until: NIODeadline, reason: String)
+        case closed
+    }
+
+    let address: HostPort
+    let eventLoop: EventLoop
+    private let settings: Settings
+    private let status: BackendStatus
+    private let logger: Logger
+    private var state: State = .idle
+    private var inFlight = CircularBuffer<InFlightRequest>(initialCapacity: 64)
+    /// Requests written while connecting, sent once connected.
+    private var queued = ByteBuffer()
+    private var failures = 0
+    private var needsFlush = false
+    private var sinksToFlush: [ReplySink] = []
+    private var repliesReceived = 0
+    private var repliesAtLastCheck = 0
+    private var lastProgress = NIODeadline.now()
+    private var timeoutTask: RepeatedTask?
+    /// When set, offered every error reply first; returns true when it took care of the request
+    /// (a cluster redirect).
+    var redirectHandler: ((ByteBuffer, InFlightRequest) -> Bool)?
+    /// Told when the connection becomes writable-through-flush; lets the router batch flushes.
+    var onDirty: ((BackendConnection) -> Void)?
+
+    init(address: HostPort, eventLoop: EventLoop, settings: Settings, status: BackendStatus, logger: Logger) {
+        self.address = address
+        self.eventLoop = eventLoop
+        self.settings = settings
+        self.status = status
+        var logger = logger
+        logger[metadataKey: "redis"] = "\(address)"
+        self.logger = logger
+    }
+
+    var isConnected: Bool {
+        if case .connected = self.state { return true }
+        return false
+    }
+
+    var pendingCount: Int { self.inFlight.count }
+
+    // MARK: - Sending
+
+    /// Writes a request (not flushed: see `flush`). `sink` nil drops the reply.
+    func send(_ request: ByteBuffer, sink: ReplySink?, tag: Int, redirects: Int = 0) {
+        self.eventLoop.preconditionInEventLoop()
+        switch self.state {
+        case .connected(let channel):
+            self.inFlight.append(InFlightRequest(request: request, sink: sink, tag: tag, redirects: redirects))
+            channel.write(request, promise: nil)
+            self.markDirty()
+        case .connecting:
+            self.inFlight.append(InFlightRequest(request: request, sink: sink, tag: tag, redirects: redirects))
+            var copy = request
+            self.queued.writeBuffer(&copy)
+        case .idle:
+            self.connect()
+            self.send(request, sink: sink, tag: tag, redirects: redirects)
+        case .backingOff(let until, let reason):
+            if NIODeadline.now() >= until {
+                self.connect()
+                self.send(request, sink: sink, tag: tag, redirects: redirects)
+            } else {
+                self.reject(sink: sink, tag: tag, reason: reason)
+            }
+        case .closed:
+            self.reject(sink: sink, tag: tag, reason: "the sidecar is shutting down")
+        }
+    }
+
+    func flush() {
+        guard self.needsFlush else { return }
+        self.needsFlush = false
+        if case .connected(let channel) = self.state { channel.flush() }
+    }
+
+    private func markDirty() {
+        if !self.needsFlush {
+            self.needsFlush = true
+            self.onDirty?(self)
+        }
+    }
+
+    private func reject(sink: ReplySink?, tag: Int, reason: String) {
+        guard let sink else { return }
+        sink.deliver(Self.unavailable(self.address, reason), tag: tag)
+        self.requestFlush(of: sink)
+        self.flushSinks()
+    }
+
+    static func unavailable(_ address: HostPort, _ reason: String) -> ByteBuffer {
+        var buffer = ByteBuffer()
+        buffer.writeRESPError("ERR pylon: local redis unavailable (\(address): \(reason)); retry shortly")
+        return buffer
+    }
+
+    // MARK: - Connection lifecycle
+
+    /// Connects now, unless connected or connecting.
+    func connect() {
+        switch self.state {
+        case .connected, .connecting, .closed: return
+        case .idle, .backingOff: break
+        }
+        self.state = .connecting
+        let limits = self.settings.limits
+        let bootstrap = ClientBootstrap(group: self.eventLoop)
+            .connectTimeout(self.settings.connectTimeout)
+            .channelOption(.socketOption(.so_keepalive), value: 1)
+            .channelOption(.tcpOption(.tcp_nodelay), value: 1)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(RESPReplyDecoder(limits: limits)))
+                    try channel.pipeline.syncOperations.addHandler(BackendReplyHandler(connection: NIOLoopBound(self, eventLoop: channel.eventLoop)))
+                }
+            }
+        bootstrap.connect(host: self.address.host, port: self.address.port).whenComplete { result in
+            switch result {
+            case .success(let channel): self.connected(channel)
+            case .failure(let error): self.lost(reason: Self.describe(error))
+            }
+        }
+    }
+
+    private func connected(_ channel: Channel) {
+        guard case .connecting = self.state else {
+            channel.close(promise: nil)
+            return
+        }
+        self.state = .connected(channel)
+        if self.failures > 0 { self.logger.info("reconnected to redis") }
+        self.failures = 0
+        self.status.update(self.address, connected: true, error: nil)
+        if self.queued.readableBytes > 0 {
+            channel.writeAndFlush(self.queued, promise: nil)
+            self.queued = ByteBuffer()
+        }
+        self.startTimeoutChecks()
+    }
+
+    /// The connection failed or dropped: fail what was in flight and back off before retrying.
+    fileprivate func lost(reason: String) {
+        if case .closed = self.state { return }
+        if case .connected(let channel) = self.state { channel.close(promise: nil) }
+        self.timeoutTask?.cancel()
+        self.timeoutTask = nil
+        self.queued.clear()
+        self.failures += 1
+        let backoff = min(self.settings.minBackoff.nanoseconds << min(self.failures - 1, 16), self.settings.maxBackoff.nanoseconds)
+        self.state = .backingOff(until: .now() + .nanoseconds(backoff), reason: reason)
+        self.status.update(self.address, connected: false, error: reason)
+        if self.failures == 1 || self.failures % 20 == 0 {
+            self.logger.warning("redis unavailable", metadata: ["reason": "\(reason)", "attempt": "\(self.failures)"])
+        }
+        self.failAll(reason: reason)
+        // Keep trying in the background so health reflects reality and recovery needs no request.
+        self.eventLoop.scheduleTask(in: .nanoseconds(backoff)) {
+            if case .backingOff = self.state { self.connect() }
+        }
+    }
+
+    private func failAll(reason: String) {
+        let failed = self.inFlight
+        self.inFlight.removeAll()
+        for request in failed {
+            guard let sink = request.sink else { continue }
+            sink.deliver(Self.unavailable(self.address, reason), tag: request.tag)
+            self.requestFlush(of: sink)
+        }
+        self.flushSinks()
+    }
+
+    /// Detects a Redis that accepts bytes but stops answering (paused, overloaded, partitioned).
+    private func startTimeoutChecks() {
+        let timeout = self.settings.requestTimeout
+        let tick = TimeAmount.nanoseconds(timeout.nanoseconds / 4)
+        let this = NIOLoopBound(self, eventLoop: self.eventLoop)
+        self.lastProgress = .now()
+        self.timeoutTask = self.eventLoop.scheduleRepeatedTask(initialDelay: tick, delay: tick) { _ in
+            this.value.checkProgress(timeout: timeout)
+        }
+    }
+
+    private func checkProgress(timeout: TimeAmount) {
+        let now = NIODeadline.now()
+        if self.inFlight.isEmpty || self.repliesReceived != self.repliesAtLastCheck {
+            self.repliesAtLastCheck = self.repliesReceived
+            self.lastProgress = now
+        } else if now - self.lastProgress >= timeout {
+            self.lost(reason: "no reply within \(timeout.nanoseconds / 1_000_000) ms")
+        }
+    }
+
+    /// Stops for good: in-flight requests fail, nothing reconnects.
+    func close() {
+        let reason = "the sidecar is shutting down"
+        if case .connected(let channel) = self.state { channel.close(promise: nil) }
+        self.timeoutTask?.cancel()
+        self.state = .closed
+        self.failAll(reason: reason)
+    }
+
+    // MARK: - Replies
+
+    fileprivate func received(_ reply: ByteBuffer) {
+        self.repliesReceived &+= 1
+        guard let request = self.inFlight.popFirst() else {
+            self.lost(reason: "redis sent a reply nobody asked for")
+            return
+        }
+        if let handler = self.redirectHandler, reply.getInteger(at: reply.readerIndex, as: UInt8.self) == UInt8(ascii: "-"),
+           handler(reply, request) {
+            return
+        }
+        guard let sink = request.sink else { return }
+        sink.deliver(reply, tag: request.tag)
+        self.requestFlush(of: sink)
+    }
+
+    func requestFlush(of sink: ReplySink) {
+        if !sink.flushRequested {
+            sink.flushRequested = true
+            self.sinksToFlush.append(sink)
+        }
+    }
+
+    fileprivate func flushSinks() {
+        guard !self.sinksToFlush.isEmpty else { return }
+        let sinks = self.sinksToFlush
+        self.sinksToFlush.removeAll(keepingCapacity: true)
+        for sink in sinks {
+            sink.flushRequested = false
+            sink.flushReplies()
+        }
+    }
+
+    static func describe(_ error: Error) -> String {
+        if let error = error as? IOError { return error.description }
+        if error is ChannelError, case ChannelError.connectTimeout = error { return "connect timed out" }
+        return "\(error)"
+    }
+}
+
+/// Feeds replies from Redis to the connection; reports when the connection ends.
+private final class BackendReplyHandler: ChannelInboundHandler {
+    typealias InboundIn = ByteBuffer
+    let connection: NIOLoopBound<BackendConnection>
+
+    init(connection: NIOLoopBound<BackendConnection>) { self.connection = connection }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        self.connection.value.received(self.unwrapInboundIn(data))
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        self.connection.value.flushSinks()
+        // Requests re-sent on redirect during this batch.
+        self.connection.value.flush()
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        self.connection.value.lost(reason: "connection closed")
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        self.connection.value.lost(reason: BackendConnection.describe(error))
+    }
+}

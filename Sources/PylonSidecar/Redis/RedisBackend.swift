@@ -1,0 +1,116 @@
+import Logging
+import NIOCore
+
+/// The Redis layer as the rest of the sidecar sees it, whatever the topology.
+protocol RedisBackend: Sendable {
+    /// Connects; afterwards `router(on:)` serves every loop of the group.
+    func start() async throws
+    /// Closes every connection; in-flight requests get an error reply.
+    func shutdown() async
+    /// The router for client connections on `eventLoop`.
+    func router(on eventLoop: EventLoop) -> BackendRouter
+    /// True when reads can be served now.
+    var isReady: Bool { get }
+    /// Topology facts for `PYLON INFO`.
+    var description: BackendDescription { get }
+}
+
+/// What `PYLON INFO` says about the Redis layer.
+public struct BackendDescription: Sendable {
+    public var topology: String
+    /// The nodes reads may go to, with their state.
+    public var nodes: [(address: HostPort, role: String, up: Bool)]
+    public var details: [(String, String)] = []
+}
+
+/// One value per event loop of a group, each confined to its loop: the per-loop routers and
+/// connections of the Redis layer. Built on the loops themselves, so nothing crosses threads later.
+final class PerLoop<Value>: Sendable {
+    private let values: [ObjectIdentifier: NIOLoopBound<Value>]
+    let all: [NIOLoopBound<Value>]
+
+    init(group: EventLoopGroup, make: @escaping @Sendable (EventLoop) -> Value) async throws {
+        var values: [ObjectIdentifier: NIOLoopBound<Value>] = [:]
+        var all: [NIOLoopBound<Value>] = []
+        for loop in group.makeIterator() {
+            let bound = try await loop.submit { NIOLoopBound(make(loop), eventLoop: loop) }.get()
+            values[ObjectIdentifier(loop)] = bound
+            all.append(bound)
+        }
+        self.values = values
+        self.all = all
+    }
+
+    func value(on eventLoop: EventLoop) -> Value {
+        guard let bound = self.values[ObjectIdentifier(eventLoop)] else {
+            preconditionFailure("event loop \(eventLoop) is not part of the Redis layer's group")
+        }
+        return bound.value
+    }
+
+    /// Runs `body` on every loop with that loop's value, and waits.
+    func forEach(_ body: @escaping @Sendable (Value) -> Void) async {
+        for bound in self.all {
+            try? await bound.eventLoop.submit { body(bound.value) }.get()
+        }
+    }
+}
+
+/// Routes every read to one node: a standalone Redis or any RESP endpoint (twemproxy, a proxy).
+final class StandaloneBackend: RedisBackend {
+    private let address: HostPort
+    private let group: EventLoopGroup
+    private let settings: BackendConnection.Settings
+    private let status: BackendStatus
+    private let logger: Logger
+    private let routers = LateBound<PerLoop<SingleNodeRouter>>()
+
+    init(address: HostPort, group: EventLoopGroup, settings: BackendConnection.Settings, status: BackendStatus, logger: Logger) {
+        self.address = address
+        self.group = group
+        self.settings = settings
+        self.status = status
+        self.logger = logger
+    }
+
+    func start() async throws {
+        let (address, settings, status, logger) = (self.address, self.settings, self.status, self.logger)
+        let routers = try await PerLoop(group: self.group) { loop in
+            let router = SingleNodeRouter(connection: BackendConnection(address: address, eventLoop: loop, settings: settings, status: status, logger: logger))
+            router.connection.connect()
+            return router
+        }
+        self.routers.set(routers)
+    }
+
+    func shutdown() async {
+        await self.routers.value?.forEach { $0.connection.close() }
+    }
+
+    func router(on eventLoop: EventLoop) -> BackendRouter {
+        self.routers.value!.value(on: eventLoop)
+    }
+
+    var isReady: Bool { self.status.isUp(self.address) }
+
+    var description: BackendDescription {
+        BackendDescription(topology: "standalone", nodes: [(self.address, "master", self.status.isUp(self.address))])
+    }
+}
+
+/// Sends every request over one connection.
+final class SingleNodeRouter: BackendRouter {
+    let connection: BackendConnection
+
+    init(connection: BackendConnection) {
+        self.connection = connection
+    }
+
+    func send(_ request: RedisRequest, command: Command, sink: ReplySink, tag: Int) {
+        self.connection.send(request.raw, sink: sink, tag: tag)
+    }
+
+    func flush() {
+        self.connection.flush()
+    }
+}

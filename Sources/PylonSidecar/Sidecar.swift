@@ -1,0 +1,127 @@
+import Logging
+import NIOCore
+import NIOPosix
+import ServiceLifecycle
+import Shared
+import Synchronization
+
+/// A running sidecar: the gateway listening for clients, the Redis layer behind it and the admin
+/// endpoints. Run it as a `Service`; on graceful shutdown it stops accepting, lets in-flight
+/// replies finish (up to the grace period) and closes.
+public final class Sidecar: Service, Sendable {
+    public let configuration: SidecarConfiguration
+    public let stats = SidecarStats()
+    public let metrics: SidecarMetrics
+    private let group: EventLoopGroup
+    private let logger: Logger
+    private let backend: RedisBackend
+    private let gateway: Gateway
+    private let bound = LateBound<BoundSockets>()
+
+    private struct BoundSockets: Sendable {
+        var server: Channel
+        var admin: AdminServer
+    }
+
+    public init(configuration: SidecarConfiguration, group: EventLoopGroup = MultiThreadedEventLoopGroup.singleton, logger: Logger = Logger(label: "pylon.sidecar")) {
+        self.configuration = configuration
+        self.group = group
+        self.logger = logger
+        let table = CommandTable.shared
+        let metrics = SidecarMetrics(table: table)
+        self.metrics = metrics
+        let status = BackendStatus { address, up in metrics.backendUp(address, up) }
+        var settings = BackendConnection.Settings()
+        settings.requestTimeout = .milliseconds(Int64(configuration.redisTimeoutMilliseconds))
+        settings.connectTimeout = .milliseconds(Int64(configuration.connectTimeoutMilliseconds))
+        self.backend = Self.makeBackend(configuration, group: group, settings: settings, status: status, logger: logger)
+        self.gateway = Gateway(
+            table: table, backend: self.backend, stats: self.stats, metrics: metrics,
+            identity: .init(rack: configuration.rack, world: configuration.world, redis: configuration.redis, readFrom: configuration.readFrom),
+            maxPendingReplies: configuration.maxPendingReplies, logger: logger
+        )
+    }
+
+    static func makeBackend(_ configuration: SidecarConfiguration, group: EventLoopGroup, settings: BackendConnection.Settings, status: BackendStatus, logger: Logger) -> RedisBackend {
+        switch configuration.redis {
+        case .standalone(let address):
+            return StandaloneBackend(address: address, group: group, settings: settings, status: status, logger: logger)
+        case .cluster, .sentinel:
+            fatalError("TODO")
+        }
+    }
+
+    /// The address clients connect to (after `start`), useful when listening on port 0.
+    public var listenAddress: SocketAddress? { self.bound.value?.server.localAddress }
+    public var adminAddress: SocketAddress? { self.bound.value?.admin.localAddress }
+    public var isReady: Bool { self.backend.isReady }
+
+    /// Connects to Redis and binds the listening sockets.
+    public func start() async throws {
+        try await self.backend.start()
+        let gateway = self.gateway
+        let limits = self.configuration.limits
+        let server = try await ServerBootstrap(group: self.group)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .serverChannelOption(.backlog, value: 1024)
+            .childChannelOption(.tcpOption(.tcp_nodelay), value: 1)
+            .childChannelOption(.writeBufferWaterMark, value: .init(low: 32 * 1024, high: 256 * 1024))
+            .childChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    let router = gateway.backend.router(on: channel.eventLoop)
+                    try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(RESPRequestDecoder(limits: limits)))
+                    try channel.pipeline.syncOperations.addHandler(GatewayConnection(gateway: gateway, router: router))
+                }
+            }
+            .bind(host: self.configuration.listen.host, port: self.configuration.listen.port).get()
+        let admin: AdminServer
+        do {
+            admin = try await AdminServer.start(
+                host: self.configuration.admin.host, port: self.configuration.admin.port, group: self.group, routes: self.adminRoutes()
+            )
+        } catch {
+            try? await server.close()
+            throw error
+        }
+        self.bound.set(BoundSockets(server: server, admin: admin))
+        self.logger.info("pylon-sidecar listening", metadata: [
+            "listen": "\(server.localAddress.map { "\($0)" } ?? "?")", "admin": "\(admin.localAddress.map { "\($0)" } ?? "?")",
+            "redis": "\(self.configuration.redis)", "version": "\(Pylon.version)",
+        ])
+    }
+
+    private func adminRoutes() -> [String: AdminServer.Route] {
+        let metrics = self.metrics
+        let backend = self.backend
+        return [
+            "/metrics": { .init(contentType: "text/plain; version=0.0.4; charset=utf-8", body: metrics.render()) },
+            "/healthz": { .init(body: "ok\n") },
+            "/readyz": {
+                backend.isReady ? .init(body: "ready\n") : .init(status: .serviceUnavailable, body: "not ready: the local redis is unreachable\n")
+            },
+        ]
+    }
+
+    /// Stops accepting, waits for in-flight replies (bounded by the grace period), closes everything.
+    public func stop() async {
+        guard let bound = self.bound.value else {
+            await self.backend.shutdown()
+            return
+        }
+        try? await bound.server.close()
+        let deadline = ContinuousClock.now + .milliseconds(self.configuration.shutdownGraceMilliseconds)
+        while self.stats.connectedClients.load(ordering: .relaxed) > 0, ContinuousClock.now < deadline, self.stats.pendingReplies.load(ordering: .relaxed) > 0 {
+            try? await Task.sleep(for: .milliseconds(10))
+        }
+        await self.backend.shutdown()
+        await bound.admin.close()
+        self.logger.info("pylon-sidecar stopped")
+    }
+
+    /// Runs until graceful shutdown (SIGTERM/SIGINT through a `ServiceGroup`).
+    public func run() async throws {
+        if self.bound.value == nil { try await self.start() }
+        try? await gracefulShutdown()
+        await self.stop()
+    }
+}

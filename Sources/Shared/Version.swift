@@ -1,0 +1,1 @@
+public enum Pylon { public static let version = "0.1.0" }

@@ -1,0 +1,63 @@
+import ArgumentParser
+import Logging
+import PylonSidecar
+import ServiceLifecycle
+import Shared
+
+/// `pylon-sidecar`: a Redis-protocol proxy that serves reads from the local Redis and (with a
+/// world configured) sends writes through the world's Kafka log.
+@main
+struct PylonSidecarCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "pylon-sidecar",
+        abstract: "Serve Redis clients: reads from the local Redis, writes through the world's log.",
+        version: Pylon.version
+    )
+
+    @Option(help: "YAML file with the same keys as the flags (flags win).")
+    var config: String?
+    @Option(help: "Address clients connect to, HOST:PORT (default 127.0.0.1:6380).")
+    var listen: String?
+    @Option(help: "The local Redis: redis://HOST:PORT, redis-sentinel://HOST:PORT[,…]/MASTER or redis-cluster://HOST:PORT[,…].")
+    var redis: String?
+    @Option(help: "Admin HTTP address for /metrics, /healthz, /readyz (default 127.0.0.1:9480).")
+    var admin: String?
+    @Option(name: .customLong("read-from"), help: "With Sentinel: master, replica or nearest (default master).")
+    var readFrom: String?
+    @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical.")
+    var logLevel: String?
+    @Option(name: .customLong("log-format"), help: "text or json.")
+    var logFormat: String?
+    @Option(help: "This rack's name (shown in PYLON INFO).")
+    var rack: String?
+    @Option(help: "The world's name (shown in PYLON INFO).")
+    var world: String?
+    @Option(name: .customLong("redis-timeout-ms"), help: "Fail a request Redis has not answered in this many ms (default 2000).")
+    var redisTimeout: String?
+    @Option(name: .customLong("max-pending-replies"), help: "Pipelined requests per client before reading pauses (default 1024).")
+    var maxPendingReplies: String?
+    @Option(name: .customLong("max-bulk-length"), help: "Largest argument a client may send, bytes (default 536870912).")
+    var maxBulkLength: String?
+
+    func run() async throws {
+        let settings: SidecarConfiguration
+        do {
+            settings = try SidecarConfiguration.resolve(file: self.config, flags: [
+                ("listen", self.listen), ("redis", self.redis), ("admin", self.admin), ("read-from", self.readFrom),
+                ("log-level", self.logLevel), ("log-format", self.logFormat), ("rack", self.rack), ("world", self.world),
+                ("redis-timeout-ms", self.redisTimeout), ("max-pending-replies", self.maxPendingReplies),
+                ("max-bulk-length", self.maxBulkLength),
+            ])
+        } catch {
+            throw ValidationError("\(error)")
+        }
+        PylonLogging.bootstrap(format: settings.logFormat, level: settings.logLevel)
+        let logger = Logger(label: "pylon.sidecar")
+        let sidecar = Sidecar(configuration: settings, logger: logger)
+        try await sidecar.start()
+        let group = ServiceGroup(
+            configuration: .init(services: [.init(service: sidecar)], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
+        )
+        try await group.run()
+    }
+}

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Installs the Debian packages Pylon builds, tests and benchmarks with. Idempotent.
+set -euo pipefail
+packages=(redis-server redis-tools nutcracker librdkafka-dev libhiredis-dev curl)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing: ${missing[*]}"
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+# Debian starts a system redis-server on 6379 after installing; Pylon's scripts use their own ports.
+command -v swift >/dev/null || { echo "swift (6.1 or newer) is required: https://swift.org/install" >&2; exit 1; }
