@@ -69,8 +69,7 @@ public final class Sidecar: Service, Sendable {
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     let router = gateway.backend.router(on: channel.eventLoop)
-                    try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(RESPRequestDecoder(limits: limits)))
-                    try channel.pipeline.syncOperations.addHandler(GatewayConnection(gateway: gateway, router: router))
+                    try channel.pipeline.syncOperations.addHandler(GatewayConnection(gateway: gateway, router: router, limits: limits))
                 }
             }
             .bind(host: self.configuration.listen.host, port: self.configuration.listen.port).get()

@@ -3,9 +3,13 @@ import NIOCore
 
 /// One client connection: decodes its requests, answers each (locally or through the Redis
 /// layer) and writes the replies back in request order, however many are pipelined and in
-/// whatever order Redis nodes answer. Stops reading from a client that does not read its replies.
+/// whatever order Redis nodes answer.
+///
+/// Backpressure: at most `maxPendingReplies` requests are decoded and unanswered at a time; the
+/// rest stay as bytes, and the socket is not read while the limit is reached or the client is
+/// not reading its replies (the channel is not writable).
 final class GatewayConnection: ChannelDuplexHandler, ReplySink {
-    typealias InboundIn = RedisRequest
+    typealias InboundIn = ByteBuffer
     typealias OutboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
 
@@ -22,6 +26,10 @@ final class GatewayConnection: ChannelDuplexHandler, ReplySink {
     private var slots = CircularBuffer<Slot>(initialCapacity: 4)
     /// Tag (sequence number) of `slots.first`.
     private var firstTag = 0
+    private var decoder: RESPRequestDecoder
+    /// Received bytes not decoded yet.
+    private var inbound = ByteBuffer()
+    private var decoding = false
     private var readDeferred = false
     private var closeWhenAnswered = false
     private var unflushed = false
@@ -30,9 +38,10 @@ final class GatewayConnection: ChannelDuplexHandler, ReplySink {
     var name = ""
     var lastCommand = "NULL"
 
-    init(gateway: Gateway, router: BackendRouter) {
+    init(gateway: Gateway, router: BackendRouter, limits: RESPLimits) {
         self.gateway = gateway
         self.router = router
+        self.decoder = RESPRequestDecoder(limits: limits)
     }
 
     // MARK: - Lifecycle
@@ -68,18 +77,44 @@ final class GatewayConnection: ChannelDuplexHandler, ReplySink {
     // MARK: - Requests
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        let request = self.unwrapInboundIn(data)
-        guard !self.closeWhenAnswered else { return }
-        let tag = self.firstTag + self.slots.count
-        self.slots.append(Slot(reply: nil, className: "error", started: .now()))
-        self.gateway.stats.pendingReplies.add(1, ordering: .relaxed)
-        self.dispatch(request, tag: tag)
+        var bytes = self.unwrapInboundIn(data)
+        if self.inbound.readableBytes == 0 {
+            self.inbound = bytes
+        } else {
+            self.inbound.writeBuffer(&bytes)
+        }
+        self.decodeRequests()
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
         self.router.flush()
         self.flushReplies()
         context.fireChannelReadComplete()
+    }
+
+    /// Decodes and dispatches requests while the pending-reply budget allows.
+    private func decodeRequests() {
+        guard !self.decoding else { return }
+        self.decoding = true
+        defer { self.decoding = false }
+        while !self.closeWhenAnswered, self.slots.count < self.gateway.maxPendingReplies, self.inbound.readableBytes > 0 {
+            let request: RedisRequest
+            do {
+                guard let decoded = try self.decoder.decode(buffer: &self.inbound) else { break }
+                request = decoded
+            } catch let error as RESPProtocolError {
+                self.protocolError(error)
+                return
+            } catch {
+                self.context.close(promise: nil)
+                return
+            }
+            let tag = self.firstTag + self.slots.count
+            self.slots.append(Slot(reply: nil, className: "error", started: .now()))
+            self.gateway.stats.pendingReplies.add(1, ordering: .relaxed)
+            self.dispatch(request, tag: tag)
+        }
+        if self.inbound.readerIndex > 64 * 1024 { self.inbound.discardReadBytes() }
     }
 
     private func dispatch(_ request: RedisRequest, tag: Int) {
@@ -179,29 +214,36 @@ final class GatewayConnection: ChannelDuplexHandler, ReplySink {
     }
 
     private func resumeReadingIfPossible() {
-        guard self.readDeferred, self.slots.count < self.gateway.maxPendingReplies, self.context.channel.isWritable else { return }
-        self.readDeferred = false
-        self.context.read()
+        guard self.slots.count < self.gateway.maxPendingReplies, self.context.channel.isWritable else { return }
+        if self.inbound.readableBytes > 0, !self.decoding {
+            // Requests held back by the budget: decode them now; their replies come via the router.
+            self.decodeRequests()
+            self.router.flush()
+        }
+        if self.readDeferred, self.slots.count < self.gateway.maxPendingReplies {
+            self.readDeferred = false
+            self.context.read()
+        }
     }
 
     // MARK: - Errors
 
-    func errorCaught(context: ChannelHandlerContext, error: Error) {
-        guard let protocolError = error as? RESPProtocolError else {
-            self.gateway.logger.debug("client connection error", metadata: ["error": "\(error)", "client": "\(self.clientID)"])
-            context.close(promise: nil)
-            return
-        }
-        // As Redis does: answer the error after the replies already owed, then close this connection only.
+    /// As Redis does: answer the error after the replies already owed, then close this connection only.
+    private func protocolError(_ error: RESPProtocolError) {
         self.gateway.stats.protocolErrors.add(1, ordering: .relaxed)
         self.gateway.metrics.protocolErrors.increment()
-        self.gateway.logger.info("protocol error, closing client", metadata: ["error": "\(protocolError)", "client": "\(self.clientID)"])
-        guard !self.closeWhenAnswered else { return }
+        self.gateway.logger.info("protocol error, closing client", metadata: ["error": "\(error)", "client": "\(self.clientID)"])
+        self.inbound.clear()
         let tag = self.firstTag + self.slots.count
         self.slots.append(Slot(reply: nil, className: "error", started: .now()))
         self.gateway.stats.pendingReplies.add(1, ordering: .relaxed)
         self.closeWhenAnswered = true
-        self.complete(tag, error: "ERR \(protocolError)")
+        self.complete(tag, error: "ERR \(error)")
         self.flushReplies()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        self.gateway.logger.debug("client connection error", metadata: ["error": "\(error)", "client": "\(self.clientID)"])
+        context.close(promise: nil)
     }
 }

@@ -202,7 +202,7 @@ extension ByteBuffer {
     public mutating func writeRESPError(_ message: String) {
         self.writeInteger(UInt8(ascii: "-"))
         // An error line cannot hold CR or LF.
-        self.writeString(message.replacing("\r", with: " ").replacing("\n", with: " "))
+        for byte in message.utf8 { self.writeInteger(byte == 13 || byte == 10 ? UInt8(ascii: " ") : byte) }
         self.writeInteger(crlf)
     }
 }

@@ -156,7 +156,7 @@ final class BackendConnection {
         self.state = .connected(channel)
         if self.failures > 0 { self.logger.info("reconnected to redis") }
         self.failures = 0
-        self.status.update(self.address, connected: true, error: nil)
+        self.status.connected(self.address)
         if self.queued.readableBytes > 0 {
             channel.writeAndFlush(self.queued, promise: nil)
             self.queued = ByteBuffer()
@@ -165,23 +165,34 @@ final class BackendConnection {
     }
 
     /// The connection failed or dropped: fail what was in flight and back off before retrying.
-    fileprivate func lost(reason: String) {
-        if case .closed = self.state { return }
-        if case .connected(let channel) = self.state { channel.close(promise: nil) }
+    /// `channel` names the connection that ended; news from an older one is ignored.
+    fileprivate func lost(reason: String, channel: Channel? = nil) {
+        switch self.state {
+        case .closed, .idle, .backingOff:
+            return
+        case .connecting:
+            if channel != nil { return }
+            self.status.connectFailed(self.address, error: reason)
+        case .connected(let current):
+            if let channel, channel !== current { return }
+            self.state = .idle
+            current.close(promise: nil)
+            self.status.disconnected(self.address, error: reason)
+        }
         self.timeoutTask?.cancel()
         self.timeoutTask = nil
         self.queued.clear()
         self.failures += 1
         let backoff = min(self.settings.minBackoff.nanoseconds << min(self.failures - 1, 16), self.settings.maxBackoff.nanoseconds)
         self.state = .backingOff(until: .now() + .nanoseconds(backoff), reason: reason)
-        self.status.update(self.address, connected: false, error: reason)
         if self.failures == 1 || self.failures % 20 == 0 {
             self.logger.warning("redis unavailable", metadata: ["reason": "\(reason)", "attempt": "\(self.failures)"])
         }
         self.failAll(reason: reason)
         // Keep trying in the background so health reflects reality and recovery needs no request.
+        let this = NIOLoopBound(self, eventLoop: self.eventLoop)
         self.eventLoop.scheduleTask(in: .nanoseconds(backoff)) {
-            if case .backingOff = self.state { self.connect() }
+            if case .backingOff = this.value.state { this.value.connect() }
         }
     }
 
@@ -219,11 +230,14 @@ final class BackendConnection {
 
     /// Stops for good: in-flight requests fail, nothing reconnects.
     func close() {
-        let reason = "the sidecar is shutting down"
-        if case .connected(let channel) = self.state { channel.close(promise: nil) }
-        self.timeoutTask?.cancel()
+        let previous = self.state
         self.state = .closed
-        self.failAll(reason: reason)
+        self.timeoutTask?.cancel()
+        if case .connected(let channel) = previous {
+            channel.close(promise: nil)
+            self.status.disconnected(self.address, error: nil)
+        }
+        self.failAll(reason: "the sidecar is shutting down")
     }
 
     // MARK: - Replies
@@ -285,10 +299,10 @@ private final class BackendReplyHandler: ChannelInboundHandler {
     }
 
     func channelInactive(context: ChannelHandlerContext) {
-        self.connection.value.lost(reason: "connection closed")
+        self.connection.value.lost(reason: "connection closed", channel: context.channel)
     }
 
     func errorCaught(context: ChannelHandlerContext, error: Error) {
-        self.connection.value.lost(reason: BackendConnection.describe(error))
+        self.connection.value.lost(reason: BackendConnection.describe(error), channel: context.channel)
     }
 }

@@ -15,11 +15,15 @@ public final class BackendStatus: Sendable {
         self.onChange = onChange
     }
 
-    func update(_ address: HostPort, connected: Bool, error: String?) {
+    func connected(_ address: HostPort) { self.change(address, by: 1, error: nil) }
+    func disconnected(_ address: HostPort, error: String?) { self.change(address, by: -1, error: error) }
+    func connectFailed(_ address: HostPort, error: String) { self.change(address, by: 0, error: error) }
+
+    private func change(_ address: HostPort, by delta: Int, error: String?) {
         let up = self.nodes.withLock { nodes -> Bool in
             var node = nodes[address] ?? Node()
-            node.connections = max(0, node.connections + (connected ? 1 : -1))
-            if !connected, let error { node.lastError = error }
+            node.connections += delta
+            if let error { node.lastError = error }
             nodes[address] = node
             return node.connections > 0
         }

@@ -1,0 +1,101 @@
+import NIOCore
+import NIOPosix
+
+/// A small request/response Redis client: for the Redis layer's control queries (cluster slots,
+/// Sentinel) and for tests. Replies come back decoded. Messages nobody asked for (pub/sub
+/// pushes) go to `onPush`.
+public final class RedisClient: Sendable {
+    public let channel: Channel
+
+    public struct Error: Swift.Error, CustomStringConvertible {
+        public let description: String
+    }
+
+    private init(channel: Channel) { self.channel = channel }
+
+    public static func connect(
+        to address: HostPort, on eventLoop: EventLoop = MultiThreadedEventLoopGroup.singleton.any(),
+        timeout: TimeAmount = .seconds(2), onPush: (@Sendable (RESPValue) -> Void)? = nil
+    ) async throws -> RedisClient {
+        let channel = try await ClientBootstrap(group: eventLoop)
+            .connectTimeout(timeout)
+            .channelOption(.tcpOption(.tcp_nodelay), value: 1)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(RESPReplyDecoder()))
+                    try channel.pipeline.syncOperations.addHandler(RedisClientHandler(onPush: onPush))
+                }
+            }
+            .connect(host: address.host, port: address.port).get()
+        return RedisClient(channel: channel)
+    }
+
+    /// Sends one command and waits for its reply.
+    public func send(_ arguments: [String]) async throws -> RESPValue {
+        try await self.sendRaw(RedisRequest(strings: arguments).raw, replies: 1)[0]
+    }
+
+    public func send(_ arguments: String...) async throws -> RESPValue {
+        try await self.send(arguments)
+    }
+
+    /// Writes raw bytes and waits for `replies` replies (0: fire and forget).
+    public func sendRaw(_ bytes: ByteBuffer, replies: Int) async throws -> [RESPValue] {
+        let promises = (0..<replies).map { _ in self.channel.eventLoop.makePromise(of: RESPValue.self) }
+        try await self.channel.writeAndFlush(RedisClientHandler.Outgoing(bytes: bytes, promises: promises))
+        var values: [RESPValue] = []
+        for promise in promises { values.append(try await promise.futureResult.get()) }
+        return values
+    }
+
+    public func close() async {
+        try? await self.channel.close()
+    }
+}
+
+private final class RedisClientHandler: ChannelDuplexHandler {
+    typealias InboundIn = ByteBuffer
+    typealias OutboundIn = Outgoing
+    typealias OutboundOut = ByteBuffer
+
+    struct Outgoing {
+        var bytes: ByteBuffer
+        var promises: [EventLoopPromise<RESPValue>]
+    }
+
+    private var waiting = CircularBuffer<EventLoopPromise<RESPValue>>()
+    private let onPush: (@Sendable (RESPValue) -> Void)?
+
+    init(onPush: (@Sendable (RESPValue) -> Void)?) { self.onPush = onPush }
+
+    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        let outgoing = self.unwrapOutboundIn(data)
+        self.waiting.append(contentsOf: outgoing.promises)
+        context.write(self.wrapOutboundOut(outgoing.bytes), promise: promise)
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        var buffer = self.unwrapInboundIn(data)
+        do {
+            guard let value = try RESPValue.decode(from: &buffer) else { return }
+            if let promise = self.waiting.popFirst() {
+                promise.succeed(value)
+            } else {
+                self.onPush?(value)
+            }
+        } catch {
+            context.fireErrorCaught(error)
+        }
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        let error = RedisClient.Error(description: "connection closed")
+        while let promise = self.waiting.popFirst() { promise.fail(error) }
+        context.fireChannelInactive()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Swift.Error) {
+        while let promise = self.waiting.popFirst() { promise.fail(error) }
+        context.close(promise: nil)
+    }
+}

@@ -1,0 +1,116 @@
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A server process started for a test and stopped (SIGKILL if it must) when the test is done.
+final class LocalProcess: @unchecked Sendable {
+    // @unchecked: `process` is only touched from start() and stop(), which tests call in sequence.
+    let process = Process()
+    let name: String
+
+    init(_ executable: String, _ arguments: [String], name: String, log: URL? = nil) throws {
+        self.name = name
+        self.process.executableURL = URL(fileURLWithPath: try Self.which(executable))
+        self.process.arguments = arguments
+        if let log {
+            FileManager.default.createFile(atPath: log.path, contents: nil)
+            let handle = try FileHandle(forWritingTo: log)
+            self.process.standardOutput = handle
+            self.process.standardError = handle
+        } else {
+            self.process.standardOutput = FileHandle.nullDevice
+            self.process.standardError = FileHandle.nullDevice
+        }
+        try self.process.run()
+    }
+
+    var isRunning: Bool { self.process.isRunning }
+
+    func stop(signal: Int32 = SIGTERM) {
+        guard self.process.isRunning else { return }
+        kill(self.process.processIdentifier, signal)
+        let deadline = Date().addingTimeInterval(5)
+        while self.process.isRunning, Date() < deadline { usleep(10_000) }
+        if self.process.isRunning { kill(self.process.processIdentifier, SIGKILL) }
+        self.process.waitUntilExit()
+    }
+
+    /// Suspends or resumes the process (a Redis that accepts bytes but never answers).
+    func pause() { kill(self.process.processIdentifier, SIGSTOP) }
+    func resume() { kill(self.process.processIdentifier, SIGCONT) }
+
+    deinit { self.stop(signal: SIGKILL) }
+
+    static func which(_ name: String) throws -> String {
+        for directory in ["/usr/bin", "/usr/sbin", "/usr/local/bin", "/bin"] {
+            let path = "\(directory)/\(name)"
+            if FileManager.default.isExecutableFile(atPath: path) { return path }
+        }
+        throw HarnessError("\(name) is not installed; run `make deps`")
+    }
+}
+
+struct HarnessError: Error, CustomStringConvertible {
+    let description: String
+    init(_ description: String) { self.description = description }
+}
+
+enum Ports {
+    /// A loopback port nobody listens on now (the kernel picks it; we release it for the server).
+    static func free() throws -> Int {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(fd) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        address.sin_port = 0
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let bound = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { pointer in
+                bind(fd, pointer, length) == 0 && getsockname(fd, pointer, &length) == 0
+            }
+        }
+        guard bound else { throw HarnessError("cannot find a free port") }
+        return Int(UInt16(bigEndian: address.sin_port))
+    }
+
+    /// Waits until something accepts connections on the port.
+    static func waitUntilOpen(_ port: Int, timeout: TimeInterval = 10) throws {
+        let deadline = Date().addingTimeInterval(timeout)
+        while Date() < deadline {
+            let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+            var address = sockaddr_in()
+            address.sin_family = sa_family_t(AF_INET)
+            address.sin_addr.s_addr = inet_addr("127.0.0.1")
+            address.sin_port = in_port_t(UInt16(port).bigEndian)
+            let connected = withUnsafePointer(to: &address) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0 }
+            }
+            close(fd)
+            if connected { return }
+            usleep(20_000)
+        }
+        throw HarnessError("nothing listens on port \(port) after \(timeout) s")
+    }
+}
+
+/// A scratch directory removed when the test is done.
+final class ScratchDirectory: Sendable {
+    let url: URL
+    init() throws {
+        self.url = FileManager.default.temporaryDirectory.appendingPathComponent("pylon-test-\(UUID().uuidString.prefix(8))")
+        try FileManager.default.createDirectory(at: self.url, withIntermediateDirectories: true)
+    }
+    deinit { try? FileManager.default.removeItem(at: self.url) }
+}
+
+/// Polls `condition` until it holds or the timeout passes.
+func eventually(timeout: Duration = .seconds(10), _ condition: () async throws -> Bool) async throws -> Bool {
+    let deadline = ContinuousClock.now + timeout
+    while ContinuousClock.now < deadline {
+        if (try? await condition()) == true { return true }
+        try await Task.sleep(for: .milliseconds(50))
+    }
+    return try await condition()
+}

@@ -1,0 +1,57 @@
+import Testing
+
+@testable import PylonSidecar
+
+@Suite("Configuration")
+struct ConfigurationTests {
+    @Test func readsYAMLAndLetsFlagsWin() throws {
+        var configuration = SidecarConfiguration()
+        try configuration.apply(yaml: """
+        listen: 0.0.0.0:7000
+        redis: redis-cluster://10.0.0.1:7000,10.0.0.2:7000
+        admin: 127.0.0.1:9999
+        read-from: nearest
+        log-format: json
+        rack: eu-1
+        redis-timeout-ms: 250
+        """)
+        try configuration.set("listen", "127.0.0.1:7001")
+        #expect(configuration.listen == HostPort(host: "127.0.0.1", port: 7001))
+        #expect(configuration.redis == .cluster([HostPort(host: "10.0.0.1", port: 7000), HostPort(host: "10.0.0.2", port: 7000)]))
+        #expect(configuration.admin.port == 9999)
+        #expect(configuration.readFrom == .nearest)
+        #expect(configuration.logFormat == .json)
+        #expect(configuration.rack == "eu-1")
+        #expect(configuration.redisTimeoutMilliseconds == 250)
+    }
+
+    @Test func parsesEveryRedisURLForm() throws {
+        #expect(try RedisEndpoint(url: "redis://localhost:6379") == .standalone(HostPort(host: "localhost", port: 6379)))
+        #expect(try RedisEndpoint(url: "redis-sentinel://a:26379,b:26379/mymaster") ==
+            .sentinel([HostPort(host: "a", port: 26379), HostPort(host: "b", port: 26379)], masterName: "mymaster"))
+        #expect(try RedisEndpoint(url: "redis://[::1]:6379") == .standalone(HostPort(host: "::1", port: 6379)))
+    }
+
+    @Test(arguments: [
+        ("listen: nonsense", "'listen'", "HOST:PORT"),
+        ("redis: http://x:1", "'redis'", "unsupported scheme 'http'"),
+        ("redis: redis-sentinel://a:1", "'redis'", "names no master"),
+        ("read-from: closest", "'read-from'", "master, replica, nearest"),
+        ("lisen: 1.2.3.4:5", "'lisen'", "unknown key"),
+        ("redis-timeout-ms: -1", "'redis-timeout-ms'", "an integer"),
+        ("listen: [1, 2]", "'listen'", "a single value"),
+        ("- a\n- b", "'config'", "a mapping"),
+        ("listen: \"unterminated", "'config'", "not valid YAML"),
+    ])
+    func namesTheKeyAtFault(yaml: String, key: String, problem: String) {
+        var configuration = SidecarConfiguration()
+        do {
+            try configuration.apply(yaml: yaml)
+            Issue.record("accepted \(yaml)")
+        } catch {
+            let message = "\(error)"
+            #expect(message.contains(key), "\(message)")
+            #expect(message.contains(problem), "\(message)")
+        }
+    }
+}
