@@ -1,5 +1,6 @@
 import ArgumentParser
 import Logging
+import NIOPosix
 import PylonSidecar
 import ServiceLifecycle
 import Shared
@@ -38,6 +39,8 @@ struct PylonSidecarCommand: AsyncParsableCommand {
     var maxPendingReplies: String?
     @Option(name: .customLong("max-bulk-length"), help: "Largest argument a client may send, bytes (default 536870912).")
     var maxBulkLength: String?
+    @Option(help: "Event-loop threads (default: one per core).")
+    var threads: String?
 
     func run() async throws {
         let settings: SidecarConfiguration
@@ -46,18 +49,20 @@ struct PylonSidecarCommand: AsyncParsableCommand {
                 ("listen", self.listen), ("redis", self.redis), ("admin", self.admin), ("read-from", self.readFrom),
                 ("log-level", self.logLevel), ("log-format", self.logFormat), ("rack", self.rack), ("world", self.world),
                 ("redis-timeout-ms", self.redisTimeout), ("max-pending-replies", self.maxPendingReplies),
-                ("max-bulk-length", self.maxBulkLength),
+                ("max-bulk-length", self.maxBulkLength), ("threads", self.threads),
             ])
         } catch {
             throw ValidationError("\(error)")
         }
         PylonLogging.bootstrap(format: settings.logFormat, level: settings.logLevel)
         let logger = Logger(label: "pylon.sidecar")
-        let sidecar = Sidecar(configuration: settings, logger: logger)
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: settings.threads)
+        let sidecar = Sidecar(configuration: settings, group: group, logger: logger)
         try await sidecar.start()
-        let group = ServiceGroup(
+        let services = ServiceGroup(
             configuration: .init(services: [.init(service: sidecar)], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
         )
-        try await group.run()
+        try await services.run()
+        try await group.shutdownGracefully()
     }
 }

@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import NIOCore
 import Shared
 import Yams
 
@@ -22,6 +23,8 @@ public struct SidecarConfiguration: Sendable, Equatable {
     public var limits = RESPLimits.default
     /// Graceful shutdown waits this long for in-flight replies.
     public var shutdownGraceMilliseconds = 5000
+    /// Event-loop threads; each serves its clients and holds its own connections to Redis.
+    public var threads = System.coreCount
 
     public init() {}
 
@@ -40,7 +43,7 @@ public struct SidecarConfiguration: Sendable, Equatable {
     public static let keys = [
         "listen", "redis", "admin", "read-from", "log-level", "log-format", "rack", "world",
         "redis-timeout-ms", "connect-timeout-ms", "max-pending-replies", "max-bulk-length",
-        "max-arguments", "max-inline-length", "shutdown-grace-ms",
+        "max-arguments", "max-inline-length", "shutdown-grace-ms", "threads",
     ]
 
     /// Sets one key from its textual value, validating it.
@@ -85,6 +88,7 @@ public struct SidecarConfiguration: Sendable, Equatable {
         case "max-arguments": self.limits.maxArrayLength = try integer(1...(1 << 30))
         case "max-inline-length": self.limits.maxInlineLength = try integer(16...(1 << 30))
         case "shutdown-grace-ms": self.shutdownGraceMilliseconds = try integer(0...3_600_000)
+        case "threads": self.threads = try integer(1...256)
         default:
             throw Error(key: key, problem: "unknown key; known keys are \(Self.keys.joined(separator: ", "))")
         }

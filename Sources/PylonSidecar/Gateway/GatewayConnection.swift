@@ -30,6 +30,8 @@ final class GatewayConnection: ChannelDuplexHandler, ReplySink {
     /// Received bytes not decoded yet.
     private var inbound = ByteBuffer()
     private var decoding = false
+    /// When the bytes being decoded arrived: the start of each request's latency (one clock read per batch).
+    private var readAt = NIODeadline.now()
     private var readDeferred = false
     private var closeWhenAnswered = false
     private var unflushed = false
@@ -83,11 +85,11 @@ final class GatewayConnection: ChannelDuplexHandler, ReplySink {
         } else {
             self.inbound.writeBuffer(&bytes)
         }
+        self.readAt = .now()
         self.decodeRequests()
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
-        self.router.flush()
         self.flushReplies()
         context.fireChannelReadComplete()
     }
@@ -110,7 +112,7 @@ final class GatewayConnection: ChannelDuplexHandler, ReplySink {
                 return
             }
             let tag = self.firstTag + self.slots.count
-            self.slots.append(Slot(reply: nil, className: "error", started: .now()))
+            self.slots.append(Slot(reply: nil, className: "error", started: self.readAt))
             self.gateway.stats.pendingReplies.add(1, ordering: .relaxed)
             self.dispatch(request, tag: tag)
         }
@@ -216,9 +218,8 @@ final class GatewayConnection: ChannelDuplexHandler, ReplySink {
     private func resumeReadingIfPossible() {
         guard self.slots.count < self.gateway.maxPendingReplies, self.context.channel.isWritable else { return }
         if self.inbound.readableBytes > 0, !self.decoding {
-            // Requests held back by the budget: decode them now; their replies come via the router.
+            // Requests held back by the budget: decode them now.
             self.decodeRequests()
-            self.router.flush()
         }
         if self.readDeferred, self.slots.count < self.gateway.maxPendingReplies {
             self.readDeferred = false

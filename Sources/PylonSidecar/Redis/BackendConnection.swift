@@ -45,8 +45,6 @@ final class BackendConnection {
     /// When set, offered every error reply first; returns true when it took care of the request
     /// (a cluster redirect).
     var redirectHandler: ((ByteBuffer, InFlightRequest) -> Bool)?
-    /// Told when the connection becomes writable-through-flush; lets the router batch flushes.
-    var onDirty: ((BackendConnection) -> Void)?
 
     init(address: HostPort, eventLoop: EventLoop, settings: Settings, status: BackendStatus, logger: Logger) {
         self.address = address
@@ -100,10 +98,13 @@ final class BackendConnection {
         if case .connected(let channel) = self.state { channel.flush() }
     }
 
+    /// Flushes once per event-loop tick: tasks run after the tick's I/O, so requests from every
+    /// client read in this tick leave in one write.
     private func markDirty() {
         if !self.needsFlush {
             self.needsFlush = true
-            self.onDirty?(self)
+            let this = NIOLoopBound(self, eventLoop: self.eventLoop)
+            self.eventLoop.execute { this.value.flush() }
         }
     }
 
@@ -136,8 +137,9 @@ final class BackendConnection {
             .channelOption(.tcpOption(.tcp_nodelay), value: 1)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(RESPReplyDecoder(limits: limits)))
-                    try channel.pipeline.syncOperations.addHandler(BackendReplyHandler(connection: NIOLoopBound(self, eventLoop: channel.eventLoop)))
+                    try channel.pipeline.syncOperations.addHandler(
+                        BackendReplyHandler(connection: NIOLoopBound(self, eventLoop: channel.eventLoop), limits: limits)
+                    )
                 }
             }
         bootstrap.connect(host: self.address.host, port: self.address.port).whenComplete { result in
@@ -281,21 +283,38 @@ final class BackendConnection {
     }
 }
 
-/// Feeds replies from Redis to the connection; reports when the connection ends.
+/// Splits Redis's byte stream into replies (zero-copy slices) and feeds them to the connection;
+/// reports when the connection ends.
 private final class BackendReplyHandler: ChannelInboundHandler {
     typealias InboundIn = ByteBuffer
     let connection: NIOLoopBound<BackendConnection>
+    let scanner: RESPReplyScanner
+    private var inbound = ByteBuffer()
 
-    init(connection: NIOLoopBound<BackendConnection>) { self.connection = connection }
+    init(connection: NIOLoopBound<BackendConnection>, limits: RESPLimits) {
+        self.connection = connection
+        self.scanner = RESPReplyScanner(limits: limits)
+    }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        self.connection.value.received(self.unwrapInboundIn(data))
+        var bytes = self.unwrapInboundIn(data)
+        if self.inbound.readableBytes == 0 {
+            self.inbound = bytes
+        } else {
+            self.inbound.writeBuffer(&bytes)
+        }
+        let connection = self.connection.value
+        do {
+            while let length = try self.scanner.length(of: self.inbound, at: self.inbound.readerIndex) {
+                connection.received(self.inbound.readSlice(length: length)!)
+            }
+        } catch {
+            connection.lost(reason: "redis sent an invalid reply (\(error))", channel: context.channel)
+        }
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
         self.connection.value.flushSinks()
-        // Requests re-sent on redirect during this batch.
-        self.connection.value.flush()
     }
 
     func channelInactive(context: ChannelHandlerContext) {

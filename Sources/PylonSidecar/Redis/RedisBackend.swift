@@ -109,8 +109,4 @@ final class SingleNodeRouter: BackendRouter {
     func send(_ request: RedisRequest, command: Command, sink: ReplySink, tag: Int) {
         self.connection.send(request.raw, sink: sink, tag: tag)
     }
-
-    func flush() {
-        self.connection.flush()
-    }
 }

@@ -26,6 +26,4 @@ struct InFlightRequest {
 protocol BackendRouter: AnyObject {
     /// Sends a read; the reply (or a `-ERR pylon: …` when Redis is unavailable) goes to `sink`.
     func send(_ request: RedisRequest, command: Command, sink: ReplySink, tag: Int)
-    /// Flushes requests written since the last call.
-    func flush()
 }

@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# The read-path benchmark: redis-benchmark against direct Redis, twemproxy (nutcracker) and
+# pylon-sidecar, all in front of the same redis-server, interleaved in one run.
+# Usage: scripts/bench.sh [ROUNDS]   (env: REQUESTS=200000 CLIENTS=50 THREADS=<sidecar threads>)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROUNDS=${1:-3}
+REQUESTS=${REQUESTS:-200000}
+CLIENTS=${CLIENTS:-50}
+BIN=.build/release/pylon-sidecar
+[ -x "$BIN" ] || swift build -c release
+work=$(mktemp -d /tmp/pylon-bench.XXXXXX)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
+wait_port() { for _ in $(seq 100); do (echo > /dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
+
+redis_port=$(free_port); nc_port=$(free_port); nc_stats=$(free_port); pylon_port=$(free_port); admin_port=$(free_port)
+redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no --dir "$work" --logfile "$work/redis.log" &
+pids+=($!)
+wait_port "$redis_port"
+cat > "$work/nutcracker.yml" <<YML
+pylon:
+  listen: 127.0.0.1:$nc_port
+  redis: true
+  servers:
+    - 127.0.0.1:$redis_port:1
+YML
+nutcracker -c "$work/nutcracker.yml" -s "$nc_stats" -a 127.0.0.1 -o "$work/nutcracker.log" &
+pids+=($!)
+"$BIN" --listen "127.0.0.1:$pylon_port" --admin "127.0.0.1:$admin_port" --redis "redis://127.0.0.1:$redis_port" \
+  --log-level warning ${THREADS:+--threads $THREADS} 2> "$work/pylon.log" &
+pids+=($!)
+wait_port "$nc_port"; wait_port "$pylon_port"
+
+# Keys redis-benchmark reads: GET key:__rand_int__ and MGET over 10 such keys.
+redis-cli -p "$redis_port" set key:__rand_int__ "$(head -c 3 /dev/zero | tr '\0' x)" > /dev/null
+
+results="$work/results.csv"
+for round in $(seq "$ROUNDS"); do
+  for pipeline in 1 16; do
+    for target in direct twemproxy pylon; do
+      case $target in direct) port=$redis_port ;; twemproxy) port=$nc_port ;; pylon) port=$pylon_port ;; esac
+      redis-benchmark -p "$port" -t get,mget -c "$CLIENTS" -n "$REQUESTS" -P "$pipeline" --csv 2>/dev/null \
+        | tail -n +2 | tr -d '"' | while IFS=, read -r test rps avg min p50 p95 p99 max; do
+          echo "$round,$target,$test,$pipeline,$rps,$p50,$p99" >> "$results"
+        done
+    done
+  done
+done
+
+python3 - "$results" "$ROUNDS" "$REQUESTS" "$CLIENTS" <<'PY'
+import csv, statistics, sys
+path, rounds, requests, clients = sys.argv[1:]
+rows = list(csv.reader(open(path)))
+data = {}
+for r, target, test, pipeline, rps, p50, p99 in rows:
+    data.setdefault((test.split()[0], int(pipeline)), {}).setdefault(target, []).append((float(rps), float(p50), float(p99)))
+print(f"redis-benchmark -c {clients} -n {requests}, median of {rounds} interleaved rounds")
+print(f"| test | pipeline | target | req/s | p50 ms | p99 ms | vs direct | vs twemproxy |")
+print(f"|---|---|---|---|---|---|---|---|")
+for (test, pipeline), targets in sorted(data.items()):
+    med = {t: tuple(statistics.median(x[i] for x in v) for i in range(3)) for t, v in targets.items()}
+    for t in ("direct", "twemproxy", "pylon"):
+        rps, p50, p99 = med[t]
+        print(f"| {test} | {pipeline} | {t} | {rps:,.0f} | {p50:.3f} | {p99:.3f} | {rps/med['direct'][0]:.2f} | {rps/med['twemproxy'][0]:.2f} |")
+PY
