@@ -46,7 +46,9 @@ public final class Sidecar: Service, Sendable {
         switch configuration.redis {
         case .standalone(let address):
             return StandaloneBackend(address: address, group: group, settings: settings, status: status, logger: logger)
-        case .cluster, .sentinel:
+        case .cluster(let seeds):
+            return ClusterBackend(seeds: seeds, group: group, settings: settings, status: status, logger: logger)
+        case .sentinel:
             fatalError("TODO")
         }
     }
@@ -55,6 +57,8 @@ public final class Sidecar: Service, Sendable {
     public var listenAddress: SocketAddress? { self.bound.value?.server.localAddress }
     public var adminAddress: SocketAddress? { self.bound.value?.admin.localAddress }
     public var isReady: Bool { self.backend.isReady }
+    /// The text `PYLON INFO` answers.
+    public var info: String { PylonCommands.info(self.gateway) }
 
     /// Connects to Redis and binds the listening sockets.
     public func start() async throws {

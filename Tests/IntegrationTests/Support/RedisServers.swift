@@ -36,6 +36,8 @@ final class RedisClusterFixture: Sendable {
             let port = try Ports.free()
             nodes.append(try RedisServer(port: port, extra: [
                 "--cluster-enabled", "yes", "--cluster-config-file", "nodes-\(port).conf", "--cluster-node-timeout", "2000",
+                // The bus port defaults to port + 10000, which may be taken or out of range.
+                "--cluster-port", "\(try Ports.free())",
             ]))
         }
         self.nodes = nodes

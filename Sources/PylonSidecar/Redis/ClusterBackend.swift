@@ -1,0 +1,357 @@
+import Logging
+import NIOCore
+import Synchronization
+
+/// Which primary serves each of the 16384 slots, as `CLUSTER SLOTS` last said.
+struct ClusterTopology: Sendable {
+    var version = 0
+    var primaries: [HostPort] = []
+    /// Index into `primaries` per slot; -1 when no node serves the slot.
+    var owners = [Int16](repeating: -1, count: HashSlot.count)
+
+    func owner(of slot: Int) -> HostPort? {
+        let index = Int(self.owners[slot])
+        return index >= 0 ? self.primaries[index] : nil
+    }
+
+    var coveredSlots: Int { self.owners.lazy.filter { $0 >= 0 }.count }
+
+    /// Parses a `CLUSTER SLOTS` reply. `fallbackHost` stands in for a node that reports an empty host.
+    init?(slotsReply: RESPValue, fallbackHost: String, version: Int) {
+        guard let ranges = slotsReply.array else { return nil }
+        self.version = version
+        for range in ranges {
+            guard let fields = range.array, fields.count >= 3, let start = fields[0].int, let end = fields[1].int,
+                  let node = fields[2].array, node.count >= 2, let port = node[1].int,
+                  start >= 0, end < HashSlot.count, start <= end else { return nil }
+            let host = node[0].string.flatMap { $0.isEmpty || $0 == "?" ? nil : $0 } ?? fallbackHost
+            let address = HostPort(host: host, port: port)
+            var index = self.primaries.firstIndex(of: address)
+            if index == nil {
+                self.primaries.append(address)
+                index = self.primaries.count - 1
+            }
+            for slot in start...end { self.owners[slot] = Int16(index!) }
+        }
+    }
+
+    init() {}
+}
+
+/// A Redis Cluster: reads go to the owner of their key's slot, multi-key reads are split by slot
+/// and reassembled (MGET, EXISTS), MOVED and ASK are followed without the client ever seeing them,
+/// and the slot map is refreshed after a MOVED.
+final class ClusterBackend: RedisBackend {
+    let seeds: [HostPort]
+    let group: EventLoopGroup
+    let settings: BackendConnection.Settings
+    let status: BackendStatus
+    let logger: Logger
+    private let topology = Mutex(ClusterTopology())
+    private let topologyVersion = Atomic<Int>(0)
+    private let refreshing = Atomic<Bool>(false)
+    private let routers = LateBound<PerLoop<ClusterRouter>>()
+    private let refresher = Mutex<Task<Void, Never>?>(nil)
+    /// How often the slot map is re-read even without a MOVED (new nodes, failovers).
+    let refreshInterval: Duration = .seconds(10)
+
+    init(seeds: [HostPort], group: EventLoopGroup, settings: BackendConnection.Settings, status: BackendStatus, logger: Logger) {
+        self.seeds = seeds
+        self.group = group
+        self.settings = settings
+        self.status = status
+        self.logger = logger
+    }
+
+    func start() async throws {
+        if await !self.refresh() {
+            self.logger.warning("no cluster node answered CLUSTER SLOTS yet; retrying in the background", metadata: ["seeds": "\(self.seeds)"])
+        }
+        let routers = try await PerLoop(group: self.group) { [self] loop in
+            let router = ClusterRouter(backend: self, eventLoop: loop)
+            router.connectToPrimaries()
+            return router
+        }
+        self.routers.set(routers)
+        let interval = self.refreshInterval
+        self.refresher.withLock {
+            $0 = Task { [weak self] in
+                while !Task.isCancelled {
+                    try? await Task.sleep(for: interval)
+                    guard let self else { return }
+                    if await self.refresh() {
+                        await self.routers.value?.forEach { $0.connectToPrimaries() }
+                    }
+                }
+            }
+        }
+    }
+
+    func shutdown() async {
+        self.refresher.withLock { $0?.cancel() }
+        await self.routers.value?.forEach { $0.close() }
+    }
+
+    func router(on eventLoop: EventLoop) -> BackendRouter {
+        self.routers.value!.value(on: eventLoop)
+    }
+
+    var currentTopology: ClusterTopology { self.topology.withLock { $0 } }
+    var currentVersion: Int { self.topologyVersion.load(ordering: .acquiring) }
+
+    var isReady: Bool {
+        let topology = self.currentTopology
+        return topology.coveredSlots == HashSlot.count && topology.primaries.allSatisfy { self.status.isUp($0) }
+    }
+
+    var description: BackendDescription {
+        let topology = self.currentTopology
+        return BackendDescription(
+            topology: "cluster",
+            nodes: topology.primaries.map { ($0, "master", self.status.isUp($0)) },
+            details: [("cluster_slots_covered", "\(topology.coveredSlots)"), ("cluster_topology_version", "\(topology.version)")]
+        )
+    }
+
+    /// Asks for a new slot map soon (after a MOVED); concurrent requests collapse into one.
+    func requestRefresh() {
+        guard self.refreshing.compareExchange(expected: false, desired: true, ordering: .acquiringAndReleasing).exchanged else { return }
+        Task {
+            _ = await self.refresh(alreadyFlagged: true)
+        }
+    }
+
+    /// Reads `CLUSTER SLOTS` from a known node (or a seed). Returns whether it succeeded.
+    @discardableResult
+    func refresh(alreadyFlagged: Bool = false) async -> Bool {
+        if !alreadyFlagged {
+            guard self.refreshing.compareExchange(expected: false, desired: true, ordering: .acquiringAndReleasing).exchanged else { return false }
+        }
+        defer { self.refreshing.store(false, ordering: .releasing) }
+        let candidates = self.currentTopology.primaries + self.seeds
+        var seen = Set<HostPort>()
+        for address in candidates where seen.insert(address).inserted {
+            do {
+                let client = try await RedisClient.connect(to: address, on: self.group.any(), timeout: self.settings.connectTimeout)
+                defer { Task { await client.close() } }
+                let reply = try await client.send("CLUSTER", "SLOTS")
+                let version = self.currentVersion + 1
+                guard let topology = ClusterTopology(slotsReply: reply, fallbackHost: address.host, version: version), !topology.primaries.isEmpty else {
+                    self.logger.warning("unusable CLUSTER SLOTS reply", metadata: ["node": "\(address)", "reply": "\(reply.string ?? "?")"])
+                    continue
+                }
+                let changed = self.topology.withLock { current -> Bool in
+                    guard current.owners != topology.owners || current.primaries != topology.primaries else { return false }
+                    current = topology
+                    return true
+                }
+                if changed {
+                    self.topologyVersion.store(version, ordering: .releasing)
+                    self.logger.info("cluster slot map updated", metadata: [
+                        "primaries": "\(topology.primaries.map(\.description).joined(separator: ","))", "slots": "\(topology.coveredSlots)",
+                    ])
+                }
+                return true
+            } catch {
+                self.logger.debug("CLUSTER SLOTS failed", metadata: ["node": "\(address)", "error": "\(error)"])
+            }
+        }
+        return false
+    }
+}
+
+/// The cluster router of one event loop: one connection per node, a local copy of the slot map.
+final class ClusterRouter: BackendRouter {
+    private unowned let backend: ClusterBackend
+    private let eventLoop: EventLoop
+    private var connections: [HostPort: BackendConnection] = [:]
+    private var topology = ClusterTopology()
+    private var nextKeyless = 0
+    /// Redirects a request may follow before its last error goes to the client.
+    static let maxRedirects = 5
+
+    init(backend: ClusterBackend, eventLoop: EventLoop) {
+        self.backend = backend
+        self.eventLoop = eventLoop
+    }
+
+    func connectToPrimaries() {
+        self.syncTopology()
+        for primary in self.topology.primaries { self.connection(to: primary).connect() }
+    }
+
+    func close() {
+        for connection in self.connections.values { connection.close() }
+    }
+
+    private func syncTopology() {
+        if self.topology.version != self.backend.currentVersion {
+            self.topology = self.backend.currentTopology
+        }
+    }
+
+    private func connection(to address: HostPort) -> BackendConnection {
+        if let connection = self.connections[address] { return connection }
+        let connection = BackendConnection(
+            address: address, eventLoop: self.eventLoop, settings: self.backend.settings, status: self.backend.status, logger: self.backend.logger
+        )
+        connection.redirectHandler = { [unowned self] reply, request in self.redirect(reply, request) }
+        self.connections[address] = connection
+        return connection
+    }
+
+    func send(_ request: RedisRequest, command: Command, sink: ReplySink, tag: Int) {
+        self.syncTopology()
+        guard let positions = command.keyPositions(in: request.arguments) else {
+            return Self.fail(sink, tag, "ERR wrong number of arguments for '\(command.name)' command")
+        }
+        if positions.isEmpty {
+            // Keyless reads (INFO, DBSIZE, SCAN, …) go to one primary, in turn.
+            guard !self.topology.primaries.isEmpty else { return Self.fail(sink, tag, Self.noSlotMap) }
+            self.nextKeyless = (self.nextKeyless + 1) % self.topology.primaries.count
+            self.connection(to: self.topology.primaries[self.nextKeyless]).send(request.raw, sink: sink, tag: tag)
+            return
+        }
+        let slots = positions.map { HashSlot.of(request.arguments[$0]) }
+        if slots.allSatisfy({ $0 == slots[0] }) {
+            return self.send(request.raw, slot: slots[0], sink: sink, tag: tag)
+        }
+        switch command.name {
+        case "mget":
+            self.split(request, positions: positions, slots: slots, merge: .mget, sink: sink, tag: tag)
+        case "exists", "touch":
+            self.split(request, positions: positions, slots: slots, merge: .sum, sink: sink, tag: tag)
+        default:
+            Self.fail(sink, tag, "CROSSSLOT Keys in request don't hash to the same slot (pylon fronts a Redis Cluster: use hash tags, e.g. {user1}.a and {user1}.b, to keep the keys of one command in one slot)")
+        }
+    }
+
+    private func send(_ raw: ByteBuffer, slot: Int, sink: ReplySink, tag: Int) {
+        guard let owner = self.topology.owner(of: slot) else {
+            self.backend.requestRefresh()
+            return Self.fail(sink, tag, "CLUSTERDOWN Hash slot not served (pylon: slot \(slot) has no owner in the cluster's slot map)")
+        }
+        self.connection(to: owner).send(raw, sink: sink, tag: tag)
+    }
+
+    /// Sends one sub-request per slot; the assembler answers the client once all are in.
+    private func split(_ request: RedisRequest, positions: [Int], slots: [Int], merge: SplitReplyAssembler.Merge, sink: ReplySink, tag: Int) {
+        var groups: [Int: [Int]] = [:]  // slot → indexes into positions
+        var order: [Int] = []
+        for (index, slot) in slots.enumerated() {
+            if groups[slot] == nil { order.append(slot) }
+            groups[slot, default: []].append(index)
+        }
+        let assembler = SplitReplyAssembler(merge: merge, keyCount: positions.count, parts: order.map { groups[$0]! }, target: sink, targetTag: tag)
+        for (part, slot) in order.enumerated() {
+            let arguments = [request.arguments[0]] + groups[slot]!.map { request.arguments[positions[$0]] }
+            self.send(RedisRequest(arguments).raw, slot: slot, sink: assembler, tag: part)
+        }
+    }
+
+    /// Follows `-MOVED slot host:port` and `-ASK slot host:port`, and splits a multi-key read that
+    /// meets `-TRYAGAIN` (its keys are on both sides of a migrating slot) into one read per key.
+    /// Other errors go to the client.
+    private func redirect(_ reply: ByteBuffer, _ request: InFlightRequest) -> Bool {
+        guard request.redirects < Self.maxRedirects, let sink = request.sink else { return false }
+        if reply.readableBytesView.starts(with: "-TRYAGAIN".utf8) {
+            return self.splitPerKey(request, sink: sink)
+        }
+        let isMoved = reply.readableBytesView.starts(with: "-MOVED ".utf8)
+        let isAsk = !isMoved && reply.readableBytesView.starts(with: "-ASK ".utf8)
+        guard isMoved || isAsk else { return false }
+        let fields = String(buffer: reply).dropFirst().split(separator: " ")
+        guard fields.count >= 3, let target = HostPort(fields[2].trimmingCharacters(in: .whitespacesAndNewlines)) else { return false }
+        let connection = self.connection(to: target)
+        if isMoved {
+            self.backend.requestRefresh()
+        } else {
+            connection.send(RedisRequest("ASKING").raw, sink: nil, tag: 0)
+        }
+        connection.send(request.request, sink: sink, tag: request.tag, redirects: request.redirects + 1)
+        return true
+    }
+
+    private func splitPerKey(_ request: InFlightRequest, sink: ReplySink) -> Bool {
+        var decoder = RESPRequestDecoder()
+        var bytes = request.request
+        guard let decoded = try? decoder.decode(buffer: &bytes), decoded.arguments.count > 2 else { return false }
+        let merge: SplitReplyAssembler.Merge
+        if decoded.arguments[0].equalsIgnoringASCIICase("MGET") {
+            merge = .mget
+        } else if decoded.arguments[0].equalsIgnoringASCIICase("EXISTS") || decoded.arguments[0].equalsIgnoringASCIICase("TOUCH") {
+            merge = .sum
+        } else {
+            return false
+        }
+        let keys = Array(decoded.arguments.dropFirst())
+        let owners = keys.compactMap { self.topology.owner(of: HashSlot.of($0)) }
+        guard owners.count == keys.count else { return false }
+        let assembler = SplitReplyAssembler(merge: merge, keyCount: keys.count, parts: keys.indices.map { [$0] }, target: sink, targetTag: request.tag)
+        for (part, key) in keys.enumerated() {
+            let single = RedisRequest([decoded.arguments[0], key]).raw
+            self.connection(to: owners[part]).send(single, sink: assembler, tag: part, redirects: request.redirects + 1)
+        }
+        return true
+    }
+
+    static let noSlotMap = "CLUSTERDOWN pylon: the cluster's slot map is not known yet (no node answered CLUSTER SLOTS); retry shortly"
+
+    private static func fail(_ sink: ReplySink, _ tag: Int, _ message: String) {
+        var buffer = ByteBuffer()
+        buffer.writeRESPError(message)
+        sink.deliver(buffer, tag: tag)
+    }
+}
+
+/// Collects the replies of a request split by slot and answers the client once, in key order.
+final class SplitReplyAssembler: ReplySink {
+    enum Merge {
+        /// An array with one element per key, in the order of the keys (MGET).
+        case mget
+        /// The sum of integer replies (EXISTS, TOUCH).
+        case sum
+    }
+
+    private let merge: Merge
+    private let parts: [[Int]]
+    private let target: ReplySink
+    private let targetTag: Int
+    private var elements: [RESPValue]
+    private var sum = 0
+    private var error: RESPValue?
+    private var remaining: Int
+    var flushRequested = false
+
+    init(merge: Merge, keyCount: Int, parts: [[Int]], target: ReplySink, targetTag: Int) {
+        self.merge = merge
+        self.parts = parts
+        self.target = target
+        self.targetTag = targetTag
+        self.elements = Array(repeating: .null, count: keyCount)
+        self.remaining = parts.count
+    }
+
+    func deliver(_ reply: ByteBuffer, tag part: Int) {
+        var reply = reply
+        let value = (try? RESPValue.decode(from: &reply)) ?? .error("ERR pylon: unreadable reply from redis")
+        switch (value, self.merge) {
+        case (.error, _):
+            if self.error == nil { self.error = value }
+        case (.array(let values?), .mget) where values.count == self.parts[part].count:
+            for (index, element) in zip(self.parts[part], values) { self.elements[index] = element }
+        case (.integer(let n), .sum):
+            self.sum += n
+        default:
+            if self.error == nil { self.error = .error("ERR pylon: unexpected reply from redis to a split request") }
+        }
+        self.remaining -= 1
+        guard self.remaining == 0 else { return }
+        let result = self.error ?? (self.merge == .mget ? .array(self.elements) : .integer(self.sum))
+        self.target.deliver(result.encoded, tag: self.targetTag)
+    }
+
+    func flushReplies() {
+        self.target.flushReplies()
+    }
+}
