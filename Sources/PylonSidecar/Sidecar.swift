@@ -48,8 +48,11 @@ public final class Sidecar: Service, Sendable {
             return StandaloneBackend(address: address, group: group, settings: settings, status: status, logger: logger)
         case .cluster(let seeds):
             return ClusterBackend(seeds: seeds, group: group, settings: settings, status: status, logger: logger)
-        case .sentinel:
-            fatalError("TODO")
+        case .sentinel(let sentinels, let master):
+            return SentinelBackend(
+                sentinels: sentinels, masterName: master, readFrom: configuration.readFrom,
+                group: group, settings: settings, status: status, logger: logger
+            )
         }
     }
 

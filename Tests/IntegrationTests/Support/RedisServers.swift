@@ -109,14 +109,14 @@ final class SentinelFixture: Sendable {
         self.sentinel = try LocalProcess("redis-server", [config.path, "--sentinel"], name: "sentinel",
                                          log: self.directory.url.appendingPathComponent("sentinel.log"))
         try Ports.waitUntilOpen(self.sentinelPort)
-        // Wait until the replica is in sync and the Sentinel has discovered it.
+        // Wait until the Sentinel has discovered the replica and seen it in sync (its INFO refresh runs every 10 s).
         let sentinelClient = try await RedisClient.connect(to: self.sentinelAddress)
         defer { Task { await sentinelClient.close() } }
         let ready = try await eventually(timeout: .seconds(20)) {
             let replicas = try await sentinelClient.send("SENTINEL", "REPLICAS", self.masterName).array ?? []
             guard let fields = replicas.first?.array else { return false }
-            let flags = zip(fields, fields.dropFirst()).first { $0.0.string == "flags" }?.1.string ?? ""
-            return flags == "slave"
+            func field(_ name: String) -> String? { zip(fields, fields.dropFirst()).first { $0.0.string == name }?.1.string }
+            return field("flags") == "slave" && field("master-link-status") == "ok"
         }
         guard ready else { throw HarnessError("sentinel did not discover the replica") }
     }
