@@ -39,7 +39,7 @@ struct PylonSidecarCommand: AsyncParsableCommand {
     var maxPendingReplies: String?
     @Option(name: .customLong("max-bulk-length"), help: "Largest argument a client may send, bytes (default 536870912).")
     var maxBulkLength: String?
-    @Option(help: "Event-loop threads (default: one per core).")
+    @Option(help: "Event-loop threads (default 1).")
     var threads: String?
 
     func run() async throws {

@@ -1,6 +1,5 @@
 import Foundation
 import Logging
-import NIOCore
 import Shared
 import Yams
 
@@ -23,8 +22,10 @@ public struct SidecarConfiguration: Sendable, Equatable {
     public var limits = RESPLimits.default
     /// Graceful shutdown waits this long for in-flight replies.
     public var shutdownGraceMilliseconds = 5000
-    /// Event-loop threads; each serves its clients and holds its own connections to Redis.
-    public var threads = System.coreCount
+    /// Event-loop threads; each serves its clients and holds its own connections to Redis. One,
+    /// like twemproxy: a sidecar shares its machine with Redis and the application, and on the
+    /// 2-core benchmark machine one loop beat two (BENCHMARKS.md). Raise it where cores are spare.
+    public var threads = 1
 
     public init() {}
 

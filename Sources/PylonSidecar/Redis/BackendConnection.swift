@@ -131,21 +131,20 @@ final class BackendConnection {
         }
         self.state = .connecting
         let limits = self.settings.limits
+        let this = NIOLoopBound(self, eventLoop: self.eventLoop)
         let bootstrap = ClientBootstrap(group: self.eventLoop)
             .connectTimeout(self.settings.connectTimeout)
             .channelOption(.socketOption(.so_keepalive), value: 1)
             .channelOption(.tcpOption(.tcp_nodelay), value: 1)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(
-                        BackendReplyHandler(connection: NIOLoopBound(self, eventLoop: channel.eventLoop), limits: limits)
-                    )
+                    try channel.pipeline.syncOperations.addHandler(BackendReplyHandler(connection: this, limits: limits))
                 }
             }
         bootstrap.connect(host: self.address.host, port: self.address.port).whenComplete { result in
             switch result {
-            case .success(let channel): self.connected(channel)
-            case .failure(let error): self.lost(reason: Self.describe(error))
+            case .success(let channel): this.value.connected(channel)
+            case .failure(let error): this.value.lost(reason: Self.describe(error))
             }
         }
     }
