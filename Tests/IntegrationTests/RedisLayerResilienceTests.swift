@@ -1,6 +1,7 @@
 import Foundation
 import NIOCore
 import PylonSidecar
+import Synchronization
 import Testing
 
 /// A local Redis that goes away, hangs or comes back.
@@ -26,6 +27,43 @@ struct RedisLayerResilienceTests {
         let recovered = try await eventually { try await client.send("GET", "k") == .bulk("back") }
         #expect(recovered)
         #expect(try await sidecar.admin("/readyz").0 == 200)
+        await sidecar.stop()
+    }
+
+    @Test func droppedConnectionsAreRemadeAndReadsInFlightResent() async throws {
+        let redis = try RedisServer()
+        _ = try await redis.client().send("SET", "k", "v")
+        let sidecar = try await SidecarFixture(redis: .standalone(redis.address))
+        final class Outcome: Sendable {
+            let reads = Atomic<Int>(0)
+            let failures = Mutex<[String]>([])
+        }
+        let outcome = Outcome()
+        let readers = (0..<4).map { _ in
+            Task { [outcome] in
+                let client = try await sidecar.client()
+                while !Task.isCancelled {
+                    var batch = ByteBuffer()
+                    for _ in 0..<50 { batch.writeRESPCommand([ByteBuffer(string: "GET"), ByteBuffer(string: "k")]) }
+                    for reply in try await client.sendRaw(batch, replies: 50) where reply != .bulk("v") {
+                        outcome.failures.withLock { $0.append(reply.string ?? "nil") }
+                    }
+                    outcome.reads.add(50, ordering: .relaxed)
+                }
+            }
+        }
+        // What Sentinel does to every instance it reconfigures: kill its clients (the sidecar's connections).
+        let admin = try await redis.client()
+        for _ in 0..<10 {
+            try await Task.sleep(for: .milliseconds(30))
+            #expect(try await admin.send("CLIENT", "KILL", "TYPE", "normal").int != nil)
+        }
+        try await Task.sleep(for: .milliseconds(100))
+        for reader in readers { reader.cancel() }
+        for reader in readers { _ = await reader.result }
+        #expect(outcome.reads.load(ordering: .relaxed) > 1000)
+        let failures = outcome.failures.withLock { $0 }
+        #expect(failures.count == 0, "first failures: \(failures.prefix(3))")
         await sidecar.stop()
     }
 

@@ -22,7 +22,7 @@ struct CommandTableTests {
 
     @Test func classifiesEveryCommandOfRedis70() {
         // 240 top-level commands in Redis 7.0, plus PYLON.
-        #expect(self.table.commands.names_.count == 241)
+        #expect(self.table.commands.names.count == 241)
         for command in self.table.all {
             if case .refused(let reason) = command.disposition {
                 #expect(reason.hasPrefix("pylon: "), "\(command.name): \(reason)")

@@ -128,7 +128,7 @@ public struct CommandTable: Sendable {
 /// (open addressing over an FNV-1a hash of the lower-cased name): no String per request.
 public struct CommandLookup: Sendable {
     private let slots: [Int32]
-    private let names: [[UInt8]]
+    private let nameBytes: [[UInt8]]
     private let commands: [Command]
     private let mask: Int
 
@@ -137,9 +137,9 @@ public struct CommandLookup: Sendable {
         while size < entries.count * 4 { size *= 2 }
         var slots = [Int32](repeating: -1, count: size)
         self.mask = size - 1
-        self.names = entries.map { Array($0.0.lowercased().utf8) }
+        self.nameBytes = entries.map { Array($0.0.lowercased().utf8) }
         self.commands = entries.map(\.1)
-        for (index, name) in self.names.enumerated() {
+        for (index, name) in self.nameBytes.enumerated() {
             var slot = Self.hash(name) & self.mask
             while slots[slot] >= 0 { slot = (slot + 1) & self.mask }
             slots[slot] = Int32(index)
@@ -147,7 +147,8 @@ public struct CommandLookup: Sendable {
         self.slots = slots
     }
 
-    public var names_: [String] { self.names.map { String(decoding: $0, as: UTF8.self) } }
+    /// Every name in the table, lower case.
+    public var names: [String] { self.nameBytes.map { String(decoding: $0, as: UTF8.self) } }
 
     public func find(_ name: String) -> Command? {
         self.find(ByteBuffer(string: name))
@@ -159,7 +160,7 @@ public struct CommandLookup: Sendable {
             while true {
                 let index = Int(self.slots[slot])
                 if index < 0 { return nil }
-                if Self.equalsLowercased(bytes, self.names[index]) { return self.commands[index] }
+                if Self.equalsLowercased(bytes, self.nameBytes[index]) { return self.commands[index] }
                 slot = (slot + 1) & self.mask
             }
         }

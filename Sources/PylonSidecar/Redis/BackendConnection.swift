@@ -67,28 +67,32 @@ final class BackendConnection {
 
     /// Writes a request (not flushed: see `flush`). `sink` nil drops the reply.
     func send(_ request: ByteBuffer, sink: ReplySink?, tag: Int, redirects: Int = 0) {
+        self.send(InFlightRequest(request: request, sink: sink, tag: tag, redirects: redirects))
+    }
+
+    private func send(_ request: InFlightRequest) {
         self.eventLoop.preconditionInEventLoop()
         switch self.state {
         case .connected(let channel):
-            self.inFlight.append(InFlightRequest(request: request, sink: sink, tag: tag, redirects: redirects))
-            channel.write(request, promise: nil)
+            self.inFlight.append(request)
+            channel.write(request.request, promise: nil)
             self.markDirty()
         case .connecting:
-            self.inFlight.append(InFlightRequest(request: request, sink: sink, tag: tag, redirects: redirects))
-            var copy = request
+            self.inFlight.append(request)
+            var copy = request.request
             self.queued.writeBuffer(&copy)
         case .idle:
             self.connect()
-            self.send(request, sink: sink, tag: tag, redirects: redirects)
+            self.send(request)
         case .backingOff(let until, let reason):
             if NIODeadline.now() >= until {
                 self.connect()
-                self.send(request, sink: sink, tag: tag, redirects: redirects)
+                self.send(request)
             } else {
-                self.reject(sink: sink, tag: tag, reason: reason)
+                self.reject(sink: request.sink, tag: request.tag, reason: reason)
             }
         case .closed:
-            self.reject(sink: sink, tag: tag, reason: "the sidecar is shutting down")
+            self.reject(sink: request.sink, tag: request.tag, reason: "the sidecar is shutting down")
         }
     }
 
@@ -165,9 +169,12 @@ final class BackendConnection {
         self.startTimeoutChecks()
     }
 
-    /// The connection failed or dropped: fail what was in flight and back off before retrying.
-    /// `channel` names the connection that ended; news from an older one is ignored.
-    fileprivate func lost(reason: String, channel: Channel? = nil) {
+    /// The connection failed or dropped. An established connection that drops (Redis restarted,
+    /// a failover killed its clients) is re-made at once and the reads in flight on it are sent
+    /// again, once: reads are idempotent. A failed connect backs off before the next attempt, and
+    /// requests meanwhile get an immediate error. `channel` names the connection that ended;
+    /// news from an older one is ignored. `resend` is false when Redis hung (resending would hang too).
+    fileprivate func lost(reason: String, channel: Channel? = nil, resend: Bool = true) {
         switch self.state {
         case .closed, .idle, .backingOff:
             return
@@ -179,9 +186,24 @@ final class BackendConnection {
             self.state = .idle
             current.close(promise: nil)
             self.status.disconnected(self.address, error: reason)
+            self.timeoutTask?.cancel()
+            self.timeoutTask = nil
+            self.logger.warning("redis connection lost; reconnecting", metadata: ["reason": "\(reason)"])
+            let interrupted = self.inFlight
+            self.inFlight.removeAll()
+            self.connect()
+            for var request in interrupted {
+                if resend, !request.resent {
+                    request.resent = true
+                    self.send(request)
+                } else if let sink = request.sink {
+                    sink.deliver(Self.unavailable(self.address, reason), tag: request.tag)
+                    self.requestFlush(of: sink)
+                }
+            }
+            self.flushSinks()
+            return
         }
-        self.timeoutTask?.cancel()
-        self.timeoutTask = nil
         self.queued.clear()
         self.failures += 1
         let backoff = min(self.settings.minBackoff.nanoseconds << min(self.failures - 1, 16), self.settings.maxBackoff.nanoseconds)
@@ -225,7 +247,7 @@ final class BackendConnection {
             self.repliesAtLastCheck = self.repliesReceived
             self.lastProgress = now
         } else if now - self.lastProgress >= timeout {
-            self.lost(reason: "no reply within \(timeout.nanoseconds / 1_000_000) ms")
+            self.lost(reason: "no reply within \(timeout.nanoseconds / 1_000_000) ms", resend: false)
         }
     }
 
@@ -246,7 +268,7 @@ final class BackendConnection {
     fileprivate func received(_ reply: ByteBuffer) {
         self.repliesReceived &+= 1
         guard let request = self.inFlight.popFirst() else {
-            self.lost(reason: "redis sent a reply nobody asked for")
+            self.lost(reason: "redis sent a reply nobody asked for", resend: false)
             return
         }
         if let handler = self.redirectHandler, reply.getInteger(at: reply.readerIndex, as: UInt8.self) == UInt8(ascii: "-"),
@@ -308,7 +330,7 @@ private final class BackendReplyHandler: ChannelInboundHandler {
                 connection.received(self.inbound.readSlice(length: length)!)
             }
         } catch {
-            connection.lost(reason: "redis sent an invalid reply (\(error))", channel: context.channel)
+            connection.lost(reason: "redis sent an invalid reply (\(error))", channel: context.channel, resend: false)
         }
     }
 

@@ -19,6 +19,8 @@ struct InFlightRequest {
     var sink: ReplySink?
     var tag: Int
     var redirects: Int = 0
+    /// Set once the request was sent again after its connection dropped (reads are idempotent).
+    var resent = false
 }
 
 /// The per-event-loop face of the Redis layer: client connections on a loop send through the
