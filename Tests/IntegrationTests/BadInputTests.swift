@@ -5,7 +5,7 @@ import Testing
 
 /// Hostile or broken clients: the offending connection gets a Redis-style error and is closed;
 /// the sidecar keeps serving everyone else.
-@Suite("Bad input")
+@Suite("Bad input", .timeLimit(.minutes(3)))
 struct BadInputTests {
     @Test(arguments: [
         ("*2\r\n$3\r\nGET\r\n:5\r\n", "ERR Protocol error: expected '$', got ':'"),

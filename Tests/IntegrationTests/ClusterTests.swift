@@ -5,7 +5,7 @@ import Testing
 @testable import PylonSidecar
 
 /// The read path in front of a real 3-master Redis Cluster.
-@Suite("Gateway in front of a Redis Cluster", .serialized)
+@Suite("Gateway in front of a Redis Cluster", .serialized, .timeLimit(.minutes(3)))
 struct ClusterTests {
     /// Writes straight to the node owning the key (tests set data up without going through Pylon).
     func set(_ cluster: RedisClusterFixture, _ key: String, _ value: String) async throws {

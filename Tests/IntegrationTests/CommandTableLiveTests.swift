@@ -5,7 +5,7 @@ import Testing
 @testable import PylonSidecar
 
 /// The command table must stay true to the real server.
-@Suite("Command table against a live redis-server")
+@Suite("Command table against a live redis-server", .timeLimit(.minutes(3)))
 struct CommandTableLiveTests {
     @Test func matchesTheServersCommandReply() async throws {
         let redis = try RedisServer()

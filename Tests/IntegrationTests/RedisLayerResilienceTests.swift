@@ -5,7 +5,7 @@ import Synchronization
 import Testing
 
 /// A local Redis that goes away, hangs or comes back.
-@Suite("Redis layer resilience")
+@Suite("Redis layer resilience", .timeLimit(.minutes(3)))
 struct RedisLayerResilienceTests {
     @Test func aDownRedisGivesAQuickClearErrorAndRecoveryIsAutomatic() async throws {
         let port = try Ports.free()

@@ -6,7 +6,7 @@ import Testing
 @testable import PylonSidecar
 
 /// The read path in front of a Sentinel-managed master and replica.
-@Suite("Gateway in front of Redis Sentinel", .serialized)
+@Suite("Gateway in front of Redis Sentinel", .serialized, .timeLimit(.minutes(3)))
 struct SentinelTests {
     func getCalls(_ server: RedisServer) async throws -> Int {
         let client = try await server.client()

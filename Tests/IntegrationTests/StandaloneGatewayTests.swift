@@ -4,7 +4,7 @@ import PylonSidecar
 import Testing
 
 /// The read path against a real redis-server: what a client sees through the sidecar.
-@Suite("Gateway in front of a standalone Redis")
+@Suite("Gateway in front of a standalone Redis", .timeLimit(.minutes(3)))
 struct StandaloneGatewayTests {
     @Test func readsAreServedByTheLocalRedis() async throws {
         let redis = try RedisServer()

@@ -112,7 +112,7 @@ final class SentinelFixture: Sendable {
         // Wait until the Sentinel has discovered the replica and seen it in sync (its INFO refresh runs every 10 s).
         let sentinelClient = try await RedisClient.connect(to: self.sentinelAddress)
         defer { Task { await sentinelClient.close() } }
-        let ready = try await eventually(timeout: .seconds(20)) {
+        let ready = try await eventually(timeout: .seconds(30)) {
             let replicas = try await sentinelClient.send("SENTINEL", "REPLICAS", self.masterName).array ?? []
             guard let fields = replicas.first?.array else { return false }
             func field(_ name: String) -> String? { zip(fields, fields.dropFirst()).first { $0.0.string == name }?.1.string }
