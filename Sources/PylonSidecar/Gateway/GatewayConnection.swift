@@ -116,7 +116,12 @@ final class GatewayConnection: ChannelDuplexHandler, ReplySink {
             self.gateway.stats.pendingReplies.add(1, ordering: .relaxed)
             self.dispatch(request, tag: tag)
         }
-        if self.inbound.readerIndex > 64 * 1024 { self.inbound.discardReadBytes() }
+        if self.inbound.readableBytes == 0 {
+            // Let go of the receive buffer so NIO can reuse it for the next read.
+            self.inbound = emptyBuffer
+        } else if self.inbound.readerIndex > 64 * 1024 {
+            self.inbound.discardReadBytes()
+        }
     }
 
     private func dispatch(_ request: RedisRequest, tag: Int) {

@@ -122,6 +122,9 @@ public enum RESPValue: Sendable, Equatable {
     }
 }
 
+/// A shared empty buffer: what a connection holds between reads instead of the last receive buffer.
+let emptyBuffer = ByteBuffer()
+
 /// Finds where one complete reply ends without decoding it, so replies from Redis are forwarded
 /// to clients as the bytes Redis sent. Understands RESP2 and RESP3; bounded nesting.
 public struct RESPReplyScanner: Sendable {

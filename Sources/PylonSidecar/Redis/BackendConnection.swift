@@ -329,6 +329,8 @@ private final class BackendReplyHandler: ChannelInboundHandler {
             while let length = try self.scanner.length(of: self.inbound, at: self.inbound.readerIndex) {
                 connection.received(self.inbound.readSlice(length: length)!)
             }
+            // Let go of the receive buffer so NIO can reuse it for the next read.
+            if self.inbound.readableBytes == 0 { self.inbound = emptyBuffer }
         } catch {
             connection.lost(reason: "redis sent an invalid reply (\(error))", channel: context.channel, resend: false)
         }
