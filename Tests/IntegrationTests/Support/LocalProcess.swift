@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -14,7 +15,7 @@ final class LocalProcess: @unchecked Sendable {
         self.process.executableURL = URL(fileURLWithPath: try Self.which(executable))
         self.process.arguments = arguments
         if let log {
-            FileManager.default.createFile(atPath: log.path, contents: nil)
+            _ = FileManager.default.createFile(atPath: log.path, contents: nil)
             let handle = try FileHandle(forWritingTo: log)
             self.process.standardOutput = handle
             self.process.standardError = handle
@@ -23,6 +24,23 @@ final class LocalProcess: @unchecked Sendable {
             self.process.standardError = FileHandle.nullDevice
         }
         try self.process.run()
+        Self.register(self.process.processIdentifier)
+    }
+
+    // MARK: - No server outlives the test process
+
+    private static let live = Mutex<Set<Int32>>([])
+    private static let atExit: Void = { atexit { LocalProcess.killAll() } }()
+
+    private static func register(_ pid: Int32) {
+        _ = Self.atExit
+        Self.live.withLock { _ = $0.insert(pid) }
+    }
+
+    /// Kills every server still running when the test process exits (a test that failed half-way
+    /// may leave its fixtures referenced until then).
+    static func killAll() {
+        for pid in Self.live.withLock({ $0 }) { kill(pid, SIGKILL) }
     }
 
     var isRunning: Bool { self.process.isRunning }
@@ -34,6 +52,7 @@ final class LocalProcess: @unchecked Sendable {
         while self.process.isRunning, Date() < deadline { usleep(10_000) }
         if self.process.isRunning { kill(self.process.processIdentifier, SIGKILL) }
         self.process.waitUntilExit()
+        Self.live.withLock { _ = $0.remove(self.process.processIdentifier) }
     }
 
     /// Suspends or resumes the process (a Redis that accepts bytes but never answers).
