@@ -11,13 +11,30 @@ public enum Disposition: Sendable, Equatable {
     /// Answered by the sidecar itself (`PING`, `CLIENT SETNAME`, `PYLON …`).
     case `internal`
 
-    public var className: String {
+    public var commandClass: CommandClass {
+        switch self {
+        case .read: .read
+        case .write: .write
+        case .refused: .refused
+        case .ignored: .ignored
+        case .internal: .internal
+        }
+    }
+}
+
+/// The class a command is counted under in metrics: its disposition, or `error` for unknown
+/// commands, wrong arities and protocol errors.
+public enum CommandClass: Int, CaseIterable, Sendable {
+    case read, write, refused, ignored, `internal`, error
+
+    public var name: String {
         switch self {
         case .read: "read"
         case .write: "write"
         case .refused: "refused"
         case .ignored: "ignored"
         case .internal: "internal"
+        case .error: "error"
         }
     }
 }

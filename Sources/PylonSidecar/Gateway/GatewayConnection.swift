@@ -16,7 +16,7 @@ final class GatewayConnection: ChannelDuplexHandler, ReplySink {
     /// A reply slot: filled when the reply is known, written once every earlier slot was.
     private struct Slot {
         var reply: ByteBuffer?
-        var className: String
+        var commandClass: CommandClass
         var started: NIODeadline
     }
 
@@ -112,7 +112,7 @@ final class GatewayConnection: ChannelDuplexHandler, ReplySink {
                 return
             }
             let tag = self.firstTag + self.slots.count
-            self.slots.append(Slot(reply: nil, className: "error", started: self.readAt))
+            self.slots.append(Slot(reply: nil, commandClass: .error, started: self.readAt))
             self.gateway.stats.pendingReplies.add(1, ordering: .relaxed)
             self.dispatch(request, tag: tag)
         }
@@ -138,7 +138,7 @@ final class GatewayConnection: ChannelDuplexHandler, ReplySink {
         let disposition = command.disposition(for: request.arguments)
         self.gateway.stats.count(disposition)
         self.gateway.metrics.counted(command)
-        self.slots[offset: tag - self.firstTag].className = disposition.className
+        self.slots[offset: tag - self.firstTag].commandClass = disposition.commandClass
         self.lastCommand = command.name
         switch disposition {
         case .read:
@@ -183,7 +183,7 @@ final class GatewayConnection: ChannelDuplexHandler, ReplySink {
             self.firstTag += 1
             self.context.write(self.wrapOutboundOut(reply), promise: nil)
             self.unflushed = true
-            self.gateway.metrics.recordLatency(className: first.className, nanoseconds: (now - first.started).nanoseconds)
+            self.gateway.metrics.recordLatency(first.commandClass, nanoseconds: (now - first.started).nanoseconds)
         }
         if before > self.slots.count { self.gateway.stats.pendingReplies.subtract(before - self.slots.count, ordering: .relaxed) }
         if self.closeWhenAnswered, self.slots.isEmpty {
@@ -241,7 +241,7 @@ final class GatewayConnection: ChannelDuplexHandler, ReplySink {
         self.gateway.logger.info("protocol error, closing client", metadata: ["error": "\(error)", "client": "\(self.clientID)"])
         self.inbound.clear()
         let tag = self.firstTag + self.slots.count
-        self.slots.append(Slot(reply: nil, className: "error", started: .now()))
+        self.slots.append(Slot(reply: nil, commandClass: .error, started: .now()))
         self.gateway.stats.pendingReplies.add(1, ordering: .relaxed)
         self.closeWhenAnswered = true
         self.complete(tag, error: "ERR \(error)")

@@ -7,7 +7,9 @@ public final class SidecarMetrics: Sendable {
     public let registry: PrometheusCollectorRegistry
     private let commandCounters: [CoreMetrics.Counter]
     private let unknownCommands: CoreMetrics.Counter
-    private let latency: [String: CoreMetrics.Timer]
+    /// Per-class latency, straight on the registry: a `Double` histogram costs half the CPU of a
+    /// swift-metrics `Timer` (a `Duration` histogram) on the per-request path (measured with perf).
+    private let latency: [ValueHistogram]
     let connections: CoreMetrics.Gauge
     let connectionsTotal: CoreMetrics.Counter
     let protocolErrors: CoreMetrics.Counter
@@ -15,22 +17,19 @@ public final class SidecarMetrics: Sendable {
 
     public init(table: CommandTable, registry: PrometheusCollectorRegistry = PrometheusCollectorRegistry()) {
         self.registry = registry
-        var factory = PrometheusMetricsFactory(registry: registry)
-        factory.defaultDurationHistogramBuckets = [
-            .microseconds(50), .microseconds(100), .microseconds(250), .microseconds(500),
-            .milliseconds(1), .milliseconds(2), .milliseconds(5), .milliseconds(10), .milliseconds(25),
-            .milliseconds(50), .milliseconds(100), .milliseconds(250), .milliseconds(500), .seconds(1), .seconds(5),
-        ]
+        let factory = PrometheusMetricsFactory(registry: registry)
         self.factory = factory
         self.commandCounters = table.all.map { command in
-            CoreMetrics.Counter(label: "pylon_commands_total", dimensions: [("command", command.name), ("class", command.disposition.className)], factory: factory)
+            CoreMetrics.Counter(label: "pylon_commands_total", dimensions: [("command", command.name), ("class", command.disposition.commandClass.name)], factory: factory)
         }
         self.unknownCommands = CoreMetrics.Counter(label: "pylon_commands_total", dimensions: [("command", "unknown"), ("class", "error")], factory: factory)
-        var latency: [String: CoreMetrics.Timer] = [:]
-        for name in ["read", "write", "refused", "ignored", "internal", "error"] {
-            latency[name] = CoreMetrics.Timer(label: "pylon_command_duration_seconds", dimensions: [("class", name)], factory: factory)
+        let buckets = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25, 1]
+        self.latency = CommandClass.allCases.map { commandClass in
+            registry.makeValueHistogram(
+                descriptor: MetricNameDescriptor(metricName: "pylon_command_duration_seconds", helpText: "Time from reading a command to writing its reply."),
+                labels: [("class", commandClass.name)], buckets: buckets
+            )
         }
-        self.latency = latency
         self.connections = CoreMetrics.Gauge(label: "pylon_client_connections", factory: factory)
         self.connectionsTotal = CoreMetrics.Counter(label: "pylon_client_connections_total", factory: factory)
         self.protocolErrors = CoreMetrics.Counter(label: "pylon_protocol_errors_total", factory: factory)
@@ -40,8 +39,8 @@ public final class SidecarMetrics: Sendable {
         if let command { self.commandCounters[command.id].increment() } else { self.unknownCommands.increment() }
     }
 
-    func recordLatency(className: String, nanoseconds: Int64) {
-        self.latency[className]?.recordNanoseconds(nanoseconds)
+    func recordLatency(_ commandClass: CommandClass, nanoseconds: Int64) {
+        self.latency[commandClass.rawValue].record(Double(nanoseconds) / 1e9)
     }
 
     /// A gauge per Redis node: 1 when the sidecar holds a connection to it.
