@@ -26,7 +26,7 @@ public final class SidecarMetrics: Sendable {
         let buckets = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25, 1]
         self.latency = CommandClass.allCases.map { commandClass in
             registry.makeValueHistogram(
-                descriptor: MetricNameDescriptor(metricName: "pylon_command_duration_seconds", helpText: "Time from reading a command to writing its reply."),
+                descriptor: MetricNameDescriptor(metricName: "pylon_command_duration", unitName: "seconds", helpText: "Time from reading a command to writing its reply."),
                 labels: [("class", commandClass.name)], buckets: buckets
             )
         }
