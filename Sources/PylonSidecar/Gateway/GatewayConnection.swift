@@ -38,7 +38,6 @@ final class GatewayConnection: ChannelDuplexHandler, ReplySink {
     var flushRequested = false
     private(set) var clientID = 0
     var name = ""
-    var lastCommand = "NULL"
 
     init(gateway: Gateway, router: BackendRouter, limits: RESPLimits) {
         self.gateway = gateway
@@ -111,10 +110,7 @@ final class GatewayConnection: ChannelDuplexHandler, ReplySink {
                 self.context.close(promise: nil)
                 return
             }
-            let tag = self.firstTag + self.slots.count
-            self.slots.append(Slot(reply: nil, commandClass: .error, started: self.readAt))
-            self.gateway.stats.pendingReplies.add(1, ordering: .relaxed)
-            self.dispatch(request, tag: tag)
+            self.dispatch(request, tag: self.openSlot(started: self.readAt))
         }
         if self.inbound.readableBytes == 0 {
             // Let go of the receive buffer so NIO can reuse it for the next read.
@@ -122,6 +118,13 @@ final class GatewayConnection: ChannelDuplexHandler, ReplySink {
         } else if self.inbound.readerIndex > 64 * 1024 {
             self.inbound.discardReadBytes()
         }
+    }
+
+    /// Reserves the reply slot of the next request; returns its tag.
+    private func openSlot(started: NIODeadline) -> Int {
+        self.slots.append(Slot(reply: nil, commandClass: .error, started: started))
+        self.gateway.stats.pendingReplies.add(1, ordering: .relaxed)
+        return self.firstTag + self.slots.count - 1
     }
 
     private func dispatch(_ request: RedisRequest, tag: Int) {
@@ -139,7 +142,6 @@ final class GatewayConnection: ChannelDuplexHandler, ReplySink {
         self.gateway.stats.count(disposition)
         self.gateway.metrics.counted(command)
         self.slots[offset: tag - self.firstTag].commandClass = disposition.commandClass
-        self.lastCommand = command.name
         switch disposition {
         case .read:
             self.router.send(request, command: command, sink: self, tag: tag)
@@ -187,7 +189,7 @@ final class GatewayConnection: ChannelDuplexHandler, ReplySink {
         }
         if before > self.slots.count { self.gateway.stats.pendingReplies.subtract(before - self.slots.count, ordering: .relaxed) }
         if self.closeWhenAnswered, self.slots.isEmpty {
-            self.context.writeAndFlush(self.wrapOutboundOut(ByteBuffer()), promise: nil)
+            self.flushReplies()
             self.context.close(promise: nil)
             return
         }
@@ -240,9 +242,7 @@ final class GatewayConnection: ChannelDuplexHandler, ReplySink {
         self.gateway.metrics.protocolErrors.increment()
         self.gateway.logger.info("protocol error, closing client", metadata: ["error": "\(error)", "client": "\(self.clientID)"])
         self.inbound.clear()
-        let tag = self.firstTag + self.slots.count
-        self.slots.append(Slot(reply: nil, commandClass: .error, started: .now()))
-        self.gateway.stats.pendingReplies.add(1, ordering: .relaxed)
+        let tag = self.openSlot(started: .now())
         self.closeWhenAnswered = true
         self.complete(tag, error: "ERR \(error)")
         self.flushReplies()

@@ -4,8 +4,9 @@ import NIOPosix
 
 /// One pipelined connection from one event loop to one Redis node. Requests from every client
 /// on the loop are written to it back to back; replies come back in the same order and are
-/// handed to each request's sink. Reconnects with exponential backoff; while Redis is away each
-/// request is answered at once with `-ERR pylon: local redis unavailable …`, never left hanging.
+/// handed to each request's sink. A dropped connection is re-made at once (reads in flight are
+/// resent); failed connects back off exponentially, and while Redis is away each request is
+/// answered at once with `-ERR pylon: local redis unavailable …`, never left hanging.
 ///
 /// Loop-bound: every method must be called on `eventLoop`.
 final class BackendConnection {
@@ -56,16 +57,11 @@ final class BackendConnection {
         self.logger = logger
     }
 
-    var isConnected: Bool {
-        if case .connected = self.state { return true }
-        return false
-    }
-
     var pendingCount: Int { self.inFlight.count }
 
     // MARK: - Sending
 
-    /// Writes a request (not flushed: see `flush`). `sink` nil drops the reply.
+    /// Writes a request; it leaves at the end of the loop tick. `sink` nil drops the reply.
     func send(_ request: ByteBuffer, sink: ReplySink?, tag: Int, redirects: Int = 0) {
         self.send(InFlightRequest(request: request, sink: sink, tag: tag, redirects: redirects))
     }
@@ -96,7 +92,7 @@ final class BackendConnection {
         }
     }
 
-    func flush() {
+    private func flush() {
         guard self.needsFlush else { return }
         self.needsFlush = false
         if case .connected(let channel) = self.state { channel.flush() }
