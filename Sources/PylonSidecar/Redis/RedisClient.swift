@@ -42,7 +42,13 @@ public final class RedisClient: Sendable {
     /// Writes raw bytes and waits for `replies` replies (0: fire and forget).
     public func sendRaw(_ bytes: ByteBuffer, replies: Int) async throws -> [RESPValue] {
         let promises = (0..<replies).map { _ in self.channel.eventLoop.makePromise(of: RESPValue.self) }
-        try await self.channel.writeAndFlush(RedisClientHandler.Outgoing(bytes: bytes, promises: promises))
+        do {
+            try await self.channel.writeAndFlush(RedisClientHandler.Outgoing(bytes: bytes, promises: promises))
+        } catch {
+            // The connection is gone: no reply will come (failing a promise twice is harmless).
+            for promise in promises { promise.fail(error) }
+            throw error
+        }
         var values: [RESPValue] = []
         for promise in promises { values.append(try await promise.futureResult.get()) }
         return values
