@@ -79,7 +79,9 @@ public final class Sidecar: Service, Sendable {
                     try channel.pipeline.syncOperations.addHandler(GatewayConnection(gateway: gateway, router: router, limits: limits))
                 }
             }
-            .bind(host: self.configuration.listen.host, port: self.configuration.listen.port).get()
+            .bind(host: self.configuration.listen.host, port: self.configuration.listen.port)
+            .flatMapErrorThrowing { throw StartError(description: "cannot listen on \(self.configuration.listen) (listen): \($0)") }
+            .get()
         let admin: AdminServer
         do {
             admin = try await AdminServer.start(
@@ -87,7 +89,7 @@ public final class Sidecar: Service, Sendable {
             )
         } catch {
             try? await server.close()
-            throw error
+            throw StartError(description: "cannot listen on \(self.configuration.admin) (admin): \(error)")
         }
         self.bound.set(BoundSockets(server: server, admin: admin))
         self.logger.info("pylon-sidecar listening", metadata: [
@@ -106,6 +108,11 @@ public final class Sidecar: Service, Sendable {
                 backend.isReady ? .init(body: "ready\n") : .init(status: .serviceUnavailable, body: "not ready: the local redis is unreachable\n")
             },
         ]
+    }
+
+    /// Why the sidecar could not start.
+    public struct StartError: Error, CustomStringConvertible {
+        public let description: String
     }
 
     /// Stops accepting, waits for in-flight replies (bounded by the grace period), closes everything.

@@ -58,7 +58,8 @@ struct PylonSidecarCommand: AsyncParsableCommand {
         let logger = Logger(label: "pylon.sidecar")
         let group = MultiThreadedEventLoopGroup(numberOfThreads: settings.threads)
         let sidecar = Sidecar(configuration: settings, group: group, logger: logger)
-        try await sidecar.start()
+        // The group installs the signal handlers before the sidecar binds (in its `run`), so a
+        // SIGTERM that arrives once the port is open always gets a graceful shutdown.
         let services = ServiceGroup(
             configuration: .init(services: [.init(service: sidecar)], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
         )

@@ -41,6 +41,7 @@ struct ExecutableTests {
         // The flag wins over the file's `listen`.
         let (process, stderr) = try self.run(["--config", config.path, "--listen", "127.0.0.1:\(port)"])
         try Ports.waitUntilOpen(port)
+        try Ports.waitUntilOpen(admin)
         let client = try await RedisClient.connect(to: HostPort(host: "127.0.0.1", port: port))
         #expect(try await client.send("GET", "k") == .bulk("from-redis"))
         #expect(try await client.send("PYLON", "INFO").string?.contains("rack:rack-from-file") == true)
