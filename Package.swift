@@ -17,10 +17,13 @@ let package = Package(
         .package(url: "https://github.com/jpsim/Yams.git", from: "6.2.2"),
     ],
     targets: [
+        // librdkafka (Kafka client), from Debian's librdkafka-dev.
+        .systemLibrary(name: "CRdKafka", pkgConfig: "rdkafka", providers: [.apt(["librdkafka-dev"])]),
         // What every Pylon executable shares: admin HTTP (metrics, health), logging, config files.
         .target(
             name: "Shared",
             dependencies: [
+                "CRdKafka",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),

@@ -12,7 +12,7 @@ final class LocalProcess: @unchecked Sendable {
 
     init(_ executable: String, _ arguments: [String], name: String, log: URL? = nil) throws {
         self.name = name
-        self.process.executableURL = URL(fileURLWithPath: try Self.which(executable))
+        self.process.executableURL = URL(fileURLWithPath: executable.hasPrefix("/") ? executable : try Self.which(executable))
         self.process.arguments = arguments
         if let log {
             _ = FileManager.default.createFile(atPath: log.path, contents: nil)

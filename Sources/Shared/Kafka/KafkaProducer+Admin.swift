@@ -1,0 +1,45 @@
+import CRdKafka
+
+extension KafkaProducer {
+    /// Creates a topic through the admin API; an existing topic is fine. Blocks the calling
+    /// thread up to `timeoutMilliseconds` (call it at start-up, not on an event loop).
+    public func createTopic(_ name: String, partitions: Int32, replicationFactor: Int32, timeoutMilliseconds: Int32 = 10_000) throws {
+        var errorText = [CChar](repeating: 0, count: 512)
+        guard let topic = rd_kafka_NewTopic_new(name, partitions, replicationFactor, &errorText, errorText.count) else {
+            throw KafkaError("topic '\(name)': \(Self.text(errorText))")
+        }
+        defer { rd_kafka_NewTopic_destroy(topic) }
+        let queue = rd_kafka_queue_new(self.pointer)
+        defer { rd_kafka_queue_destroy(queue) }
+        var topics: [OpaquePointer?] = [topic]
+        rd_kafka_CreateTopics(self.pointer, &topics, 1, nil, queue)
+        guard let event = rd_kafka_queue_poll(queue, timeoutMilliseconds) else {
+            throw KafkaError("creating topic '\(name)' timed out after \(timeoutMilliseconds) ms; create it with \(partitions) partitions by hand, or check the brokers")
+        }
+        defer { rd_kafka_event_destroy(event) }
+        if rd_kafka_event_error(event) != RD_KAFKA_RESP_ERR_NO_ERROR {
+            throw KafkaError("creating topic '\(name)': \(String(cString: rd_kafka_event_error_string(event)))")
+        }
+        guard let result = rd_kafka_event_CreateTopics_result(event) else { throw KafkaError("creating topic '\(name)': no result") }
+        var count = 0
+        guard let results = rd_kafka_CreateTopics_result_topics(result, &count), count == 1, let first = results[0] else {
+            throw KafkaError("creating topic '\(name)': no result")
+        }
+        let error = rd_kafka_topic_result_error(first)
+        guard error == RD_KAFKA_RESP_ERR_NO_ERROR || error == RD_KAFKA_RESP_ERR_TOPIC_ALREADY_EXISTS else {
+            let message = rd_kafka_topic_result_error_string(first).map { String(cString: $0) } ?? String(cString: rd_kafka_err2str(error))
+            throw KafkaError("creating topic '\(name)': \(message)")
+        }
+    }
+
+    /// The low and high watermark (log start and log end offsets) of a partition, from the broker.
+    public func watermarks(topic: String, partition: Int32, timeoutMilliseconds: Int32 = 5_000) throws -> (low: Int64, high: Int64) {
+        var low: Int64 = 0
+        var high: Int64 = 0
+        let error = rd_kafka_query_watermark_offsets(self.pointer, topic, partition, &low, &high, timeoutMilliseconds)
+        guard error == RD_KAFKA_RESP_ERR_NO_ERROR else {
+            throw KafkaError("watermarks of \(topic)[\(partition)]: \(String(cString: rd_kafka_err2str(error)))")
+        }
+        return (low, high)
+    }
+}

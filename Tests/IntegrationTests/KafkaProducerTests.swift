@@ -1,0 +1,52 @@
+import Foundation
+import NIOCore
+import NIOPosix
+import Shared
+import Testing
+
+/// The stream layer's producer against a real Kafka-protocol broker.
+@Suite("Kafka producer", .serialized, .timeLimit(.minutes(3)))
+struct KafkaProducerTests {
+    @Test func acknowledgesEachMessageWithItsPartitionAndOffset() async throws {
+        let broker = try KafkaBroker()
+        let producer = try KafkaProducer(brokers: broker.bootstrap)
+        defer { producer.close() }
+        try producer.createTopic("pylon.test.ops", partitions: 4, replicationFactor: 1)
+        try producer.createTopic("pylon.test.ops", partitions: 4, replicationFactor: 1)  // idempotent
+        let loop = MultiThreadedEventLoopGroup.singleton.any()
+        var futures: [EventLoopFuture<KafkaDelivery>] = []
+        for i in 0..<200 {
+            futures.append(producer.send(topic: "pylon.test.ops", partition: Int32(i % 4), key: Array("k\(i)".utf8), value: ByteBuffer(string: "v\(i)"), on: loop))
+        }
+        var deliveries: [KafkaDelivery] = []
+        for future in futures { deliveries.append(try await future.get()) }
+        for partition in Int32(0)..<4 {
+            let offsets = deliveries.filter { $0.partition == partition }.map(\.offset)
+            // Acknowledged in order, no gaps, each exactly once.
+            #expect(offsets == Array(0..<50))
+            let marks = try producer.watermarks(topic: "pylon.test.ops", partition: partition)
+            #expect(marks.high == 50)
+        }
+    }
+
+    @Test func aBrokerThatIsAwayFailsTheSendInsteadOfHanging() async throws {
+        let port = try Ports.free()
+        let producer = try KafkaProducer(brokers: "127.0.0.1:\(port)", properties: ["message.timeout.ms": "1000"])
+        defer { producer.close(timeout: .milliseconds(100)) }
+        let started = ContinuousClock.now
+        await #expect(throws: KafkaError.self) {
+            try await producer.send(topic: "t", partition: 0, key: nil, value: ByteBuffer(string: "x"), on: MultiThreadedEventLoopGroup.singleton.any()).get()
+        }
+        #expect(ContinuousClock.now - started < .seconds(5))
+    }
+
+    @Test func badPropertiesAreNamed() {
+        #expect(throws: KafkaError.self) { try KafkaProducer(brokers: "127.0.0.1:1", properties: ["no.such.property": "1"]) }
+        do {
+            _ = try KafkaProducer(brokers: "127.0.0.1:1", properties: ["acks": "sometimes"])
+            Issue.record("accepted acks=sometimes")
+        } catch {
+            #expect("\(error)".contains("'acks'"))
+        }
+    }
+}

@@ -1,0 +1,44 @@
+import NIOCore
+import Testing
+
+@testable import PylonSidecar
+
+@Suite("Op record")
+struct OpRecordTests {
+    let record = OpRecord(
+        arguments: ["SET", "user:{42}:name", "a\r\nb\0c"].map { ByteBuffer(string: $0) } + [ByteBuffer(bytes: [0xFF, 0x00, 0x80])],
+        originRack: "eu-west-1a", originSidecar: "pod-0", timestampMilliseconds: 1_764_000_000_123, slot: HashSlot.of("42")
+    )
+
+    @Test func roundTripsArgumentsAsBytes() throws {
+        let decoded = try OpRecord(decoding: self.record.encoded)
+        #expect(decoded == self.record)
+        #expect(Array(decoded.arguments[3].readableBytesView) == [0xFF, 0x00, 0x80])
+    }
+
+    @Test func refusesWhatItCannotReadFaithfully() {
+        var wrongVersion = self.record.encoded
+        wrongVersion.setInteger(UInt8(2), at: 2)
+        #expect(throws: OpRecord.DecodingError.self) { try OpRecord(decoding: wrongVersion) }
+        #expect(throws: OpRecord.DecodingError.self) { try OpRecord(decoding: ByteBuffer(string: "XY\u{1}\u{0}")) }
+        let encoded = self.record.encoded
+        for length in 0..<encoded.readableBytes {
+            #expect(throws: OpRecord.DecodingError.self) { try OpRecord(decoding: encoded.getSlice(at: 0, length: length)!) }
+        }
+        var trailing = encoded
+        trailing.writeInteger(UInt8(0))
+        #expect(throws: OpRecord.DecodingError.self) { try OpRecord(decoding: trailing) }
+    }
+
+    @Test func partitionFollowsTheHashSlot() {
+        // Keys sharing a hash tag share a slot, so their ops share a partition whatever the count.
+        for partitions in [1, 3, 12, 16384] {
+            let a = OpRecord(arguments: [], originRack: "", originSidecar: "", timestampMilliseconds: 0, slot: HashSlot.of("{user1}.a"))
+            let b = OpRecord(arguments: [], originRack: "", originSidecar: "", timestampMilliseconds: 0, slot: HashSlot.of("{user1}.b"))
+            #expect(a.partition(of: partitions) == b.partition(of: partitions))
+            #expect((0..<Int32(partitions)).contains(a.partition(of: partitions)))
+        }
+        let keyless = OpRecord(arguments: [], originRack: "", originSidecar: "", timestampMilliseconds: 0, slot: OpRecord.noSlot)
+        #expect(keyless.partition(of: 8) == 0)
+    }
+}
