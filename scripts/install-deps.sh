@@ -15,7 +15,8 @@ fi
 # The Kafka-protocol broker the tests and `make run` use (a Rust broker in a wheel; see README).
 if ! command -v noida-db >/dev/null; then
   echo "installing: noida-db (pip)"
-  python3 -m pip install -q --disable-pip-version-check noida-db==0.2.3
+  python3 -m pip install -q --disable-pip-version-check noida-db==0.2.3 \
+    || python3 -m pip install -q --disable-pip-version-check --break-system-packages noida-db==0.2.3
 fi
 # Debian starts a system redis-server on 6379 after installing; Pylon's scripts use their own ports.
 command -v swift >/dev/null || { echo "swift (6.1 or newer) is required: https://swift.org/install" >&2; exit 1; }

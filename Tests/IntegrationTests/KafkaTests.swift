@@ -4,6 +4,8 @@ import NIOPosix
 import Shared
 import Testing
 
+@testable import PylonSidecar
+
 /// The stream layer's producer against a real Kafka-protocol broker.
 @Suite("Kafka producer", .serialized, .timeLimit(.minutes(3)))
 struct KafkaProducerTests {
@@ -48,5 +50,38 @@ struct KafkaProducerTests {
         } catch {
             #expect("\(error)".contains("'acks'"))
         }
+    }
+}
+
+/// Op records through a real broker: what one sidecar produces, another reads back byte for byte.
+@Suite("Kafka consumer", .serialized, .timeLimit(.minutes(3)))
+struct KafkaConsumerTests {
+    @Test func readsBackOpRecordsFromAnAssignedOffset() async throws {
+        let broker = try KafkaBroker()
+        let producer = try KafkaProducer(brokers: broker.bootstrap)
+        defer { producer.close() }
+        let topic = "pylon.test.ops"
+        try producer.createTopic(topic, partitions: 2, replicationFactor: 1)
+        let loop = MultiThreadedEventLoopGroup.singleton.any()
+        let records = (0..<20).map { i in
+            OpRecord(arguments: [ByteBuffer(string: "SET"), ByteBuffer(string: "{k}\(i)"), ByteBuffer(bytes: [UInt8(i), 0, 13, 10])],
+                     originRack: "a", originSidecar: "a-0", timestampMilliseconds: Int64(i), slot: HashSlot.of("{k}\(i)"))
+        }
+        for record in records {
+            _ = try await producer.send(topic: topic, partition: record.partition(of: 2), key: nil, value: record.encoded, on: loop).get()
+        }
+        let partition = records[0].partition(of: 2)  // all share the hash tag {k}
+        let consumer = try KafkaConsumer(brokers: broker.bootstrap, groupID: "pylon.test.rack-a")
+        defer { consumer.close() }
+        // Resume from offset 5, as an applier whose Redis records offset 5 would.
+        try consumer.assign([(topic, partition, 5)])
+        var read: [KafkaMessage] = []
+        let deadline = ContinuousClock.now + .seconds(20)
+        while read.count < 15, ContinuousClock.now < deadline {
+            if let message = try consumer.poll(timeoutMilliseconds: 200) { read.append(message) }
+        }
+        #expect(read.map(\.offset) == Array(5..<20))
+        #expect(try read.map { try OpRecord(decoding: $0.value) } == Array(records[5...]))
+        try consumer.commit([(topic, partition, 20)])
     }
 }
