@@ -25,7 +25,7 @@ struct CommandTableTests {
         #expect(self.table.commands.names.count == 241)
         for command in self.table.all {
             if case .refused(let reason) = command.disposition {
-                #expect(reason.hasPrefix("pylon: "), "\(command.name): \(reason)")
+                #expect(reason.hasPrefix("ERR pylon: "), "\(command.name): \(reason)")
             }
         }
     }

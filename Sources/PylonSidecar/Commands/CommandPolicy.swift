@@ -52,20 +52,20 @@ public enum ArgumentRule: Sendable, Equatable {
 /// exceptions are named here with their reasons.
 public enum CommandPolicy {
     public enum Reason {
-        public static let pubsub = "pylon: pub/sub is not supported; every write is in the world's Kafka topic (consume it), or subscribe on the underlying Redis"
-        public static let blocking = "pylon: blocking commands are not supported (pylon never parks a connection); poll with the non-blocking form instead, e.g. LPOP for BLPOP"
-        public static let transactions = "pylon: transactions (MULTI/EXEC/WATCH) are not supported; the world's log orders each write on its own, so send the commands without MULTI"
-        public static let scripting = "pylon: scripts and functions are not supported (their effects cannot be replayed safely on every rack); use plain commands"
-        public static let cluster = "pylon: cluster commands are not supported; pylon presents its rack as one Redis, so run them against the underlying Redis directly"
-        public static let admin = "pylon: administrative command; run it against the underlying Redis directly"
-        public static let auth = "pylon: AUTH is not supported yet; restrict who can reach the sidecar's listen address instead"
-        public static let getset = "pylon: GETSET is not supported because it reads and writes at once; use GET then SET"
-        public static let database = "pylon: pylon serves database 0 only; use key prefixes instead of databases"
-        public static let clientCaching = "pylon: client-side caching (CLIENT TRACKING) is not supported; read through the sidecar"
-        public static let clientReply = "pylon: CLIENT REPLY is not supported; every command gets its reply"
-        public static let wait = "pylon: WAIT concerns Redis replication, which pylon replaces with its log; an acknowledged write is already in the world's log"
-        public static let migrate = "pylon: MIGRATE moves keys between Redis servers behind pylon's back; let the operator migrate racks instead"
-        public static let sortStore = "pylon: SORT … STORE is not supported (SORT is served as a read); SORT without STORE, then write the result"
+        public static let pubsub = "ERR pylon: pub/sub is not supported; every write is in the world's Kafka topic (consume it), or subscribe on the underlying Redis"
+        public static let blocking = "ERR pylon: blocking commands are not supported (pylon never parks a connection); poll with the non-blocking form instead, e.g. LPOP for BLPOP"
+        public static let transactions = "ERR pylon: transactions (MULTI/EXEC/WATCH) are not supported; the world's log orders each write on its own, so send the commands without MULTI"
+        public static let scripting = "ERR pylon: scripts and functions are not supported (their effects cannot be replayed safely on every rack); use plain commands"
+        public static let cluster = "ERR pylon: cluster commands are not supported; pylon presents its rack as one Redis, so run them against the underlying Redis directly"
+        public static let admin = "ERR pylon: administrative command; run it against the underlying Redis directly"
+        public static let auth = "ERR pylon: AUTH is not supported yet; restrict who can reach the sidecar's listen address instead"
+        public static let getset = "ERR pylon: GETSET is not supported because it reads and writes at once; use GET then SET"
+        public static let database = "ERR pylon: pylon serves database 0 only; use key prefixes instead of databases"
+        public static let clientCaching = "ERR pylon: client-side caching (CLIENT TRACKING) is not supported; read through the sidecar"
+        public static let clientReply = "ERR pylon: CLIENT REPLY is not supported; every command gets its reply"
+        public static let wait = "ERR pylon: WAIT concerns Redis replication, which pylon replaces with its log; an acknowledged write is already in the world's log"
+        public static let migrate = "ERR pylon: MIGRATE moves keys between Redis servers behind pylon's back; let the operator migrate racks instead"
+        public static let sortStore = "ERR pylon: SORT … STORE is not supported (SORT is served as a read); SORT without STORE, then write the result"
     }
 
     /// Commands whose handling is not what their flags alone say.

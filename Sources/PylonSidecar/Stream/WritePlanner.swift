@@ -1,0 +1,187 @@
+import NIOCore
+
+/// Turns a write into the op(s) the log records, so that every rack applies the same effect:
+///
+/// - **Partitioning.** An op's slot is the hash slot of its key(s). A multi-key write whose keys
+///   span slots is split where its meaning survives splitting (DEL, UNLINK, MSET: one op per
+///   slot) and refused otherwise, as Redis Cluster refuses it (`-CROSSSLOT`).
+/// - **Determinism.** Relative times are made absolute at the gateway with the gateway's clock
+///   (EXPIRE/PEXPIRE/EXPIREAT → PEXPIREAT; SETEX/PSETEX and SET … EX/PX/EXAT → SET … PXAT;
+///   GETEX … EX/PX/EXAT → PXAT; RESTORE ttl → ABSTTL; XADD `*` → `<ms>-*`). Writes whose effect
+///   depends on chance or on each rack's own state are refused (SPOP, SET … GET, XAUTOCLAIM,
+///   XCLAIM, FLUSHALL/FLUSHDB).
+///
+/// Part of the stream layer (issue 3); not yet wired into the gateway.
+public enum WritePlanner {
+    /// One op to append: its arguments and slot.
+    public struct PlannedOp: Sendable, Equatable {
+        public var arguments: [ByteBuffer]
+        public var slot: Int
+    }
+
+    public struct Refusal: Error, Equatable, CustomStringConvertible {
+        /// The error reply, with its Redis prefix (`ERR pylon: …`, `CROSSSLOT …`).
+        public let description: String
+    }
+
+    static let refusals: [String: String] = [
+        "spop": "ERR pylon: SPOP removes random members, which would differ from rack to rack; use SRANDMEMBER then SREM",
+        "xautoclaim": "ERR pylon: XAUTOCLAIM depends on each rack's idle times; consumer groups are not replicated by pylon yet",
+        "xclaim": "ERR pylon: XCLAIM depends on each rack's idle times; consumer groups are not replicated by pylon yet",
+        "flushall": "ERR pylon: FLUSHALL cannot be ordered against writes in other partitions of the log; delete the keys (UNLINK), or retire the rack and create a new one",
+        "flushdb": "ERR pylon: FLUSHDB cannot be ordered against writes in other partitions of the log; delete the keys (UNLINK), or retire the rack and create a new one",
+    ]
+
+    /// Commands whose keys may be split into one op per slot.
+    static let splittable: Set<String> = ["del", "unlink", "mset"]
+
+    /// Plans a write. `now` is the gateway's clock, in Unix milliseconds.
+    public static func plan(_ arguments: [ByteBuffer], command: Command, now: Int64) throws -> [PlannedOp] {
+        if let reason = refusals[command.name] { throw Refusal(description: reason) }
+        let rewritten = try self.deterministic(arguments, command: command.name, now: now)
+        guard let positions = command.keyPositions(in: rewritten) else {
+            throw Refusal(description: "ERR wrong number of arguments for '\(command.name)' command")
+        }
+        guard !positions.isEmpty else {
+            return [PlannedOp(arguments: rewritten, slot: OpRecord.noSlot)]
+        }
+        let slots = positions.map { HashSlot.of(rewritten[$0]) }
+        if slots.allSatisfy({ $0 == slots[0] }) {
+            return [PlannedOp(arguments: rewritten, slot: slots[0])]
+        }
+        guard self.splittable.contains(command.name) else {
+            throw Refusal(description: "CROSSSLOT Keys in request don't hash to the same slot (pylon orders each slot on its own; use hash tags, e.g. {user1}.a and {user1}.b, to keep one command's keys in one slot)")
+        }
+        // MSET takes key/value pairs; DEL and UNLINK take keys.
+        let stride = command.name == "mset" ? 2 : 1
+        var order: [Int] = []
+        var groups: [Int: [ByteBuffer]] = [:]
+        for (index, position) in positions.enumerated() {
+            let slot = slots[index]
+            if groups[slot] == nil { order.append(slot) }
+            groups[slot, default: [rewritten[0]]].append(contentsOf: rewritten[position..<(position + stride)])
+        }
+        return order.map { PlannedOp(arguments: groups[$0]!, slot: $0) }
+    }
+
+    // MARK: - Determinism
+
+    static func deterministic(_ arguments: [ByteBuffer], command: String, now: Int64) throws -> [ByteBuffer] {
+        let time = Clock(arguments: arguments, command: command, now: now)
+        var out = arguments
+        switch command {
+        case "expire":
+            out[0] = ByteBuffer(string: "PEXPIREAT")
+            out[2] = try time.absolute(time.milliseconds(seconds: 2))
+        case "pexpire":
+            out[0] = ByteBuffer(string: "PEXPIREAT")
+            out[2] = try time.absolute(time.number(2))
+        case "expireat":
+            out[0] = ByteBuffer(string: "PEXPIREAT")
+            out[2] = ByteBuffer(string: String(try time.milliseconds(seconds: 2)))
+        case "setex", "psetex":
+            let milliseconds = try command == "setex" ? time.milliseconds(seconds: 2) : time.number(2)
+            out = [ByteBuffer(string: "SET"), arguments[1], arguments[3], ByteBuffer(string: "PXAT"), try time.absolute(time.positive(milliseconds))]
+        case "set":
+            var index = 3
+            while index < out.count {
+                if out[index].equalsIgnoringASCIICase("GET") {
+                    throw Refusal(description: "ERR pylon: SET … GET is not supported because it reads and writes at once; use GET then SET")
+                }
+                index += try self.rewriteExpiry(&out, at: index, time: time)
+            }
+        case "getex":
+            var index = 2
+            while index < out.count {
+                index += try self.rewriteExpiry(&out, at: index, time: time)
+            }
+        case "restore":
+            let ttl = try time.number(2)
+            let hasAbsolute = out.dropFirst(4).contains { $0.equalsIgnoringASCIICase("ABSTTL") }
+            if ttl > 0, !hasAbsolute {
+                out[2] = try time.absolute(ttl)
+                out.append(ByteBuffer(string: "ABSTTL"))
+            }
+        case "xadd":
+            // The entry ID follows the key and the optional NOMKSTREAM, MAXLEN/MINID [=|~] n, LIMIT n.
+            var index = 2
+            scan: while index < out.count {
+                let argument = out[index]
+                if argument.equalsIgnoringASCIICase("NOMKSTREAM") {
+                    index += 1
+                } else if argument.equalsIgnoringASCIICase("MAXLEN") || argument.equalsIgnoringASCIICase("MINID") {
+                    index += 1
+                    if index < out.count, ["=", "~"].contains(String(buffer: out[index])) { index += 1 }
+                    index += 1
+                } else if argument.equalsIgnoringASCIICase("LIMIT") {
+                    index += 2
+                } else {
+                    // `<ms>-*`: Redis picks the sequence number, the same on every rack that applies
+                    // the same history.
+                    if String(buffer: argument) == "*" { out[index] = ByteBuffer(string: "\(now)-*") }
+                    break scan
+                }
+            }
+        default:
+            break
+        }
+        return out
+    }
+
+    /// Turns relative times into absolute ones with the gateway's clock, with Redis's errors.
+    struct Clock {
+        let arguments: [ByteBuffer]
+        let command: String
+        let now: Int64
+
+        var invalidExpire: Refusal { Refusal(description: "ERR invalid expire time in '\(self.command)' command") }
+
+        func number(_ index: Int) throws -> Int64 {
+            guard index < self.arguments.count, let n = Int64(String(buffer: self.arguments[index])) else {
+                throw Refusal(description: "ERR value is not an integer or out of range")
+            }
+            return n
+        }
+
+        func milliseconds(seconds index: Int) throws -> Int64 {
+            let (product, overflow) = try self.number(index).multipliedReportingOverflow(by: 1000)
+            guard !overflow else { throw self.invalidExpire }
+            return product
+        }
+
+        func absolute(_ milliseconds: Int64) throws -> ByteBuffer {
+            ByteBuffer(string: String(try self.absoluteValue(milliseconds)))
+        }
+
+        /// SET … EX/PX and SETEX take positive times only, as in Redis.
+        func positive(_ milliseconds: Int64) throws -> Int64 {
+            guard milliseconds > 0 else { throw self.invalidExpire }
+            return milliseconds
+        }
+
+        /// `now + milliseconds`.
+        func absoluteValue(_ milliseconds: Int64) throws -> Int64 {
+            let (sum, overflow) = self.now.addingReportingOverflow(milliseconds)
+            guard !overflow else { throw self.invalidExpire }
+            return sum
+        }
+    }
+
+    /// Rewrites an EX/PX/EXAT option at `index` to PXAT; returns how many arguments it spans.
+    private static func rewriteExpiry(_ out: inout [ByteBuffer], at index: Int, time: Clock) throws -> Int {
+        let option = out[index]
+        let milliseconds: Int64
+        if option.equalsIgnoringASCIICase("EX") {
+            milliseconds = try time.absoluteValue(time.positive(time.milliseconds(seconds: index + 1)))
+        } else if option.equalsIgnoringASCIICase("PX") {
+            milliseconds = try time.absoluteValue(time.positive(time.number(index + 1)))
+        } else if option.equalsIgnoringASCIICase("EXAT") {
+            milliseconds = try time.milliseconds(seconds: index + 1)
+        } else {
+            return option.equalsIgnoringASCIICase("PXAT") ? 2 : 1
+        }
+        out[index] = ByteBuffer(string: "PXAT")
+        out[index + 1] = ByteBuffer(string: String(milliseconds))
+        return 2
+    }
+}

@@ -1,0 +1,78 @@
+import NIOCore
+import Testing
+
+@testable import PylonSidecar
+
+@Suite("Write planner")
+struct WritePlannerTests {
+    let now: Int64 = 1_764_000_000_000
+
+    func plan(_ arguments: String...) throws -> [[String]] {
+        let buffers = arguments.map { ByteBuffer(string: $0) }
+        guard case .command(let command) = CommandTable.shared.lookup(buffers) else { throw CancellationError() }
+        return try WritePlanner.plan(buffers, command: command, now: self.now).map { $0.arguments.map { String(buffer: $0) } }
+    }
+
+    func refusal(_ arguments: String...) -> String? {
+        let buffers = arguments.map { ByteBuffer(string: $0) }
+        guard case .command(let command) = CommandTable.shared.lookup(buffers) else { return nil }
+        do {
+            _ = try WritePlanner.plan(buffers, command: command, now: self.now)
+            return nil
+        } catch {
+            return "\(error)"
+        }
+    }
+
+    @Test func makesRelativeTimesAbsolute() throws {
+        #expect(try self.plan("EXPIRE", "k", "10") == [["PEXPIREAT", "k", "1764000010000"]])
+        #expect(try self.plan("EXPIRE", "k", "10", "NX") == [["PEXPIREAT", "k", "1764000010000", "NX"]])
+        #expect(try self.plan("PEXPIRE", "k", "250") == [["PEXPIREAT", "k", "1764000000250"]])
+        #expect(try self.plan("EXPIREAT", "k", "1800000000") == [["PEXPIREAT", "k", "1800000000000"]])
+        #expect(try self.plan("SETEX", "k", "5", "v") == [["SET", "k", "v", "PXAT", "1764000005000"]])
+        #expect(try self.plan("PSETEX", "k", "5", "v") == [["SET", "k", "v", "PXAT", "1764000000005"]])
+        #expect(try self.plan("SET", "k", "v", "EX", "3", "NX") == [["SET", "k", "v", "PXAT", "1764000003000", "NX"]])
+        #expect(try self.plan("SET", "k", "v", "px", "7") == [["SET", "k", "v", "PXAT", "1764000000007"]])
+        #expect(try self.plan("SET", "k", "v", "EXAT", "1800000000") == [["SET", "k", "v", "PXAT", "1800000000000"]])
+        #expect(try self.plan("SET", "k", "v", "KEEPTTL") == [["SET", "k", "v", "KEEPTTL"]])
+        #expect(try self.plan("GETEX", "k", "EX", "1") == [["GETEX", "k", "PXAT", "1764000001000"]])
+        #expect(try self.plan("RESTORE", "k", "100", "payload") == [["RESTORE", "k", "1764000000100", "payload", "ABSTTL"]])
+        #expect(try self.plan("RESTORE", "k", "0", "payload") == [["RESTORE", "k", "0", "payload"]])
+        #expect(try self.plan("XADD", "s", "*", "f", "v") == [["XADD", "s", "1764000000000-*", "f", "v"]])
+        #expect(try self.plan("XADD", "s", "MAXLEN", "~", "10", "*", "f", "v") == [["XADD", "s", "MAXLEN", "~", "10", "1764000000000-*", "f", "v"]])
+        #expect(try self.plan("XADD", "s", "5-1", "f", "v") == [["XADD", "s", "5-1", "f", "v"]])
+    }
+
+    @Test func keepsRedisErrorsForBadTimes() {
+        #expect(self.refusal("SET", "k", "v", "EX", "0") == "ERR invalid expire time in 'set' command")
+        #expect(self.refusal("SETEX", "k", "-1", "v") == "ERR invalid expire time in 'setex' command")
+        #expect(self.refusal("EXPIRE", "k", "soon") == "ERR value is not an integer or out of range")
+        #expect(self.refusal("EXPIRE", "k", "9223372036854775807") == "ERR invalid expire time in 'expire' command")
+    }
+
+    @Test func refusesWhatCannotBeTheSameOnEveryRack() {
+        #expect(self.refusal("SPOP", "s")?.contains("SRANDMEMBER then SREM") == true)
+        #expect(self.refusal("SET", "k", "v", "GET")?.hasPrefix("ERR pylon: SET … GET") == true)
+        #expect(self.refusal("FLUSHALL")?.hasPrefix("ERR pylon: FLUSHALL") == true)
+        #expect(self.refusal("XCLAIM", "s", "g", "c", "0", "1-0")?.hasPrefix("ERR pylon:") == true)
+    }
+
+    @Test func splitsWhereMeaningSurvivesAndRefusesElsewhere() throws {
+        let keys = ["a", "b", "{a}.x"]
+        #expect(HashSlot.of("a") != HashSlot.of("b"))
+        #expect(try self.plan("DEL", keys[0], keys[1], keys[2]) == [["DEL", "a", "{a}.x"], ["DEL", "b"]])
+        #expect(try self.plan("UNLINK", "a", "b") == [["UNLINK", "a"], ["UNLINK", "b"]])
+        #expect(try self.plan("MSET", "a", "1", "b", "2", "{a}.x", "3") == [["MSET", "a", "1", "{a}.x", "3"], ["MSET", "b", "2"]])
+        #expect(try self.plan("MSET", "{u}.a", "1", "{u}.b", "2") == [["MSET", "{u}.a", "1", "{u}.b", "2"]])
+        #expect(self.refusal("MSETNX", "a", "1", "b", "2")?.hasPrefix("CROSSSLOT") == true)
+        #expect(self.refusal("RENAME", "a", "b")?.hasPrefix("CROSSSLOT") == true)
+        #expect(try self.plan("RENAME", "{a}.1", "{a}.2") == [["RENAME", "{a}.1", "{a}.2"]])
+    }
+
+    @Test func opsCarryTheirSlot() throws {
+        let buffers = ["SET", "{user1}.name", "x"].map { ByteBuffer(string: $0) }
+        guard case .command(let command) = CommandTable.shared.lookup(buffers) else { throw CancellationError() }
+        let ops = try WritePlanner.plan(buffers, command: command, now: self.now)
+        #expect(ops.map(\.slot) == [HashSlot.of("user1")])
+    }
+}
