@@ -42,3 +42,19 @@ struct OpRecordTests {
         #expect(keyless.partition(of: 8) == 0)
     }
 }
+
+@Suite("Applied offsets")
+struct AppliedOffsetsTests {
+    @Test func everyMarkerLivesInItsOpsSlot() {
+        for slot in stride(from: 0, to: HashSlot.count, by: 1) {
+            #expect(HashSlot.of(AppliedOffsets.markerKey(topic: "pylon.w.ops", partition: 3, slot: slot)) == slot)
+        }
+    }
+
+    @Test func readsTheScriptsReplies() throws {
+        #expect(try AppliedOffsets.outcome(of: .array([.integer(0)])) == .alreadyApplied)
+        #expect(try AppliedOffsets.outcome(of: .array([.integer(1), .bulk("OK"), .integer(7)])) == .applied(reply: .integer(7)))
+        #expect(try AppliedOffsets.outcome(of: .array([.integer(1), .bulk("ERR"), .bulk("WRONGTYPE x")])) == .rejected(error: "WRONGTYPE x"))
+        #expect(throws: OpRecord.DecodingError.self) { try AppliedOffsets.outcome(of: .ok) }
+    }
+}
