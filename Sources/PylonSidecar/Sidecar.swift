@@ -34,7 +34,7 @@ public final class Sidecar: Service, Sendable {
         var settings = BackendConnection.Settings()
         settings.requestTimeout = .milliseconds(Int64(configuration.redisTimeoutMilliseconds))
         settings.connectTimeout = .milliseconds(Int64(configuration.connectTimeoutMilliseconds))
-        self.backend = Self.makeBackend(configuration, group: group, settings: settings, status: status, logger: logger)
+        self.backend = Self.makeBackend(configuration, context: RedisLayerContext(group: group, settings: settings, status: status, logger: logger))
         self.gateway = Gateway(
             table: table, backend: self.backend, stats: self.stats, metrics: metrics,
             identity: .init(rack: configuration.rack, world: configuration.world, redis: configuration.redis, readFrom: configuration.readFrom),
@@ -42,17 +42,14 @@ public final class Sidecar: Service, Sendable {
         )
     }
 
-    static func makeBackend(_ configuration: SidecarConfiguration, group: EventLoopGroup, settings: BackendConnection.Settings, status: BackendStatus, logger: Logger) -> RedisBackend {
+    static func makeBackend(_ configuration: SidecarConfiguration, context: RedisLayerContext) -> RedisBackend {
         switch configuration.redis {
         case .standalone(let address):
-            return StandaloneBackend(address: address, group: group, settings: settings, status: status, logger: logger)
+            StandaloneBackend(address: address, context: context)
         case .cluster(let seeds):
-            return ClusterBackend(seeds: seeds, group: group, settings: settings, status: status, logger: logger)
+            ClusterBackend(seeds: seeds, context: context)
         case .sentinel(let sentinels, let master):
-            return SentinelBackend(
-                sentinels: sentinels, masterName: master, readFrom: configuration.readFrom,
-                group: group, settings: settings, status: status, logger: logger
-            )
+            SentinelBackend(sentinels: sentinels, masterName: master, readFrom: configuration.readFrom, context: context)
         }
     }
 

@@ -43,10 +43,7 @@ struct ClusterTopology: Sendable {
 /// and the slot map is refreshed after a MOVED.
 final class ClusterBackend: RedisBackend {
     let seeds: [HostPort]
-    let group: EventLoopGroup
-    let settings: BackendConnection.Settings
-    let status: BackendStatus
-    let logger: Logger
+    let context: RedisLayerContext
     private let topology = Mutex(ClusterTopology())
     private let topologyVersion = Atomic<Int>(0)
     private let refreshing = Atomic<Bool>(false)
@@ -55,19 +52,18 @@ final class ClusterBackend: RedisBackend {
     /// How often the slot map is re-read even without a MOVED (new nodes, failovers).
     let refreshInterval: Duration = .seconds(10)
 
-    init(seeds: [HostPort], group: EventLoopGroup, settings: BackendConnection.Settings, status: BackendStatus, logger: Logger) {
+    init(seeds: [HostPort], context: RedisLayerContext) {
         self.seeds = seeds
-        self.group = group
-        self.settings = settings
-        self.status = status
-        self.logger = logger
+        self.context = context
     }
+
+    private var logger: Logger { self.context.logger }
 
     func start() async throws {
         if await !self.refresh() {
             self.logger.warning("no cluster node answered CLUSTER SLOTS yet; retrying in the background", metadata: ["seeds": "\(self.seeds)"])
         }
-        let routers = try await PerLoop(group: self.group) { [self] loop in
+        let routers = try await PerLoop(group: self.context.group) { [self] loop in
             let router = ClusterRouter(backend: self, eventLoop: loop)
             router.connectToPrimaries()
             return router
@@ -101,14 +97,14 @@ final class ClusterBackend: RedisBackend {
 
     var isReady: Bool {
         let topology = self.currentTopology
-        return topology.coveredSlots == HashSlot.count && topology.primaries.allSatisfy { self.status.isUp($0) }
+        return topology.coveredSlots == HashSlot.count && topology.primaries.allSatisfy { self.context.status.isUp($0) }
     }
 
     var description: BackendDescription {
         let topology = self.currentTopology
         return BackendDescription(
             topology: "cluster",
-            nodes: topology.primaries.map { ($0, "master", self.status.isUp($0)) },
+            nodes: topology.primaries.map { ($0, "master", self.context.status.isUp($0)) },
             details: [("cluster_slots_covered", "\(topology.coveredSlots)"), ("cluster_topology_version", "\(topology.version)")]
         )
     }
@@ -132,7 +128,7 @@ final class ClusterBackend: RedisBackend {
         var seen = Set<HostPort>()
         for address in candidates where seen.insert(address).inserted {
             do {
-                let client = try await RedisClient.connect(to: address, on: self.group.any(), timeout: self.settings.connectTimeout)
+                let client = try await self.context.controlClient(to: address)
                 defer { Task { await client.close() } }
                 let reply = try await client.send("CLUSTER", "SLOTS")
                 let version = self.currentVersion + 1
@@ -192,9 +188,7 @@ final class ClusterRouter: BackendRouter {
 
     private func connection(to address: HostPort) -> BackendConnection {
         if let connection = self.connections[address] { return connection }
-        let connection = BackendConnection(
-            address: address, eventLoop: self.eventLoop, settings: self.backend.settings, status: self.backend.status, logger: self.backend.logger
-        )
+        let connection = self.backend.context.connection(to: address, on: self.eventLoop)
         connection.redirectHandler = { [unowned self] reply, request in self.redirect(reply, request) }
         self.connections[address] = connection
         return connection

@@ -15,6 +15,25 @@ protocol RedisBackend: Sendable {
     var description: BackendDescription { get }
 }
 
+/// What every backend of the Redis layer is built with: its event loops, connection settings,
+/// the shared health view and the logger.
+struct RedisLayerContext: Sendable {
+    let group: EventLoopGroup
+    let settings: BackendConnection.Settings
+    let status: BackendStatus
+    let logger: Logger
+
+    /// A pipelined connection to `address` for the clients of `eventLoop`.
+    func connection(to address: HostPort, on eventLoop: EventLoop) -> BackendConnection {
+        BackendConnection(address: address, eventLoop: eventLoop, settings: self.settings, status: self.status, logger: self.logger)
+    }
+
+    /// A request/response client for control queries (CLUSTER SLOTS, SENTINEL …).
+    func controlClient(to address: HostPort, onPush: (@Sendable (RESPValue) -> Void)? = nil) async throws -> RedisClient {
+        try await RedisClient.connect(to: address, on: self.group.any(), timeout: self.settings.connectTimeout, onPush: onPush)
+    }
+}
+
 /// What `PYLON INFO` says about the Redis layer.
 public struct BackendDescription: Sendable {
     public var topology: String
@@ -59,24 +78,18 @@ final class PerLoop<Value>: Sendable {
 /// Routes every read to one node: a standalone Redis or any RESP endpoint (twemproxy, a proxy).
 final class StandaloneBackend: RedisBackend {
     private let address: HostPort
-    private let group: EventLoopGroup
-    private let settings: BackendConnection.Settings
-    private let status: BackendStatus
-    private let logger: Logger
+    private let context: RedisLayerContext
     private let routers = LateBound<PerLoop<SingleNodeRouter>>()
 
-    init(address: HostPort, group: EventLoopGroup, settings: BackendConnection.Settings, status: BackendStatus, logger: Logger) {
+    init(address: HostPort, context: RedisLayerContext) {
         self.address = address
-        self.group = group
-        self.settings = settings
-        self.status = status
-        self.logger = logger
+        self.context = context
     }
 
     func start() async throws {
-        let (address, settings, status, logger) = (self.address, self.settings, self.status, self.logger)
-        let routers = try await PerLoop(group: self.group) { loop in
-            let router = SingleNodeRouter(connection: BackendConnection(address: address, eventLoop: loop, settings: settings, status: status, logger: logger))
+        let (address, context) = (self.address, self.context)
+        let routers = try await PerLoop(group: context.group) { loop in
+            let router = SingleNodeRouter(connection: context.connection(to: address, on: loop))
             router.connection.connect()
             return router
         }
@@ -91,10 +104,10 @@ final class StandaloneBackend: RedisBackend {
         self.routers.value!.value(on: eventLoop)
     }
 
-    var isReady: Bool { self.status.isUp(self.address) }
+    var isReady: Bool { self.context.status.isUp(self.address) }
 
     var description: BackendDescription {
-        BackendDescription(topology: "standalone", nodes: [(self.address, "master", self.status.isUp(self.address))])
+        BackendDescription(topology: "standalone", nodes: [(self.address, "master", self.context.status.isUp(self.address))])
     }
 }
 

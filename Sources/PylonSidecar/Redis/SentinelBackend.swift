@@ -17,9 +17,7 @@ final class SentinelBackend: RedisBackend {
     let sentinels: [HostPort]
     let masterName: String
     let readFrom: ReadPreference
-    let group: EventLoopGroup
-    let settings: BackendConnection.Settings
-    let status: BackendStatus
+    let context: RedisLayerContext
     let logger: Logger
     private let target = Mutex(Target())
     private let targetVersion = Atomic<Int>(0)
@@ -28,15 +26,12 @@ final class SentinelBackend: RedisBackend {
     /// Re-check interval, in case a `+switch-master` message was missed.
     let pollInterval: Duration = .seconds(5)
 
-    init(sentinels: [HostPort], masterName: String, readFrom: ReadPreference, group: EventLoopGroup,
-         settings: BackendConnection.Settings, status: BackendStatus, logger: Logger) {
+    init(sentinels: [HostPort], masterName: String, readFrom: ReadPreference, context: RedisLayerContext) {
         self.sentinels = sentinels
         self.masterName = masterName
         self.readFrom = readFrom
-        self.group = group
-        self.settings = settings
-        self.status = status
-        var logger = logger
+        self.context = context
+        var logger = context.logger
         logger[metadataKey: "master-name"] = "\(masterName)"
         self.logger = logger
     }
@@ -45,7 +40,7 @@ final class SentinelBackend: RedisBackend {
         if await !self.discover() {
             self.logger.warning("no sentinel knows the master yet; retrying in the background", metadata: ["sentinels": "\(self.sentinels)"])
         }
-        let routers = try await PerLoop(group: self.group) { [self] loop in
+        let routers = try await PerLoop(group: self.context.group) { [self] loop in
             let router = SentinelRouter(backend: self, eventLoop: loop)
             router.syncTarget()
             return router
@@ -68,15 +63,15 @@ final class SentinelBackend: RedisBackend {
 
     var isReady: Bool {
         guard let read = self.current.read else { return false }
-        return self.status.isUp(read)
+        return self.context.status.isUp(read)
     }
 
     var description: BackendDescription {
         let target = self.current
         var nodes: [(address: HostPort, role: String, up: Bool)] = []
-        if let master = target.master { nodes.append((master, target.read == master ? "master,reads" : "master", self.status.isUp(master))) }
+        if let master = target.master { nodes.append((master, target.read == master ? "master,reads" : "master", self.context.status.isUp(master))) }
         for replica in target.replicas {
-            nodes.append((replica, target.read == replica ? "replica,reads" : "replica", self.status.isUp(replica)))
+            nodes.append((replica, target.read == replica ? "replica,reads" : "replica", self.context.status.isUp(replica)))
         }
         return BackendDescription(topology: "sentinel", nodes: nodes, details: [
             ("sentinel_master_name", self.masterName),
@@ -93,7 +88,7 @@ final class SentinelBackend: RedisBackend {
     func discover() async -> Bool {
         for sentinel in self.sentinels {
             do {
-                let client = try await RedisClient.connect(to: sentinel, on: self.group.any(), timeout: self.settings.connectTimeout)
+                let client = try await self.context.controlClient(to: sentinel)
                 defer { Task { await client.close() } }
                 let reply = try await client.send("SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.masterName)
                 guard let fields = reply.array, fields.count == 2, let host = fields[0].string, let port = fields[1].int else {
@@ -149,7 +144,7 @@ final class SentinelBackend: RedisBackend {
 
     /// The best of three PING round trips; unreachable nodes are infinitely far.
     private func roundTrip(to address: HostPort) async -> Duration {
-        guard let client = try? await RedisClient.connect(to: address, on: self.group.any(), timeout: self.settings.connectTimeout) else {
+        guard let client = try? await self.context.controlClient(to: address) else {
             return .seconds(3600)
         }
         defer { Task { await client.close() } }
@@ -190,7 +185,7 @@ final class SentinelBackend: RedisBackend {
             index += 1
             let events = AsyncStream<Void>.makeStream()
             do {
-                let client = try await RedisClient.connect(to: sentinel, on: self.group.any(), timeout: self.settings.connectTimeout) { push in
+                let client = try await self.context.controlClient(to: sentinel) { push in
                     // ["message", channel, payload]: any of these means the topology may have changed.
                     if push.array?.first?.string == "message" { events.continuation.yield() }
                 }
@@ -240,9 +235,7 @@ final class SentinelRouter: BackendRouter {
         let target = self.backend.current
         self.version = target.version
         guard let read = target.read else { return }
-        let connection = self.connections[read] ?? BackendConnection(
-            address: read, eventLoop: self.eventLoop, settings: self.backend.settings, status: self.backend.status, logger: self.backend.logger
-        )
+        let connection = self.connections[read] ?? self.backend.context.connection(to: read, on: self.eventLoop)
         self.connections[read] = connection
         connection.connect()
         self.readConnection = connection
