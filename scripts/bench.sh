@@ -9,17 +9,12 @@ REQUESTS=${REQUESTS:-200000}
 CLIENTS=${CLIENTS:-50}
 BIN=.build/release/pylon-sidecar
 [ -x "$BIN" ] || swift build -c release
-work=$(mktemp -d /tmp/pylon-bench.XXXXXX)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
-wait_port() { for _ in $(seq 100); do (echo > /dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
+source scripts/lib.sh
+work=$WORK
 
 redis_port=$(free_port); nc_port=$(free_port); nc_stats=$(free_port); pylon_port=$(free_port); admin_port=$(free_port)
 redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no --dir "$work" --logfile "$work/redis.log" &
-pids+=($!)
+track $!
 wait_port "$redis_port"
 cat > "$work/nutcracker.yml" <<YML
 pylon:
@@ -29,10 +24,10 @@ pylon:
     - 127.0.0.1:$redis_port:1
 YML
 nutcracker -c "$work/nutcracker.yml" -s "$nc_stats" -a 127.0.0.1 -o "$work/nutcracker.log" &
-pids+=($!); nc_pid=$!
+track $!; nc_pid=$!
 "$BIN" --listen "127.0.0.1:$pylon_port" --admin "127.0.0.1:$admin_port" --redis "redis://127.0.0.1:$redis_port" \
   --log-level warning ${THREADS:+--threads $THREADS} 2> "$work/pylon.log" &
-pids+=($!); pylon_pid=$!
+track $!; pylon_pid=$!
 wait_port "$nc_port"; wait_port "$pylon_port"
 
 # Keys redis-benchmark reads (-r 100000: key:000000000000 … key:000000099999), 3-byte values.

@@ -9,27 +9,19 @@ SIDECAR_PORT=${SIDECAR_PORT:-6380}
 ADMIN_PORT=${ADMIN_PORT:-9480}
 BIN=.build/release/pylon-sidecar
 [ -x "$BIN" ] || swift build -c release
-work=$(mktemp -d /tmp/pylon-local.XXXXXX)
-pids=()
-stop() {
-  trap - INT TERM EXIT
-  echo; echo "stopping…"
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap stop INT TERM EXIT
+source scripts/lib.sh
+trap 'echo; echo "stopping…"; stop_tracked' INT TERM
 
 for port in "$REDIS_PORT" "$SIDECAR_PORT" "$ADMIN_PORT"; do
-  if (echo > /dev/tcp/127.0.0.1/$port) 2>/dev/null; then echo "port $port is in use; set REDIS_PORT/SIDECAR_PORT/ADMIN_PORT" >&2; exit 1; fi
+  if port_open "$port"; then echo "port $port is in use; set REDIS_PORT/SIDECAR_PORT/ADMIN_PORT" >&2; exit 1; fi
 done
-redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no --dir "$work" --logfile "$work/redis.log" &
-pids+=($!)
-for _ in $(seq 100); do (echo > /dev/tcp/127.0.0.1/$REDIS_PORT) 2>/dev/null && break; sleep 0.05; done
+redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no --dir "$WORK" --logfile "$WORK/redis.log" &
+track $!
+wait_port "$REDIS_PORT"
 redis-cli -p "$REDIS_PORT" set greeting "hello from the rack's redis" > /dev/null
 "$BIN" --listen "127.0.0.1:$SIDECAR_PORT" --admin "127.0.0.1:$ADMIN_PORT" --redis "redis://127.0.0.1:$REDIS_PORT" --rack local-a &
-pids+=($!)
-for _ in $(seq 100); do (echo > /dev/tcp/127.0.0.1/$SIDECAR_PORT) 2>/dev/null && break; sleep 0.05; done
+track $!
+wait_port "$SIDECAR_PORT"
 
 cat <<TXT
 
