@@ -32,7 +32,7 @@ final class Gateway: Sendable {
     }
 
     /// The reply to a write until the stream layer (Kafka) exists: never a silent success.
-    static let noWorldError = "ERR pylon: this sidecar has no world configured, so it cannot accept writes; writes go to the world's Kafka log (configure --world and --kafka-brokers), reads work meanwhile"
+    static let noWorldError = "ERR pylon: no world configured: this sidecar serves reads only until its write path (the world's Kafka log) is enabled; write to the rack's Redis directly meanwhile"
 }
 
 /// The connections of one sidecar, for `CLIENT LIST` and `CLIENT ID`.
