@@ -17,11 +17,23 @@ final class KafkaBroker: Sendable {
         try Ports.waitUntilOpen(self.port)
     }
 
-    /// pip installs `noida-db` next to the Python that `make deps` used.
+    /// The broker binary inside the `noida_db` Python package. Started directly: its `noida-db`
+    /// console script is a Python wrapper (behind a pyenv shim, a shell script too) whose broker
+    /// child would outlive a stopped wrapper.
     static func executable() throws -> String {
-        let candidates = [ProcessInfo.processInfo.environment["NOIDA_DB"], "/usr/local/bin/noida-db", "/root/.pyenv/shims/noida-db"]
-            + (ProcessInfo.processInfo.environment["PATH"] ?? "").split(separator: ":").map { "\($0)/noida-db" }
-        for case let path? in candidates where FileManager.default.isExecutableFile(atPath: path) { return path }
-        throw HarnessError("noida-db is not installed; run `make deps` (pip install noida-db==0.2.3)")
+        if let path = ProcessInfo.processInfo.environment["NOIDA_DB"] { return path }
+        let python = Process()
+        python.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        python.arguments = ["python3", "-c", "import noida_db, os; print(os.path.join(os.path.dirname(noida_db.__file__), 'noida-db'))"]
+        let output = Pipe()
+        python.standardOutput = output
+        python.standardError = FileHandle.nullDevice
+        try python.run()
+        python.waitUntilExit()
+        let path = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+        guard python.terminationStatus == 0, FileManager.default.isExecutableFile(atPath: path) else {
+            throw HarnessError("noida-db is not installed; run `make deps` (pip install noida-db==0.2.3)")
+        }
+        return path
     }
 }
