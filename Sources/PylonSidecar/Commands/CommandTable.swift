@@ -150,10 +150,6 @@ public struct CommandLookup: Sendable {
     /// Every name in the table, lower case.
     public var names: [String] { self.nameBytes.map { String(decoding: $0, as: UTF8.self) } }
 
-    public func find(_ name: String) -> Command? {
-        self.find(ByteBuffer(string: name))
-    }
-
     public func find(_ name: ByteBuffer) -> Command? {
         name.withUnsafeReadableBytes { bytes -> Command? in
             var slot = Self.hash(bytes) & self.mask

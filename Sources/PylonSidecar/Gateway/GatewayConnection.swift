@@ -78,12 +78,7 @@ final class GatewayConnection: ChannelDuplexHandler, ReplySink {
     // MARK: - Requests
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        var bytes = self.unwrapInboundIn(data)
-        if self.inbound.readableBytes == 0 {
-            self.inbound = bytes
-        } else {
-            self.inbound.writeBuffer(&bytes)
-        }
+        self.inbound.accumulate(self.unwrapInboundIn(data))
         self.readAt = .now()
         self.decodeRequests()
     }
@@ -112,12 +107,7 @@ final class GatewayConnection: ChannelDuplexHandler, ReplySink {
             }
             self.dispatch(request, tag: self.openSlot(started: self.readAt))
         }
-        if self.inbound.readableBytes == 0 {
-            // Let go of the receive buffer so NIO can reuse it for the next read.
-            self.inbound = emptyBuffer
-        } else if self.inbound.readerIndex > 64 * 1024 {
-            self.inbound.discardReadBytes()
-        }
+        self.inbound.releaseIfConsumed()
     }
 
     /// Reserves the reply slot of the next request; returns its tag.
@@ -171,9 +161,7 @@ final class GatewayConnection: ChannelDuplexHandler, ReplySink {
     }
 
     private func complete(_ tag: Int, error: String) {
-        var buffer = ByteBuffer()
-        buffer.writeRESPError(error)
-        self.deliver(buffer, tag: tag)
+        self.deliver(.respError(error), tag: tag)
     }
 
     /// Writes every reply at the head of the queue whose answer is known.

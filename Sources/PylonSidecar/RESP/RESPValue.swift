@@ -123,7 +123,30 @@ public enum RESPValue: Sendable, Equatable {
 }
 
 /// A shared empty buffer: what a connection holds between reads instead of the last receive buffer.
-let emptyBuffer = ByteBuffer()
+private let emptyBuffer = ByteBuffer()
+
+extension ByteBuffer {
+    /// Adds bytes just read to what is left of earlier reads; takes them as they are when
+    /// nothing is left (no copy).
+    mutating func accumulate(_ received: ByteBuffer) {
+        if self.readableBytes == 0 {
+            self = received
+        } else {
+            var received = received
+            self.writeBuffer(&received)
+        }
+    }
+
+    /// Once everything is decoded, lets go of the receive buffer so NIO can reuse it for the next
+    /// read; a long-lived partial buffer drops the bytes already decoded.
+    mutating func releaseIfConsumed() {
+        if self.readableBytes == 0 {
+            self = emptyBuffer
+        } else if self.readerIndex > 64 * 1024 {
+            self.discardReadBytes()
+        }
+    }
+}
 
 /// Finds where one complete reply ends without decoding it, so replies from Redis are forwarded
 /// to clients as the bytes Redis sent. Understands RESP2 and RESP3; bounded nesting.
@@ -199,6 +222,13 @@ extension ByteBuffer {
             self.writeBuffer(&argument)
             self.writeInteger(crlf)
         }
+    }
+
+    /// A RESP error reply; `message` must include its prefix (`ERR …`, `WRONGTYPE …`).
+    public static func respError(_ message: String) -> ByteBuffer {
+        var buffer = ByteBuffer()
+        buffer.writeRESPError(message)
+        return buffer
     }
 
     /// Writes a RESP error; `message` must include its prefix (`ERR …`, `WRONGTYPE …`).

@@ -109,16 +109,15 @@ final class BackendConnection {
     }
 
     private func reject(sink: ReplySink?, tag: Int, reason: String) {
-        guard let sink else { return }
-        sink.deliver(Self.unavailable(self.address, reason), tag: tag)
-        self.requestFlush(of: sink)
+        self.answerUnavailable(sink, tag: tag, reason: reason)
         self.flushSinks()
     }
 
-    static func unavailable(_ address: HostPort, _ reason: String) -> ByteBuffer {
-        var buffer = ByteBuffer()
-        buffer.writeRESPError("ERR pylon: local redis unavailable (\(address): \(reason)); retry shortly")
-        return buffer
+    /// Answers a request that Redis will not: the error goes out with the next `flushSinks`.
+    private func answerUnavailable(_ sink: ReplySink?, tag: Int, reason: String) {
+        guard let sink else { return }
+        sink.deliver(.respError("ERR pylon: local redis unavailable (\(self.address): \(reason)); retry shortly"), tag: tag)
+        self.requestFlush(of: sink)
     }
 
     // MARK: - Connection lifecycle
@@ -176,12 +175,11 @@ final class BackendConnection {
             return
         case .connecting:
             if channel != nil { return }
-            self.status.connectFailed(self.address, error: reason)
         case .connected(let current):
             if let channel, channel !== current { return }
             self.state = .idle
             current.close(promise: nil)
-            self.status.disconnected(self.address, error: reason)
+            self.status.disconnected(self.address)
             self.timeoutTask?.cancel()
             self.timeoutTask = nil
             self.logger.warning("redis connection lost; reconnecting", metadata: ["reason": "\(reason)"])
@@ -192,9 +190,8 @@ final class BackendConnection {
                 if resend, !request.resent {
                     request.resent = true
                     self.send(request)
-                } else if let sink = request.sink {
-                    sink.deliver(Self.unavailable(self.address, reason), tag: request.tag)
-                    self.requestFlush(of: sink)
+                } else {
+                    self.answerUnavailable(request.sink, tag: request.tag, reason: reason)
                 }
             }
             self.flushSinks()
@@ -219,9 +216,7 @@ final class BackendConnection {
         let failed = self.inFlight
         self.inFlight.removeAll()
         for request in failed {
-            guard let sink = request.sink else { continue }
-            sink.deliver(Self.unavailable(self.address, reason), tag: request.tag)
-            self.requestFlush(of: sink)
+            self.answerUnavailable(request.sink, tag: request.tag, reason: reason)
         }
         self.flushSinks()
     }
@@ -254,7 +249,7 @@ final class BackendConnection {
         self.timeoutTask?.cancel()
         if case .connected(let channel) = previous {
             channel.close(promise: nil)
-            self.status.disconnected(self.address, error: nil)
+            self.status.disconnected(self.address)
         }
         self.failAll(reason: "the sidecar is shutting down")
     }
@@ -314,19 +309,13 @@ private final class BackendReplyHandler: ChannelInboundHandler {
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        var bytes = self.unwrapInboundIn(data)
-        if self.inbound.readableBytes == 0 {
-            self.inbound = bytes
-        } else {
-            self.inbound.writeBuffer(&bytes)
-        }
+        self.inbound.accumulate(self.unwrapInboundIn(data))
         let connection = self.connection.value
         do {
             while let length = try self.scanner.length(of: self.inbound, at: self.inbound.readerIndex) {
                 connection.received(self.inbound.readSlice(length: length)!)
             }
-            // Let go of the receive buffer so NIO can reuse it for the next read.
-            if self.inbound.readableBytes == 0 { self.inbound = emptyBuffer }
+            self.inbound.releaseIfConsumed()
         } catch {
             connection.lost(reason: "redis sent an invalid reply (\(error))", channel: context.channel, resend: false)
         }

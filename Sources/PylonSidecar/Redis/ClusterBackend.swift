@@ -292,9 +292,7 @@ final class ClusterRouter: BackendRouter {
     static let noSlotMap = "CLUSTERDOWN pylon: the cluster's slot map is not known yet (no node answered CLUSTER SLOTS); retry shortly"
 
     private static func fail(_ sink: ReplySink, _ tag: Int, _ message: String) {
-        var buffer = ByteBuffer()
-        buffer.writeRESPError(message)
-        sink.deliver(buffer, tag: tag)
+        sink.deliver(.respError(message), tag: tag)
     }
 }
 

@@ -165,7 +165,7 @@ final class SentinelBackend: RedisBackend {
             return previous
         }
         guard let previous = changed else { return }
-        self.targetVersion.store(self.current.version, ordering: .releasing)
+        self.targetVersion.store(previous.version + 1, ordering: .releasing)
         if previous.master != nil, previous.master != master {
             self.logger.notice("following failover", metadata: ["old-master": "\(previous.master!)", "new-master": "\(master)", "reads": "\(read)"])
         } else {
@@ -249,9 +249,7 @@ final class SentinelRouter: BackendRouter {
     func send(_ request: RedisRequest, command: Command, sink: ReplySink, tag: Int) {
         self.syncTarget()
         guard let connection = self.readConnection else {
-            var buffer = ByteBuffer()
-            buffer.writeRESPError("ERR pylon: local redis unavailable (no sentinel has told where master '\(self.backend.masterName)' is yet); retry shortly")
-            sink.deliver(buffer, tag: tag)
+            sink.deliver(.respError("ERR pylon: local redis unavailable (no sentinel has told where master '\(self.backend.masterName)' is yet); retry shortly"), tag: tag)
             return
         }
         connection.send(request.raw, sink: sink, tag: tag)
