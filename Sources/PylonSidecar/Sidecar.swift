@@ -1,3 +1,4 @@
+import Foundation
 import Logging
 import NIOCore
 import NIOPosix
@@ -16,6 +17,9 @@ public final class Sidecar: Service, Sendable {
     private let logger: Logger
     private let backend: RedisBackend
     private let gateway: Gateway
+    /// The write path, when a world's log is configured.
+    let log: WorldLog?
+    let applier: Applier?
     private let bound = LateBound<BoundSockets>()
 
     private struct BoundSockets: Sendable {
@@ -23,7 +27,10 @@ public final class Sidecar: Service, Sendable {
         var admin: AdminServer
     }
 
-    public init(configuration: SidecarConfiguration, group: EventLoopGroup = MultiThreadedEventLoopGroup.singleton, logger: Logger = Logger(label: "pylon.sidecar")) {
+    /// Builds the sidecar; with `kafka-brokers` set, connects to the world's log (creating its
+    /// topic when missing), so a broker that cannot be reached fails here, naming it.
+    public init(configuration: SidecarConfiguration, group: EventLoopGroup = MultiThreadedEventLoopGroup.singleton, logger: Logger = Logger(label: "pylon.sidecar")) async throws {
+        let configuration = try configuration.validated()
         self.configuration = configuration
         self.group = group
         self.logger = logger
@@ -34,12 +41,37 @@ public final class Sidecar: Service, Sendable {
         var settings = BackendConnection.Settings()
         settings.requestTimeout = .milliseconds(Int64(configuration.redisTimeoutMilliseconds))
         settings.connectTimeout = .milliseconds(Int64(configuration.connectTimeoutMilliseconds))
-        self.backend = Self.makeBackend(configuration, context: RedisLayerContext(group: group, settings: settings, status: status, logger: logger))
+        let backend = Self.makeBackend(configuration, context: RedisLayerContext(group: group, settings: settings, status: status, logger: logger))
+        self.backend = backend
+        if configuration.kafkaBrokers != nil {
+            if case .cluster = configuration.redis {
+                throw StartError(description: "redis: the applier does not drive a Redis Cluster yet; give the rack a standalone or Sentinel-managed Redis, or run without kafka-brokers (reads only)")
+            }
+            let log = try await Self.blocking { try WorldLog(configuration: configuration, logger: logger) }
+            self.log = log
+            self.applier = Applier(
+                settings: .init(
+                    brokers: configuration.kafkaBrokers!, topic: log.topic, groupID: "pylon.\(configuration.world!).\(configuration.rack!)",
+                    properties: configuration.kafkaProperties, redisTimeout: settings.requestTimeout
+                ),
+                primary: { backend.primary }, group: group, metrics: metrics, logger: logger
+            )
+        } else {
+            self.log = nil
+            self.applier = nil
+        }
         self.gateway = Gateway(
-            table: table, backend: self.backend, stats: self.stats, metrics: metrics,
+            table: table, backend: backend, log: self.log, applier: self.applier, stats: self.stats, metrics: metrics,
             identity: .init(rack: configuration.rack, world: configuration.world, redis: configuration.redis, readFrom: configuration.readFrom),
             maxPendingReplies: configuration.maxPendingReplies, logger: logger
         )
+    }
+
+    /// Runs blocking start-up work (librdkafka's admin calls) off Swift's cooperative threads.
+    private static func blocking<Value: Sendable>(_ work: @escaping @Sendable () throws -> Value) async throws -> Value {
+        try await withCheckedThrowingContinuation { continuation in
+            Thread { continuation.resume(with: Result { try work() }) }.start()
+        }
     }
 
     static func makeBackend(_ configuration: SidecarConfiguration, context: RedisLayerContext) -> RedisBackend {
@@ -56,13 +88,25 @@ public final class Sidecar: Service, Sendable {
     /// The address clients connect to (after `start`), useful when listening on port 0.
     public var listenAddress: SocketAddress? { self.bound.value?.server.localAddress }
     public var adminAddress: SocketAddress? { self.bound.value?.admin.localAddress }
-    public var isReady: Bool { self.backend.isReady }
+    public var isReady: Bool { self.readiness == nil }
+
+    /// Why the sidecar is not ready, or nil when it is.
+    var readiness: String? {
+        guard self.backend.isReady else { return "the local redis is unreachable" }
+        if let maxLag = self.configuration.maxReadyLag, let applier = self.applier, !applier.isCaughtUp(maxLag: maxLag) {
+            return "the applier lags by more than \(maxLag) ops (max-ready-lag)"
+        }
+        return nil
+    }
     /// The text `PYLON INFO` answers.
     public var info: String { PylonCommands.info(self.gateway) }
 
-    /// Connects to Redis and binds the listening sockets.
+    /// Connects to Redis, starts the applier and binds the listening sockets.
     public func start() async throws {
         try await self.backend.start()
+        do { try self.applier?.start() } catch {
+            throw StartError(description: "the applier cannot join the world's log: \(error)")
+        }
         let gateway = self.gateway
         let limits = self.configuration.limits
         let server = try await ServerBootstrap(group: self.group)
@@ -97,12 +141,12 @@ public final class Sidecar: Service, Sendable {
 
     private func adminRoutes() -> [String: AdminServer.Route] {
         let metrics = self.metrics
-        let backend = self.backend
         return [
             "/metrics": { .init(contentType: "text/plain; version=0.0.4; charset=utf-8", body: metrics.render()) },
             "/healthz": { .init(body: "ok\n") },
-            "/readyz": {
-                backend.isReady ? .init(body: "ready\n") : .init(status: .serviceUnavailable, body: "not ready: the local redis is unreachable\n")
+            "/readyz": { [self] in
+                guard let reason = self.readiness else { return .init(body: "ready\n") }
+                return .init(status: .serviceUnavailable, body: "not ready: \(reason)\n")
             },
         ]
     }
@@ -115,6 +159,7 @@ public final class Sidecar: Service, Sendable {
     /// Stops accepting, waits for in-flight replies (bounded by the grace period), closes everything.
     public func stop() async {
         guard let bound = self.bound.value else {
+            await self.stopStreams()
             await self.backend.shutdown()
             return
         }
@@ -123,9 +168,19 @@ public final class Sidecar: Service, Sendable {
         while self.stats.connectedClients.load(ordering: .relaxed) > 0, ContinuousClock.now < deadline, self.stats.pendingReplies.load(ordering: .relaxed) > 0 {
             try? await Task.sleep(for: .milliseconds(10))
         }
+        await self.stopStreams()
         await self.backend.shutdown()
         await bound.admin.close()
         self.logger.info("pylon-sidecar stopped")
+    }
+
+    /// Stops the applier (after its batch in hand) and flushes the producer.
+    private func stopStreams() async {
+        let (applier, log) = (self.applier, self.log)
+        _ = try? await Self.blocking {
+            applier?.stop()
+            log?.close()
+        }
     }
 
     /// Runs until graceful shutdown (SIGTERM/SIGINT through a `ServiceGroup`).

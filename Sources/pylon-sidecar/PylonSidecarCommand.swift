@@ -29,16 +29,40 @@ struct PylonSidecarCommand: AsyncParsableCommand {
     var logLevel: String?
     @Option(name: .customLong("log-format"), help: "text or json.")
     var logFormat: String?
-    @Option(help: "This rack's name (shown in PYLON INFO).")
+    @Option(help: "This rack's name; its sidecars apply the world's log together.")
     var rack: String?
-    @Option(help: "The world's name (shown in PYLON INFO).")
+    @Option(help: "The world's name; its log is the topic pylon.WORLD.ops.")
     var world: String?
+    @Option(name: .customLong("kafka-brokers"), help: "The world's Kafka, HOST:PORT[,…]; writes are accepted only with it.")
+    var kafkaBrokers: String?
+    @Option(help: "The world's topic (default pylon.WORLD.ops).")
+    var topic: String?
+    @Option(help: "Partitions when the sidecar creates the topic (default 8).")
+    var partitions: String?
+    @Option(name: .customLong("replication-factor"), help: "Replication factor when the sidecar creates the topic (default 1).")
+    var replicationFactor: String?
+    @Option(name: .customLong("kafka-property"), help: "A librdkafka property KEY=VALUE (TLS, SASL, tuning); repeatable.")
+    var kafkaProperty: [String] = []
+    @Option(name: .customLong("write-timeout-ms"), help: "Fail a write Kafka has not taken in this many ms (default 5000).")
+    var writeTimeout: String?
+    @Option(name: .customLong("max-ready-lag"), help: "/readyz fails while the applier lags by more ops than this.")
+    var maxReadyLag: String?
+    @Option(name: .customLong("sidecar-name"), help: "This sidecar's name in the ops it writes (default HOST:PORT).")
+    var sidecarName: String?
     @Option(name: .customLong("redis-timeout-ms"), help: "Fail a request Redis has not answered in this many ms (default 2000).")
     var redisTimeout: String?
     @Option(name: .customLong("max-pending-replies"), help: "Pipelined requests per client before reading pauses (default 1024).")
     var maxPendingReplies: String?
     @Option(name: .customLong("max-bulk-length"), help: "Largest argument a client may send, bytes (default 536870912).")
     var maxBulkLength: String?
+    @Option(name: .customLong("max-arguments"), help: "Most arguments in one command (default 1048576).")
+    var maxArguments: String?
+    @Option(name: .customLong("max-inline-length"), help: "Longest inline command, bytes (default 65536).")
+    var maxInlineLength: String?
+    @Option(name: .customLong("connect-timeout-ms"), help: "Give up connecting to Redis after this many ms (default 1000).")
+    var connectTimeout: String?
+    @Option(name: .customLong("shutdown-grace-ms"), help: "On SIGTERM, wait this long for in-flight replies (default 5000).")
+    var shutdownGrace: String?
     @Option(help: "Event-loop threads (default 1).")
     var threads: String?
 
@@ -50,14 +74,26 @@ struct PylonSidecarCommand: AsyncParsableCommand {
                 ("log-level", self.logLevel), ("log-format", self.logFormat), ("rack", self.rack), ("world", self.world),
                 ("redis-timeout-ms", self.redisTimeout), ("max-pending-replies", self.maxPendingReplies),
                 ("max-bulk-length", self.maxBulkLength), ("threads", self.threads),
-            ])
+                ("kafka-brokers", self.kafkaBrokers), ("topic", self.topic), ("partitions", self.partitions),
+                ("replication-factor", self.replicationFactor), ("write-timeout-ms", self.writeTimeout),
+                ("max-ready-lag", self.maxReadyLag), ("sidecar-name", self.sidecarName), ("max-arguments", self.maxArguments),
+                ("max-inline-length", self.maxInlineLength), ("connect-timeout-ms", self.connectTimeout),
+                ("shutdown-grace-ms", self.shutdownGrace),
+            ] + self.kafkaProperty.map { ("kafka-property", $0) })
         } catch {
             throw ValidationError("\(error)")
         }
         PylonLogging.bootstrap(format: settings.logFormat, level: settings.logLevel)
         let logger = Logger(label: "pylon.sidecar")
         let group = MultiThreadedEventLoopGroup(numberOfThreads: settings.threads)
-        let sidecar = Sidecar(configuration: settings, group: group, logger: logger)
+        let sidecar: Sidecar
+        do {
+            sidecar = try await Sidecar(configuration: settings, group: group, logger: logger)
+        } catch {
+            logger.critical("cannot start", metadata: ["error": "\(error)"])
+            try await group.shutdownGracefully()
+            throw ExitCode(2)
+        }
         // The group installs the signal handlers before the sidecar binds (in its `run`), so a
         // SIGTERM that arrives once the port is open always gets a graceful shutdown.
         let services = ServiceGroup(

@@ -13,9 +13,10 @@ struct AppliedOffsetsLiveTests {
                  timestampMilliseconds: 0, slot: arguments.count > 1 ? HashSlot.of(arguments[1]) : OpRecord.noSlot)
     }
 
-    func apply(_ op: OpRecord, offset: Int64, partition: Int32 = 0, on client: RedisClient) async throws -> AppliedOffsets.Outcome {
-        let request = AppliedOffsets.request(for: op, offset: offset, topic: self.topic, partition: partition)
-        return try AppliedOffsets.outcome(of: try await client.sendRaw(request.raw, replies: 1)[0])
+    func apply(_ op: OpRecord, offset: Int64, previous: Int64 = -1, partition: Int32 = 0, on client: RedisClient) async throws -> AppliedOffsets.Outcome {
+        var raw = ByteBuffer()
+        raw.writeRESPCommand(AppliedOffsets.request(for: op, offset: offset, previousInSlot: previous, topic: self.topic, partition: partition))
+        return try AppliedOffsets.outcome(of: try await client.sendRaw(raw, replies: 1)[0])
     }
 
     @Test func replaysAndZombiesApplyNothingTwice() async throws {
@@ -49,6 +50,17 @@ struct AppliedOffsetsLiveTests {
         #expect(try await self.apply(self.op("RPUSH", "k", "y"), offset: 2, on: client) == .applied(reply: .integer(2)))
         #expect(try await self.apply(self.op("SET", "s", "v"), offset: 3, on: client) == .applied(reply: .simple("OK")))
         #expect(try await self.apply(self.op("GETDEL", "nothing"), offset: 4, on: client) == .applied(reply: .null))
+    }
+
+    @Test func anOpWhosePredecessorInTheBatchDidNotApplyIsHeldBack() async throws {
+        let redis = try RedisServer()
+        let client = try await redis.client()
+        #expect(try await self.apply(self.op("RPUSH", "l", "a"), offset: 3, on: client) == .applied(reply: .integer(1)))
+        // Offset 5 of the same slot follows 4 in the batch, and 4 never arrived: hold it back.
+        #expect(try await self.apply(self.op("RPUSH", "l", "c"), offset: 5, previous: 4, on: client) == .previousMissing)
+        #expect(try await self.apply(self.op("RPUSH", "l", "b"), offset: 4, previous: 3, on: client) == .applied(reply: .integer(2)))
+        #expect(try await self.apply(self.op("RPUSH", "l", "c"), offset: 5, previous: 4, on: client) == .applied(reply: .integer(3)))
+        #expect(try await client.send("LRANGE", "l", "0", "-1") == .array([.bulk("a"), .bulk("b"), .bulk("c")]))
     }
 
     @Test func onRedisClusterTheMarkerLivesWithTheOpsKeys() async throws {

@@ -54,4 +54,43 @@ struct ConfigurationTests {
             #expect(message.contains(problem), "\(message)")
         }
     }
+
+    @Test func readsTheWritePathKeys() throws {
+        var configuration = SidecarConfiguration()
+        try configuration.apply(yaml: """
+        world: earth
+        rack: eu-1
+        kafka-brokers: 10.0.0.1:9092,10.0.0.2:9092
+        partitions: 16
+        kafka-properties:
+          security.protocol: ssl
+          linger.ms: 2
+        """)
+        try configuration.set("kafka-property", "ssl.ca.location=/etc/ca=1.pem")
+        #expect(configuration.kafkaBrokers == "10.0.0.1:9092,10.0.0.2:9092")
+        #expect(configuration.topic == "pylon.earth.ops")
+        #expect(configuration.partitions == 16)
+        #expect(configuration.kafkaProperties == ["security.protocol": "ssl", "linger.ms": "2", "ssl.ca.location": "/etc/ca=1.pem"])
+        try configuration.set("topic", "custom.ops")
+        #expect(configuration.topic == "custom.ops")
+        #expect(throws: SidecarConfiguration.Error(key: "kafka-property", problem: "expected KEY=VALUE, got 'nonsense'")) {
+            try configuration.set("kafka-property", "nonsense")
+        }
+        #expect(throws: SidecarConfiguration.Error.self) { try configuration.set("kafka-brokers", "no-port") }
+    }
+
+    @Test func aWritePathNeedsAWorldAndARack() throws {
+        var configuration = SidecarConfiguration()
+        try configuration.set("kafka-brokers", "127.0.0.1:9092")
+        #expect(throws: SidecarConfiguration.Error.self) { try configuration.validated() }
+        try configuration.set("world", "earth")
+        do {
+            _ = try configuration.validated()
+            Issue.record("a write path without a rack was accepted")
+        } catch let error as SidecarConfiguration.Error {
+            #expect(error.key == "rack")
+        }
+        try configuration.set("rack", "a")
+        #expect(try configuration.validated().topic == "pylon.earth.ops")
+    }
 }

@@ -27,7 +27,36 @@ public struct SidecarConfiguration: Sendable, Equatable {
     /// 2-core benchmark machine one loop beat two (BENCHMARKS.md). Raise it where cores are spare.
     public var threads = 1
 
+    // The write path (the world's log). Writes are accepted only when `kafkaBrokers` is set.
+    /// Bootstrap servers of the world's Kafka, `host:port[,…]`.
+    public var kafkaBrokers: String?
+    /// The world's topic; `pylon.<world>.ops` unless set.
+    public var topicOverride: String?
+    /// Partitions and replication factor used when the sidecar creates a missing topic.
+    public var partitions = 8
+    public var replicationFactor = 1
+    /// librdkafka properties passed through (TLS, SASL, tuning), for the producer and the applier.
+    public var kafkaProperties: [String: String] = [:]
+    /// A write that Kafka has not taken within this time fails (and is never applied).
+    public var writeTimeoutMilliseconds = 5000
+    /// `/readyz` answers 503 while any partition this sidecar applies lags by more ops than this.
+    public var maxReadyLag: Int64?
+    /// This sidecar's name in the ops it writes; host name and port unless set.
+    public var sidecarName: String?
+
     public init() {}
+
+    /// The topic holding the world's ops.
+    public var topic: String? { self.topicOverride ?? self.world.map { "pylon.\($0).ops" } }
+
+    /// Checks the keys that only make sense together.
+    public func validated() throws -> SidecarConfiguration {
+        if self.kafkaBrokers != nil {
+            guard self.world != nil else { throw Error(key: "world", problem: "required with kafka-brokers: the world names the topic and the consumer groups") }
+            guard self.rack != nil else { throw Error(key: "rack", problem: "required with kafka-brokers: the rack's sidecars apply the log together as one consumer group") }
+        }
+        return self
+    }
 
     /// A configuration error, naming the key at fault.
     public struct Error: Swift.Error, CustomStringConvertible, Equatable {
@@ -45,6 +74,8 @@ public struct SidecarConfiguration: Sendable, Equatable {
         "listen", "redis", "admin", "read-from", "log-level", "log-format", "rack", "world",
         "redis-timeout-ms", "connect-timeout-ms", "max-pending-replies", "max-bulk-length",
         "max-arguments", "max-inline-length", "shutdown-grace-ms", "threads",
+        "kafka-brokers", "topic", "partitions", "replication-factor", "kafka-property", "write-timeout-ms",
+        "max-ready-lag", "sidecar-name",
     ]
 
     /// Sets one key from its textual value, validating it.
@@ -90,6 +121,23 @@ public struct SidecarConfiguration: Sendable, Equatable {
         case "max-inline-length": self.limits.maxInlineLength = try integer(16...(1 << 30))
         case "shutdown-grace-ms": self.shutdownGraceMilliseconds = try integer(0...3_600_000)
         case "threads": self.threads = try integer(1...256)
+        case "kafka-brokers":
+            let brokers = value.split(separator: ",").map(String.init)
+            guard !brokers.isEmpty, brokers.allSatisfy({ HostPort($0) != nil }) else { throw bad("HOST:PORT[,HOST:PORT…]") }
+            self.kafkaBrokers = value
+        case "topic":
+            guard Self.isName(value) else { throw bad("a topic name of letters, digits, '-', '_' or '.'") }
+            self.topicOverride = value
+        case "partitions": self.partitions = try integer(1...100_000)
+        case "replication-factor": self.replicationFactor = try integer(1...100)
+        case "kafka-property":
+            guard let equals = value.firstIndex(of: "="), equals != value.startIndex else { throw bad("KEY=VALUE") }
+            self.kafkaProperties[String(value[..<equals])] = String(value[value.index(after: equals)...])
+        case "write-timeout-ms": self.writeTimeoutMilliseconds = try integer(100...3_600_000)
+        case "max-ready-lag": self.maxReadyLag = Int64(try integer(0...Int(Int32.max)))
+        case "sidecar-name":
+            guard Self.isName(value) || HostPort(value) != nil else { throw bad("a name of letters, digits, '-', '_', '.' or ':'") }
+            self.sidecarName = value
         default:
             throw Error(key: key, problem: "unknown key; known keys are \(Self.keys.joined(separator: ", "))")
         }
@@ -111,6 +159,11 @@ public struct SidecarConfiguration: Sendable, Equatable {
         }
         for key in mapping.keys.sorted() {
             let value = mapping[key]!
+            if key == "kafka-properties", let properties = value as? [String: Any] {
+                // librdkafka properties as a mapping: `kafka-properties: {security.protocol: ssl}`.
+                for (name, setting) in properties.sorted(by: { $0.key < $1.key }) { try self.set("kafka-property", "\(name)=\(setting)") }
+                continue
+            }
             guard value is String || value is Int || value is Double || value is Bool else {
                 throw Error(key: key, problem: "expected a single value, got \(type(of: value))")
             }
@@ -120,6 +173,10 @@ public struct SidecarConfiguration: Sendable, Equatable {
 
     /// Builds the configuration: the file first (if any), then the flags given on the command line.
     public static func resolve(file: String?, flags: [(String, String?)]) throws -> SidecarConfiguration {
+        try self.merge(file: file, flags: flags).validated()
+    }
+
+    private static func merge(file: String?, flags: [(String, String?)]) throws -> SidecarConfiguration {
         var configuration = SidecarConfiguration()
         if let file {
             guard let text = try? String(contentsOfFile: file, encoding: .utf8) else {

@@ -7,6 +7,9 @@ import Synchronization
 final class Gateway: Sendable {
     let table: CommandTable
     let backend: RedisBackend
+    /// The world's log writes go to (nil: this sidecar serves reads only).
+    let log: WorldLog?
+    let applier: Applier?
     let stats: SidecarStats
     let metrics: SidecarMetrics
     let clients = ClientRegistry()
@@ -21,9 +24,14 @@ final class Gateway: Sendable {
         var readFrom: ReadPreference
     }
 
-    init(table: CommandTable, backend: RedisBackend, stats: SidecarStats, metrics: SidecarMetrics, identity: Identity, maxPendingReplies: Int, logger: Logger) {
+    init(
+        table: CommandTable, backend: RedisBackend, log: WorldLog?, applier: Applier?, stats: SidecarStats, metrics: SidecarMetrics,
+        identity: Identity, maxPendingReplies: Int, logger: Logger
+    ) {
         self.table = table
         self.backend = backend
+        self.log = log
+        self.applier = applier
         self.stats = stats
         self.metrics = metrics
         self.identity = identity
@@ -31,8 +39,8 @@ final class Gateway: Sendable {
         self.logger = logger
     }
 
-    /// The reply to a write until the stream layer (Kafka) exists: never a silent success.
-    static let noWorldError = "ERR pylon: no world configured: this sidecar serves reads only until its write path (the world's Kafka log) is enabled; write to the rack's Redis directly meanwhile"
+    /// The reply to a write when no world's log is configured: never a silent success.
+    static let noWorldError = "ERR pylon: no world configured: this sidecar serves reads only; start it with --kafka-brokers, --world and --rack to accept writes, or write to the rack's Redis directly"
 }
 
 /// The connections of one sidecar, for `CLIENT LIST` and `CLIENT ID`.

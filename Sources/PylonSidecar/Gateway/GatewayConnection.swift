@@ -1,3 +1,4 @@
+import Foundation
 import Logging
 import NIOCore
 
@@ -136,7 +137,7 @@ final class GatewayConnection: ChannelDuplexHandler, ReplySink {
         case .read:
             self.router.send(request, command: command, sink: self, tag: tag)
         case .write:
-            self.complete(tag, error: Gateway.noWorldError)
+            self.write(request, command: command, tag: tag)
         case .refused(let reason):
             self.complete(tag, error: reason)
         case .ignored:
@@ -144,6 +145,41 @@ final class GatewayConnection: ChannelDuplexHandler, ReplySink {
         case .internal:
             let reply = LocalCommands.answer(request.arguments, command: command, connection: self)
             self.complete(tag, value: reply)
+        }
+    }
+
+    /// Appends a write to the world's log; its reply comes when Kafka acknowledged it.
+    private func write(_ request: RedisRequest, command: Command, tag: Int) {
+        guard let log = self.gateway.log else {
+            self.complete(tag, error: Gateway.noWorldError)
+            return
+        }
+        let now = Int64(Date().timeIntervalSince1970 * 1000)
+        let ops: [WritePlanner.PlannedOp]
+        do {
+            ops = try WritePlanner.plan(request.arguments, command: command, now: now)
+        } catch {
+            self.complete(tag, error: "\(error)")
+            return
+        }
+        let reply = WriteReply.of(command, arguments: request.arguments).encoded
+        log.append(ops, now: now, on: self.context.eventLoop).assumeIsolated().whenComplete { result in
+            switch result {
+            case .success: self.deliver(reply, tag: tag)
+            case .failure(let error): self.complete(tag, error: WorldLog.errorReply(for: error))
+            }
+            self.flushSoon()
+        }
+    }
+
+    /// Flushes once the loop has run what is queued: acknowledgements arriving together (one
+    /// Kafka batch) leave in one write.
+    private func flushSoon() {
+        guard !self.flushRequested else { return }
+        self.flushRequested = true
+        self.context.eventLoop.assumeIsolated().execute {
+            self.flushRequested = false
+            self.flushReplies()
         }
     }
 

@@ -148,6 +148,21 @@ enum PylonCommands {
             "commands_internal:\(stats.internalCommands.load(ordering: .relaxed))",
             "commands_unknown:\(stats.unknown.load(ordering: .relaxed))",
         ]
+        if let log = gateway.log {
+            lines += ["", "# Log", "topic:\(log.topic)", "partitions:\(log.partitions)", "sidecar_name:\(log.sidecar)"]
+        }
+        if let applier = gateway.applier {
+            let partitions = applier.partitions
+            lines += [
+                "", "# Applier",
+                "consumer_group:\(applier.settings.groupID)",
+                "applied_partitions:\(partitions.map { String($0.partition) }.joined(separator: ","))",
+            ]
+            lines += ApplierStats.Outcome.allCases.map { "applier_\($0.name):\(applier.stats[$0])" }
+            for status in partitions {
+                lines.append("partition\(status.partition):next_offset=\(status.next),log_end=\(status.logEnd.map(String.init) ?? "?"),lag=\(status.lag.map(String.init) ?? "?")")
+            }
+        }
         return lines.joined(separator: "\r\n") + "\r\n"
     }
 }

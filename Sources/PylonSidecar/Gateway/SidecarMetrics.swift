@@ -48,6 +48,17 @@ public final class SidecarMetrics: Sendable {
         CoreMetrics.Gauge(label: "pylon_backend_up", dimensions: [("node", address.description)], factory: self.factory).record(up ? 1 : 0)
     }
 
+    /// What the applier did, by outcome (`pylon_applier_events_total`): ops applied, rejected,
+    /// duplicate or undecodable, and partition replays and resyncs.
+    func applierOps(_ outcome: ApplierStats.Outcome, _ n: Int) {
+        CoreMetrics.Counter(label: "pylon_applier_events_total", dimensions: [("outcome", outcome.name)], factory: self.factory).increment(by: n)
+    }
+
+    /// Log end minus the next offset to apply, per partition this sidecar applies.
+    func applierLag(partition: Int32, lag: Int64) {
+        CoreMetrics.Gauge(label: "pylon_applier_lag_ops", dimensions: [("partition", "\(partition)")], factory: self.factory).record(lag)
+    }
+
     /// The Prometheus text exposition.
     public func render() -> String { self.registry.emitToString() }
 }

@@ -95,6 +95,8 @@ final class ClusterBackend: RedisBackend {
     var currentTopology: ClusterTopology { self.topology.withLock { $0 } }
     var currentVersion: Int { self.topologyVersion.load(ordering: .acquiring) }
 
+    var primary: HostPort? { nil }
+
     var isReady: Bool {
         let topology = self.currentTopology
         return topology.coveredSlots == HashSlot.count && topology.primaries.allSatisfy { self.context.status.isUp($0) }

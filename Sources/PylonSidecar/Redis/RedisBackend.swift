@@ -13,6 +13,9 @@ protocol RedisBackend: Sendable {
     var isReady: Bool { get }
     /// Topology facts for `PYLON INFO`.
     var description: BackendDescription { get }
+    /// The one node that takes writes (the applier's target), when the topology has one; nil on
+    /// Redis Cluster, where each slot has its own master.
+    var primary: HostPort? { get }
 }
 
 /// What every backend of the Redis layer is built with: its event loops, connection settings,
@@ -105,6 +108,8 @@ final class StandaloneBackend: RedisBackend {
     }
 
     var isReady: Bool { self.context.status.isUp(self.address) }
+
+    var primary: HostPort? { self.address }
 
     var description: BackendDescription {
         BackendDescription(topology: "standalone", nodes: [(self.address, "master", self.context.status.isUp(self.address))])

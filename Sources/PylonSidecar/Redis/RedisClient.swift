@@ -17,7 +17,14 @@ public final class RedisClient: Sendable {
         to address: HostPort, on eventLoop: EventLoop = MultiThreadedEventLoopGroup.singleton.any(),
         timeout: TimeAmount = .seconds(2), onPush: (@Sendable (RESPValue) -> Void)? = nil
     ) async throws -> RedisClient {
-        let channel = try await ClientBootstrap(group: eventLoop)
+        try await self.connecting(to: address, on: eventLoop, timeout: timeout, onPush: onPush).get()
+    }
+
+    /// `connect`, as a future (for threads outside Swift concurrency).
+    public static func connecting(
+        to address: HostPort, on eventLoop: EventLoop, timeout: TimeAmount, onPush: (@Sendable (RESPValue) -> Void)? = nil
+    ) -> EventLoopFuture<RedisClient> {
+        ClientBootstrap(group: eventLoop)
             .connectTimeout(timeout)
             .channelOption(.tcpOption(.tcp_nodelay), value: 1)
             .channelInitializer { channel in
@@ -26,8 +33,8 @@ public final class RedisClient: Sendable {
                     try channel.pipeline.syncOperations.addHandler(RedisClientHandler(onPush: onPush))
                 }
             }
-            .connect(host: address.host, port: address.port).get()
-        return RedisClient(channel: channel)
+            .connect(host: address.host, port: address.port)
+            .map { RedisClient(channel: $0) }
     }
 
     /// Sends one command and waits for its reply.
@@ -41,17 +48,19 @@ public final class RedisClient: Sendable {
 
     /// Writes raw bytes and waits for `replies` replies (0: fire and forget).
     public func sendRaw(_ bytes: ByteBuffer, replies: Int) async throws -> [RESPValue] {
-        let promises = (0..<replies).map { _ in self.channel.eventLoop.makePromise(of: RESPValue.self) }
-        do {
-            try await self.channel.writeAndFlush(RedisClientHandler.Outgoing(bytes: bytes, promises: promises))
-        } catch {
+        try await self.pipeline(bytes, replies: replies).get()
+    }
+
+    /// Writes raw bytes (any number of pipelined commands); the future holds their `replies`
+    /// replies, in order, or the first failure (the connection closing fails them all).
+    public func pipeline(_ bytes: ByteBuffer, replies: Int) -> EventLoopFuture<[RESPValue]> {
+        let loop = self.channel.eventLoop
+        let promises = (0..<replies).map { _ in loop.makePromise(of: RESPValue.self) }
+        self.channel.writeAndFlush(RedisClientHandler.Outgoing(bytes: bytes, promises: promises)).whenFailure { error in
             // The connection is gone: no reply will come (failing a promise twice is harmless).
             for promise in promises { promise.fail(error) }
-            throw error
         }
-        var values: [RESPValue] = []
-        for promise in promises { values.append(try await promise.futureResult.get()) }
-        return values
+        return EventLoopFuture.whenAllSucceed(promises.map(\.futureResult), on: loop)
     }
 
     public func close() async {

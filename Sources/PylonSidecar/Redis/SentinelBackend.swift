@@ -61,6 +61,8 @@ final class SentinelBackend: RedisBackend {
     var current: Target { self.target.withLock { $0 } }
     var currentVersion: Int { self.targetVersion.load(ordering: .acquiring) }
 
+    var primary: HostPort? { self.current.master }
+
     var isReady: Bool {
         guard let read = self.current.read else { return false }
         return self.context.status.isUp(read)

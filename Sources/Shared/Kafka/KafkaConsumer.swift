@@ -18,8 +18,28 @@ public final class KafkaConsumer: @unchecked Sendable {
     // @unchecked: librdkafka documents a consumer handle as thread-safe; `poll` is meant for one
     // thread at a time, which is how the applier uses it.
     private let handle: OpaquePointer
+    private let rebalance: RebalanceBox?
 
-    public init(brokers: String, groupID: String, properties: [String: String] = [:]) throws {
+    /// What a consumer-group rebalance did to this member. Called on the thread that polls.
+    public enum Rebalance {
+        /// These partitions are now this member's; the consumer assigns them, each from the
+        /// offset the handler returns for it.
+        case assigned([(topic: String, partition: Int32)])
+        /// This member's partitions were taken away (before they are given to another member).
+        case revoked([(topic: String, partition: Int32)])
+    }
+
+    /// Answers rebalances: for `.assigned`, the starting offset of each partition, in order.
+    public typealias RebalanceHandler = (Rebalance) -> [Int64]
+
+    private final class RebalanceBox {
+        let handler: RebalanceHandler
+        init(_ handler: @escaping RebalanceHandler) { self.handler = handler }
+    }
+
+    /// A consumer; with `onRebalance`, it joins its group through `subscribe` and lets the
+    /// handler say where each assigned partition starts.
+    public init(brokers: String, groupID: String, properties: [String: String] = [:], onRebalance: RebalanceHandler? = nil) throws {
         let conf = rd_kafka_conf_new()!
         var errorText = [CChar](repeating: 0, count: 512)
         let settings = [
@@ -33,12 +53,55 @@ public final class KafkaConsumer: @unchecked Sendable {
                 throw KafkaError("kafka property '\(key)': \(KafkaProducer.text(errorText))")
             }
         }
+        let box = onRebalance.map(RebalanceBox.init)
+        if let box {
+            rd_kafka_conf_set_opaque(conf, Unmanaged.passUnretained(box).toOpaque())
+            rd_kafka_conf_set_rebalance_cb(conf) { handle, error, list, opaque in
+                guard let handle, let list, let opaque else { return }
+                let box = Unmanaged<RebalanceBox>.fromOpaque(opaque).takeUnretainedValue()
+                let partitions = (0..<Int(list.pointee.cnt)).map { index in
+                    (topic: String(cString: list.pointee.elems[index].topic), partition: list.pointee.elems[index].partition)
+                }
+                if error == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS {
+                    let offsets = box.handler(.assigned(partitions))
+                    for index in 0..<min(offsets.count, partitions.count) { list.pointee.elems[index].offset = offsets[index] }
+                    rd_kafka_assign(handle, list)
+                } else {
+                    _ = box.handler(.revoked(partitions))
+                    rd_kafka_assign(handle, nil)
+                }
+            }
+        }
         guard let handle = rd_kafka_new(RD_KAFKA_CONSUMER, conf, &errorText, errorText.count) else {
             throw KafkaError("cannot create a kafka consumer: \(KafkaProducer.text(errorText))")
         }
         rd_kafka_poll_set_consumer(handle)
         self.handle = handle
+        self.rebalance = box
     }
+
+    /// Joins the group for these topics; partitions arrive through the rebalance handler.
+    public func subscribe(_ topics: [String]) throws {
+        let list = rd_kafka_topic_partition_list_new(Int32(topics.count))!
+        defer { rd_kafka_topic_partition_list_destroy(list) }
+        for topic in topics { rd_kafka_topic_partition_list_add(list, topic, RD_KAFKA_PARTITION_UA) }
+        let error = rd_kafka_subscribe(self.handle, list)
+        guard error == RD_KAFKA_RESP_ERR_NO_ERROR else { throw KafkaError("subscribe: \(String(cString: rd_kafka_err2str(error)))") }
+    }
+
+    /// The log end offset of a partition as last seen by this consumer's fetches (no request).
+    public func cachedLogEnd(topic: String, partition: Int32) -> Int64? {
+        var low: Int64 = 0
+        var high: Int64 = 0
+        guard rd_kafka_get_watermark_offsets(self.handle, topic, partition, &low, &high) == RD_KAFKA_RESP_ERR_NO_ERROR, high >= 0 else {
+            return nil
+        }
+        return high
+    }
+
+    /// Offsets meaning "the start of the partition's log" and "its end".
+    public static let beginning = Int64(RD_KAFKA_OFFSET_BEGINNING)
+    public static let end = Int64(RD_KAFKA_OFFSET_END)
 
     /// Reads exactly these partitions, each from the given offset.
     public func assign(_ partitions: [(topic: String, partition: Int32, offset: Int64)]) throws {
@@ -61,17 +124,19 @@ public final class KafkaConsumer: @unchecked Sendable {
         return KafkaMessage(topic: String(cString: rd_kafka_topic_name(m.rkt)), partition: m.partition, offset: m.offset, key: key, value: value)
     }
 
-    /// Commits offsets (the next offset to read) synchronously: Kafka's view of progress, for monitoring.
-    public func commit(_ partitions: [(topic: String, partition: Int32, offset: Int64)]) throws {
+    /// Commits offsets (the next offset to read): Kafka's view of progress, for monitoring.
+    public func commit(_ partitions: [(topic: String, partition: Int32, offset: Int64)], async: Bool = false) throws {
         let list = Self.list(partitions)
         defer { rd_kafka_topic_partition_list_destroy(list) }
-        let error = rd_kafka_commit(self.handle, list, 0)
+        let error = rd_kafka_commit(self.handle, list, async ? 1 : 0)
         guard error == RD_KAFKA_RESP_ERR_NO_ERROR else { throw KafkaError("commit: \(String(cString: rd_kafka_err2str(error)))") }
     }
 
+    /// Leaves the group (revoking through the handler) and releases the consumer.
     public func close() {
         rd_kafka_consumer_close(self.handle)
         rd_kafka_destroy(self.handle)
+        withExtendedLifetime(self.rebalance) {}
     }
 
     private static func list(_ partitions: [(topic: String, partition: Int32, offset: Int64)]) -> UnsafeMutablePointer<rd_kafka_topic_partition_list_t> {

@@ -42,4 +42,23 @@ extension KafkaProducer {
         }
         return (low, high)
     }
+
+    /// How many partitions the broker says `topic` has (nil when it does not exist).
+    public func partitionCount(topic: String, timeoutMilliseconds: Int32 = 5_000) throws -> Int? {
+        let handle = rd_kafka_topic_new(self.pointer, topic, nil)
+        defer { rd_kafka_topic_destroy(handle) }
+        var metadata: UnsafePointer<rd_kafka_metadata>?
+        let error = rd_kafka_metadata(self.pointer, 0, handle, &metadata, timeoutMilliseconds)
+        guard error == RD_KAFKA_RESP_ERR_NO_ERROR, let metadata else {
+            throw KafkaError("metadata of '\(topic)': \(String(cString: rd_kafka_err2str(error)))")
+        }
+        defer { rd_kafka_metadata_destroy(metadata) }
+        guard metadata.pointee.topic_cnt == 1 else { return nil }
+        let entry = metadata.pointee.topics[0]
+        if entry.err == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART { return nil }
+        guard entry.err == RD_KAFKA_RESP_ERR_NO_ERROR else {
+            throw KafkaError("metadata of '\(topic)': \(String(cString: rd_kafka_err2str(entry.err)))")
+        }
+        return Int(entry.partition_cnt)
+    }
 }

@@ -13,13 +13,25 @@ public struct KafkaDelivery: Sendable, Equatable {
 /// A Kafka error, with librdkafka's own words.
 public struct KafkaError: Error, CustomStringConvertible, Equatable {
     public let description: String
-    public init(_ description: String) { self.description = description }
+    /// For a failed send: whether the message may still be in the log. `false` only when
+    /// librdkafka knows the broker never received it, so it can never appear later.
+    public let mayBeInLog: Bool
+    public init(_ description: String, mayBeInLog: Bool = false) {
+        self.description = description
+        self.mayBeInLog = mayBeInLog
+    }
 }
 
 /// A thin, thread-safe wrapper over a librdkafka producer: acks=all, idempotence on, a small
 /// linger. Each `send` completes when the broker acknowledged the message (or it failed): a
 /// dedicated thread blocks in `rd_kafka_poll`, which returns as soon as delivery reports arrive,
 /// and completes the promise each message carries — no timer adds latency to an ack.
+///
+/// A failure must be certain. librdkafka's own `message.timeout.ms` would fail messages that a
+/// broker may already have written, so it is off (0: never give up on a message once sent).
+/// Instead, when no delivery report has come for `stallTimeout` while messages wait, the
+/// producer purges the messages still in its queues: those were never sent, so they fail with
+/// `mayBeInLog == false`. Messages already on the wire stay until the broker answers.
 public final class KafkaProducer: Sendable {
     /// The librdkafka producer. @unchecked: librdkafka documents a producer as thread-safe for
     /// produce, poll and flush; topic handles are made under the lock and live as long as it.
@@ -28,7 +40,13 @@ public final class KafkaProducer: Sendable {
         let topics = Mutex<[String: OpaquePointer]>([:])
         let polling = Atomic<Bool>(true)
         let pollStopped = Atomic<Bool>(false)
+        /// Messages handed to librdkafka and not reported yet.
+        let outstanding = Atomic<Int>(0)
+        /// Uptime (ms) of the last progress: a delivery report, or the first message after idling.
+        let lastProgress = Atomic<Int64>(0)
         init(_ pointer: OpaquePointer) { self.pointer = pointer }
+
+        static func now() -> Int64 { Int64(DispatchTime.now().uptimeNanoseconds / 1_000_000) }
     }
 
     private let handle: Handle
@@ -41,10 +59,13 @@ public final class KafkaProducer: Sendable {
         "acks": "all",
         "enable.idempotence": "true",
         "linger.ms": "1",
-        "message.timeout.ms": "10000",
+        "message.timeout.ms": "0",
     ]
 
-    public init(brokers: String, properties: [String: String] = [:], logger: Logger = Logger(label: "pylon.kafka")) throws {
+    public init(
+        brokers: String, properties: [String: String] = [:], stallTimeout: Duration = .seconds(5),
+        logger: Logger = Logger(label: "pylon.kafka")
+    ) throws {
         let conf = rd_kafka_conf_new()!
         var errorText = [CChar](repeating: 0, count: 512)
         for (key, value) in Self.defaultProperties.merging(properties, uniquingKeysWith: { $1 }).merging(["bootstrap.servers": brokers], uniquingKeysWith: { $1 }) {
@@ -56,10 +77,13 @@ public final class KafkaProducer: Sendable {
         rd_kafka_conf_set_dr_msg_cb(conf) { _, message, _ in
             guard let message, let opaque = message.pointee._private else { return }
             let completion = Unmanaged<DeliveryCompletion>.fromOpaque(opaque).takeRetainedValue()
+            completion.handle.outstanding.subtract(1, ordering: .relaxed)
+            completion.handle.lastProgress.store(Handle.now(), ordering: .relaxed)
             if message.pointee.err == RD_KAFKA_RESP_ERR_NO_ERROR {
                 completion.promise.succeed(KafkaDelivery(partition: message.pointee.partition, offset: message.pointee.offset))
             } else {
-                completion.promise.fail(KafkaError(String(cString: rd_kafka_err2str(message.pointee.err))))
+                let neverSent = rd_kafka_message_status(message) == RD_KAFKA_MSG_STATUS_NOT_PERSISTED
+                completion.promise.fail(KafkaError(String(cString: rd_kafka_err2str(message.pointee.err)), mayBeInLog: !neverSent))
             }
         }
         guard let handle = rd_kafka_new(RD_KAFKA_PRODUCER, conf, &errorText, errorText.count) else {
@@ -68,9 +92,17 @@ public final class KafkaProducer: Sendable {
         let wrapped = Handle(handle)
         self.handle = wrapped
         self.logger = logger
+        let stallMilliseconds = Int64(stallTimeout.components.seconds * 1000 + stallTimeout.components.attoseconds / 1_000_000_000_000_000)
         let thread = Thread {
             while wrapped.polling.load(ordering: .acquiring) {
                 rd_kafka_poll(wrapped.pointer, 100)  // returns at once when a delivery report arrives
+                if wrapped.outstanding.load(ordering: .relaxed) > 0,
+                    Handle.now() - wrapped.lastProgress.load(ordering: .relaxed) > stallMilliseconds
+                {
+                    // The brokers took nothing for a whole stall timeout: fail what was never sent.
+                    rd_kafka_purge(wrapped.pointer, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_NON_BLOCKING)
+                    wrapped.lastProgress.store(Handle.now(), ordering: .relaxed)
+                }
             }
             wrapped.pollStopped.store(true, ordering: .releasing)
         }
@@ -80,14 +112,21 @@ public final class KafkaProducer: Sendable {
 
     private final class DeliveryCompletion {
         let promise: EventLoopPromise<KafkaDelivery>
-        init(_ promise: EventLoopPromise<KafkaDelivery>) { self.promise = promise }
+        let handle: Handle
+        init(_ promise: EventLoopPromise<KafkaDelivery>, handle: Handle) {
+            self.promise = promise
+            self.handle = handle
+        }
     }
 
     /// Sends one message; the future completes when Kafka acknowledged it (acks=all) or failed.
     public func send(topic: String, partition: Int32, key: [UInt8]?, value: ByteBuffer, on eventLoop: EventLoop) -> EventLoopFuture<KafkaDelivery> {
         let promise = eventLoop.makePromise(of: KafkaDelivery.self)
         let topicHandle = self.topic(topic)
-        let opaque = Unmanaged.passRetained(DeliveryCompletion(promise)).toOpaque()
+        let opaque = Unmanaged.passRetained(DeliveryCompletion(promise, handle: self.handle)).toOpaque()
+        if self.handle.outstanding.add(1, ordering: .relaxed).oldValue == 0 {
+            self.handle.lastProgress.store(Handle.now(), ordering: .relaxed)
+        }
         let result = value.withUnsafeReadableBytes { bytes in
             (key ?? []).withUnsafeBytes { keyBytes in
                 rd_kafka_produce(
@@ -99,7 +138,13 @@ public final class KafkaProducer: Sendable {
         }
         if result != 0 {
             Unmanaged<DeliveryCompletion>.fromOpaque(opaque).release()
-            promise.fail(KafkaError("kafka refused the message: \(String(cString: rd_kafka_err2str(rd_kafka_last_error())))"))
+            self.handle.outstanding.subtract(1, ordering: .relaxed)
+            let error = rd_kafka_last_error()
+            promise.fail(KafkaError(
+                error == RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE
+                    ? "the message (\(value.readableBytes) bytes) is larger than the producer's message.max.bytes; raise it with the kafka property message.max.bytes (and the topic's max.message.bytes)"
+                    : "kafka refused the message: \(String(cString: rd_kafka_err2str(error)))"
+            ))
         }
         return promise.futureResult
     }

@@ -7,9 +7,10 @@ final class KafkaBroker: Sendable {
     let process: LocalProcess
     var bootstrap: String { "127.0.0.1:\(self.port)" }
 
-    init() throws {
-        self.port = try Ports.free()
-        self.directory = try ScratchDirectory()
+    /// A broker on a free port, or — to restart one — on the port and data of a stopped one.
+    init(port: Int? = nil, directory: ScratchDirectory? = nil) throws {
+        self.port = try port ?? Ports.free()
+        self.directory = try directory ?? ScratchDirectory()
         self.process = try LocalProcess(
             try Self.executable(), ["start", "--only", "kafka", "--kafka-port", "\(self.port)", "--data-dir", self.directory.url.path],
             name: "noida-db:\(self.port)", log: self.directory.url.appendingPathComponent("broker.log")

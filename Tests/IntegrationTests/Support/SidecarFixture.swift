@@ -18,7 +18,7 @@ final class SidecarFixture: Sendable {
         configure(&configuration)
         var logger = Logger(label: "pylon.test")
         logger.logLevel = ProcessInfo.processInfo.environment["PYLON_TEST_LOG"] == nil ? .critical : .debug
-        self.sidecar = Sidecar(configuration: configuration, logger: logger)
+        self.sidecar = try await Sidecar(configuration: configuration, logger: logger)
         try await self.sidecar.start()
         self.address = HostPort(host: "127.0.0.1", port: self.sidecar.listenAddress!.port!)
         self.adminPort = self.sidecar.adminAddress!.port!

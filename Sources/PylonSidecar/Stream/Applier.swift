@@ -1,0 +1,456 @@
+import Foundation
+import Logging
+import NIOCore
+import Shared
+import Synchronization
+
+/// Applies the world's log to this rack's Redis, exactly once and in log order per slot.
+///
+/// The sidecars of a rack form one consumer group (`pylon.<world>.<rack>`), so each partition
+/// has one applier in the rack. Where a partition starts is read from Redis, not from Kafka: the
+/// partition's checkpoint (`AppliedOffsets.checkpointKey`), or the start of the log when Redis
+/// has none (a new or emptied rack). Each op is applied by a script that also advances its
+/// slot's marker, so a replay or a deposed applier never applies an op twice.
+///
+/// Ops go to Redis in pipelined batches on one connection, so Redis runs them in log order. Any
+/// doubt — the connection drops, Redis times out or answers a transient error (OOM, LOADING,
+/// READONLY…), a rebalance — stops the batch and *resyncs*: reconnect, re-read the checkpoints,
+/// restart each partition there. A rejected op (WRONGTYPE) is the same on every rack: counted,
+/// logged with its offset, passed.
+final class Applier: Sendable {
+    struct Settings: Sendable {
+        var brokers: String
+        var topic: String
+        var groupID: String
+        var properties: [String: String]
+        var redisTimeout: TimeAmount
+        var batchSize = 1000
+    }
+
+    /// A partition this sidecar applies, as `PYLON INFO` and `/metrics` show it.
+    struct PartitionStatus: Sendable, Equatable {
+        var partition: Int32
+        /// The next offset to apply.
+        var next: Int64
+        /// The log end (the offset the next write will get), from the last fetch.
+        var logEnd: Int64?
+        var lag: Int64? { self.logEnd.map { max(0, $0 - self.next) } }
+    }
+
+    let settings: Settings
+    let stats = ApplierStats()
+    private let primary: @Sendable () -> HostPort?
+    private let group: EventLoopGroup
+    private let metrics: SidecarMetrics
+    private let logger: Logger
+    private let running = Atomic<Bool>(false)
+    private let finished = DispatchSemaphore(value: 0)
+    private let statusBox = Mutex<[PartitionStatus]>([])
+
+    init(settings: Settings, primary: @escaping @Sendable () -> HostPort?, group: EventLoopGroup, metrics: SidecarMetrics, logger: Logger) {
+        self.settings = settings
+        self.primary = primary
+        self.group = group
+        self.metrics = metrics
+        var logger = logger
+        logger[metadataKey: "topic"] = "\(settings.topic)"
+        self.logger = logger
+    }
+
+    /// The partitions this sidecar applies now.
+    var partitions: [PartitionStatus] { self.statusBox.withLock { $0 } }
+
+    /// True when every partition this sidecar applies lags by at most `maxLag` ops.
+    func isCaughtUp(maxLag: Int64) -> Bool {
+        self.partitions.allSatisfy { ($0.lag ?? .max) <= maxLag }
+    }
+
+    /// Joins the rack's consumer group and starts applying on a thread of its own.
+    func start() throws {
+        let run = try ApplierRun(applier: self)
+        self.running.store(true, ordering: .releasing)
+        let thread = Thread { [self] in
+            run.loop()
+            self.finished.signal()
+        }
+        thread.name = "pylon-applier"
+        thread.start()
+    }
+
+    /// Stops after the batch in hand, leaves the group and waits for the thread.
+    func stop() {
+        guard self.running.exchange(false, ordering: .acquiringAndReleasing) else { return }
+        self.finished.wait()
+    }
+
+    // MARK: - For the run loop
+
+    fileprivate var isRunning: Bool { self.running.load(ordering: .acquiring) }
+    fileprivate var redisAddress: HostPort? { self.primary() }
+    fileprivate var eventLoop: EventLoop { self.group.any() }
+    fileprivate var log: Logger { self.logger }
+
+    fileprivate func publish(_ partitions: [PartitionStatus]) {
+        self.statusBox.withLock { $0 = partitions }
+        for partition in partitions { self.metrics.applierLag(partition: partition.partition, lag: partition.lag ?? 0) }
+    }
+
+    fileprivate func count(_ outcome: ApplierStats.Outcome, _ n: Int = 1) {
+        guard n > 0 else { return }
+        self.stats.add(outcome, n)
+        self.metrics.applierOps(outcome, n)
+    }
+}
+
+/// What the applier did since start, for `PYLON INFO`.
+final class ApplierStats: Sendable {
+    enum Outcome: Int, CaseIterable, Sendable {
+        /// Applied now; rejected by Redis (deterministic); applied before (a replay); not a
+        /// readable op (an unknown version): skipped; a fresh start from the log's beginning;
+        /// a resync after a doubt.
+        case applied, rejected, duplicate, undecodable, replay, resync
+
+        var name: String {
+            switch self {
+            case .applied: "applied"
+            case .rejected: "rejected"
+            case .duplicate: "duplicate"
+            case .undecodable: "undecodable"
+            case .replay: "replay"
+            case .resync: "resync"
+            }
+        }
+    }
+
+    private let counts = Mutex([Int](repeating: 0, count: Outcome.allCases.count))
+
+    func add(_ outcome: Outcome, _ n: Int) { self.counts.withLock { $0[outcome.rawValue] += n } }
+
+    subscript(_ outcome: Outcome) -> Int { self.counts.withLock { $0[outcome.rawValue] } }
+}
+
+/// The applier's thread: owns the consumer and the Redis connection. @unchecked: made by
+/// `start`, then handed to the thread once and touched only there (the rebalance handler runs
+/// inside that thread's polls).
+private final class ApplierRun: @unchecked Sendable {
+    let applier: Applier
+    var consumer: KafkaConsumer!
+    var redis: RedisClient?
+    var sha = ""
+    /// Assigned partitions and the next offset to apply in each.
+    var next: [Int32: Int64] = [:]
+    /// Checkpoints earned by confirmed batches, written with the next batch.
+    var checkpoints: [Int32: Int64] = [:]
+    var needsResync = false
+    var backoffMilliseconds: Int32 = 50
+    var lastCommit = ContinuousClock.now
+    var lastConsumerError: String?
+    var settings: Applier.Settings { self.applier.settings }
+    var logger: Logger { self.applier.log }
+
+    struct Doubt: Error, CustomStringConvertible {
+        let description: String
+    }
+
+    init(applier: Applier) throws {
+        self.applier = applier
+        let defaults = ["isolation.level": "read_committed", "session.timeout.ms": "10000", "fetch.wait.max.ms": "100"]
+        // The consumer is made here, on the caller's thread, so bad properties fail `start`.
+        self.consumer = try KafkaConsumer(
+            brokers: applier.settings.brokers, groupID: applier.settings.groupID,
+            properties: defaults.merging(applier.settings.properties) { $1 },
+            onRebalance: { [unowned self] in self.rebalanced($0) }
+        )
+        try self.consumer.subscribe([applier.settings.topic])
+    }
+
+    func loop() {
+        while self.applier.isRunning {
+            if self.needsResync, !self.resync() {
+                // Redis is away: keep serving the group (rebalances) while waiting, apply nothing.
+                _ = try? self.consumer.poll(timeoutMilliseconds: self.backoffMilliseconds)
+                self.backoffMilliseconds = min(self.backoffMilliseconds * 2, 2000)
+                continue
+            }
+            let batch = self.poll()
+            if self.needsResync { continue }  // a rebalance during the poll: its messages are re-read
+            if batch.isEmpty {
+                try? self.writeCheckpoints()
+            } else {
+                self.apply(batch)
+            }
+            self.publish()
+        }
+        self.consumer.close()
+        if let redis = self.redis { redis.channel.close(promise: nil) }
+    }
+
+    // MARK: - Partitions
+
+    func rebalanced(_ event: KafkaConsumer.Rebalance) -> [Int64] {
+        switch event {
+        case .assigned(let partitions):
+            self.logger.info("partitions assigned to this sidecar's applier", metadata: ["partitions": "\(partitions.map(\.partition))"])
+            self.next = [:]
+            do {
+                let offsets = try self.startingOffsets(partitions.map(\.partition))
+                self.needsResync = false
+                return offsets
+            } catch {
+                // Fetch nothing yet (the log's end); the resync starts each partition properly.
+                self.logger.warning("cannot read the checkpoints from redis yet", metadata: ["error": "\(error)"])
+                for partition in partitions { self.next[partition.partition] = KafkaConsumer.end }
+                self.needsResync = true
+                return partitions.map { _ in KafkaConsumer.end }
+            }
+        case .revoked(let partitions):
+            self.logger.info("partitions revoked from this sidecar's applier", metadata: ["partitions": "\(partitions.map(\.partition))"])
+            self.next = [:]
+            self.checkpoints = [:]
+            self.publish()
+            return []
+        }
+    }
+
+    /// Reads each partition's checkpoint from Redis (connecting first when needed); a partition
+    /// Redis knows nothing of starts at the beginning of the log.
+    func startingOffsets(_ partitions: [Int32]) throws -> [Int64] {
+        let redis = try self.connection()
+        var request = ByteBuffer()
+        for partition in partitions {
+            request.writeRESPCommand([ByteBuffer(string: "GET"), ByteBuffer(string: AppliedOffsets.checkpointKey(topic: self.settings.topic, partition: partition))])
+        }
+        let replies = try self.wait(redis.pipeline(request, replies: partitions.count))
+        return zip(partitions, replies).map { partition, reply in
+            if let text = reply.string, let offset = Int64(text) {
+                self.next[partition] = offset
+                return offset
+            }
+            self.logger.notice("this rack's redis has no record of the partition: replaying the world's log from its start", metadata: ["partition": "\(partition)"])
+            self.applier.count(.replay)
+            self.next[partition] = 0
+            return KafkaConsumer.beginning
+        }
+    }
+
+    /// Reconnects if needed and restarts every partition from its checkpoint.
+    func resync() -> Bool {
+        do {
+            let partitions = self.next.keys.sorted()
+            let offsets = try self.startingOffsets(partitions)
+            try self.consumer.assign(zip(partitions, offsets).map { (self.settings.topic, $0, $1) })
+            self.checkpoints = [:]
+            self.needsResync = false
+            self.backoffMilliseconds = 50
+            if !partitions.isEmpty { self.logger.info("applier resynced from the checkpoints in redis", metadata: ["offsets": "\(self.next)"]) }
+            return true
+        } catch {
+            self.logger.warning("applier waiting for redis", metadata: ["error": "\(error)"])
+            self.dropConnection()
+            return false
+        }
+    }
+
+    // MARK: - Redis
+
+    func connection() throws -> RedisClient {
+        if let redis = self.redis, redis.channel.isActive { return redis }
+        self.dropConnection()
+        guard let address = self.applier.redisAddress else { throw Doubt(description: "the rack's redis master is not known yet") }
+        let redis = try self.wait(RedisClient.connecting(to: address, on: self.applier.eventLoop, timeout: self.settings.redisTimeout))
+        let reply = try self.wait(redis.pipeline(RedisRequest(strings: ["SCRIPT", "LOAD", AppliedOffsets.script]).raw, replies: 1))[0]
+        guard let sha = reply.string, sha.count == 40 else { throw Doubt(description: "SCRIPT LOAD answered \(reply)") }
+        self.sha = sha
+        self.redis = redis
+        return redis
+    }
+
+    /// The connection the checkpoints were read on. A new connection may reach a restarted (or
+    /// emptied) Redis, so only a resync may open one.
+    func sameConnection() throws -> RedisClient {
+        guard let redis = self.redis, redis.channel.isActive else {
+            self.needsResync = true
+            throw Doubt(description: "the connection to redis closed")
+        }
+        return redis
+    }
+
+    func dropConnection() {
+        self.redis?.channel.close(promise: nil)
+        self.redis = nil
+    }
+
+    /// Waits for `future` up to the Redis timeout; a timeout closes the connection (a late reply
+    /// must not be mistaken for another request's).
+    func wait<Value: Sendable>(_ future: EventLoopFuture<Value>) throws -> Value {
+        let promise = future.eventLoop.makePromise(of: Value.self)
+        let timeout = future.eventLoop.scheduleTask(in: self.settings.redisTimeout) {
+            promise.fail(Doubt(description: "redis did not answer within \(self.settings.redisTimeout.nanoseconds / 1_000_000) ms"))
+        }
+        future.cascade(to: promise)
+        defer { timeout.cancel() }
+        do { return try promise.futureResult.wait() } catch {
+            self.dropConnection()
+            throw error
+        }
+    }
+
+    // MARK: - Applying
+
+    func poll() -> [KafkaMessage] {
+        var batch: [KafkaMessage] = []
+        do {
+            guard let first = try self.consumer.poll(timeoutMilliseconds: 100) else { return [] }
+            batch.append(first)
+            while batch.count < self.settings.batchSize, let message = try self.consumer.poll(timeoutMilliseconds: 0) {
+                batch.append(message)
+            }
+        } catch {
+            // Broker trouble is reported here and retried by librdkafka; nothing to undo. Each
+            // new error is logged once, not once per poll.
+            let text = "\(error)"
+            if text != self.lastConsumerError {
+                self.logger.warning("kafka consumer", metadata: ["error": "\(text)"])
+                self.lastConsumerError = text
+            }
+            return batch
+        }
+        self.lastConsumerError = nil
+        return batch
+    }
+
+    /// One op of a batch, as sent.
+    enum Entry {
+        case op(partition: Int32, offset: Int64)
+        case undecodable(partition: Int32, offset: Int64)
+    }
+
+    func apply(_ batch: [KafkaMessage]) {
+        var request = ByteBuffer()
+        let checkpointCount = self.writeCheckpointRequests(into: &request)
+        var entries: [Entry] = []
+        var previousInSlot: [Int: Int64] = [:]
+        for message in batch where self.next[message.partition].map({ message.offset >= $0 }) ?? false {
+            do {
+                let op = try OpRecord(decoding: message.value)
+                request.writeRESPCommand(AppliedOffsets.request(
+                    for: op, offset: message.offset, previousInSlot: previousInSlot[op.slot] ?? -1,
+                    topic: self.settings.topic, partition: message.partition, sha: self.sha
+                ))
+                previousInSlot[op.slot] = message.offset
+                entries.append(.op(partition: message.partition, offset: message.offset))
+            } catch {
+                entries.append(.undecodable(partition: message.partition, offset: message.offset))
+                self.logger.error("skipping a message of the log that is not a readable op", metadata: [
+                    "partition": "\(message.partition)", "offset": "\(message.offset)", "error": "\(error)",
+                ])
+            }
+        }
+        let sent = entries.reduce(0) { count, entry in if case .op = entry { count + 1 } else { count } }
+        let replies: [RESPValue]
+        do {
+            replies = try self.wait(try self.sameConnection().pipeline(request, replies: checkpointCount + sent))
+        } catch {
+            self.doubt("redis failed during a batch", error: error)
+            return
+        }
+        if let failed = replies.prefix(checkpointCount).first(where: \.isError) {
+            self.doubt("redis refused a checkpoint", error: Doubt(description: "\(failed)"))
+            return
+        }
+        self.checkpoints = [:]
+        var replyIndex = checkpointCount
+        var counts = [ApplierStats.Outcome: Int]()
+        defer { for (outcome, n) in counts { self.applier.count(outcome, n) } }
+        for entry in entries {
+            switch entry {
+            case .undecodable(let partition, let offset):
+                counts[.undecodable, default: 0] += 1
+                self.advance(partition, past: offset)
+            case .op(let partition, let offset):
+                let reply = replies[replyIndex]
+                replyIndex += 1
+                if case .error(let message) = reply {
+                    let error = String(buffer: message)
+                    guard !Self.isTransient(error) else {
+                        self.doubt("redis could not apply an op now", error: Doubt(description: "offset \(offset): \(error)"))
+                        return
+                    }
+                    // The script itself failed (e.g. too many arguments for Lua): the same everywhere.
+                    counts[.rejected, default: 0] += 1
+                    self.logger.warning("op rejected by redis", metadata: ["partition": "\(partition)", "offset": "\(offset)", "error": "\(error)"])
+                    self.advance(partition, past: offset)
+                    continue
+                }
+                switch try? AppliedOffsets.outcome(of: reply) {
+                case .applied: counts[.applied, default: 0] += 1
+                case .alreadyApplied: counts[.duplicate, default: 0] += 1
+                case .rejected(let error):
+                    counts[.rejected, default: 0] += 1
+                    self.logger.warning("op rejected by redis", metadata: ["partition": "\(partition)", "offset": "\(offset)", "error": "\(error)"])
+                case .previousMissing, nil:
+                    self.doubt("an op's predecessor did not apply", error: Doubt(description: "offset \(offset): \(reply)"))
+                    return
+                }
+                self.advance(partition, past: offset)
+            }
+        }
+        self.commitForMonitoring()
+    }
+
+    func advance(_ partition: Int32, past offset: Int64) {
+        self.next[partition] = offset + 1
+        self.checkpoints[partition] = offset + 1
+    }
+
+    /// Errors that say "not now" rather than "never": the op must be retried, not passed.
+    static func isTransient(_ error: String) -> Bool {
+        let code = error.prefix { $0 != " " }
+        return ["OOM", "BUSY", "LOADING", "NOSCRIPT", "READONLY", "MASTERDOWN", "CLUSTERDOWN", "MOVED", "ASK", "TRYAGAIN", "NOREPLICAS", "MISCONF"].contains(String(code))
+    }
+
+    func doubt(_ what: String, error: Error) {
+        self.logger.warning("\(what); resyncing from the checkpoints", metadata: ["error": "\(error)"])
+        self.applier.count(.resync)
+        self.needsResync = true
+    }
+
+    // MARK: - Checkpoints and monitoring
+
+    /// Adds the earned checkpoints to a request; returns how many.
+    func writeCheckpointRequests(into request: inout ByteBuffer) -> Int {
+        for (partition, offset) in self.checkpoints {
+            request.writeRESPCommand([
+                ByteBuffer(string: "SET"), ByteBuffer(string: AppliedOffsets.checkpointKey(topic: self.settings.topic, partition: partition)),
+                ByteBuffer(string: String(offset)),
+            ])
+        }
+        return self.checkpoints.count
+    }
+
+    func writeCheckpoints() throws {
+        guard !self.checkpoints.isEmpty else {
+            if !(self.redis?.channel.isActive ?? false) { self.needsResync = true }  // notice a restarted redis while idle
+            return
+        }
+        var request = ByteBuffer()
+        let count = self.writeCheckpointRequests(into: &request)
+        _ = try self.wait(try self.sameConnection().pipeline(request, replies: count))
+        self.checkpoints = [:]
+        self.commitForMonitoring()
+    }
+
+    /// Kafka's committed offsets mirror the applier's progress, for lag tools; never read back.
+    func commitForMonitoring() {
+        guard ContinuousClock.now - self.lastCommit > .seconds(1), !self.next.isEmpty else { return }
+        self.lastCommit = .now
+        try? self.consumer.commit(self.next.map { (self.settings.topic, $0.key, $0.value) }, async: true)
+    }
+
+    func publish() {
+        let topic = self.settings.topic
+        self.applier.publish(self.next.keys.sorted().map { partition in
+            Applier.PartitionStatus(partition: partition, next: self.next[partition]!, logEnd: self.consumer.cachedLogEnd(topic: topic, partition: partition))
+        })
+    }
+}

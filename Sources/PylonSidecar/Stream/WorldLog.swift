@@ -1,0 +1,90 @@
+import Foundation
+import Logging
+import NIOCore
+import Shared
+
+/// The world's log as the gateway writes it: one Kafka topic whose partitions hold the ops, each
+/// op in the partition of its hash slot. A write is acknowledged when Kafka acknowledged every op
+/// it became (acks=all); a failure is reported only when it is certain.
+final class WorldLog: Sendable {
+    let producer: KafkaProducer
+    let topic: String
+    /// The topic's real partition count (from the broker), which places every op.
+    let partitions: Int
+    let rack: String
+    let sidecar: String
+
+    /// Connects, creates the topic when it is missing and learns its partition count. Blocks
+    /// (start-up only).
+    init(configuration: SidecarConfiguration, logger: Logger) throws {
+        guard let brokers = configuration.kafkaBrokers, let topic = configuration.topic, let rack = configuration.rack else {
+            throw Sidecar.StartError(description: "the write path needs kafka-brokers, world and rack")
+        }
+        let producer = try KafkaProducer(
+            brokers: brokers, properties: configuration.kafkaProperties,
+            stallTimeout: .milliseconds(configuration.writeTimeoutMilliseconds), logger: logger
+        )
+        do {
+            try producer.createTopic(topic, partitions: Int32(configuration.partitions), replicationFactor: Int32(configuration.replicationFactor))
+            guard let partitions = try producer.partitionCount(topic: topic) else {
+                throw KafkaError("topic '\(topic)' does not exist after creating it")
+            }
+            if partitions != configuration.partitions {
+                logger.notice("the topic has another partition count than configured; using the topic's", metadata: [
+                    "topic": "\(topic)", "partitions": "\(partitions)", "configured": "\(configuration.partitions)",
+                ])
+            }
+            self.partitions = partitions
+        } catch {
+            producer.close(timeout: .zero)
+            throw Sidecar.StartError(description: "the world's log at \(brokers): \(error)")
+        }
+        self.producer = producer
+        self.topic = topic
+        self.rack = rack
+        self.sidecar = configuration.sidecarName ?? "\(ProcessInfo.processInfo.hostName):\(configuration.listen.port)"
+    }
+
+    /// Appends the ops one write became; succeeds when Kafka has all of them.
+    func append(_ ops: [WritePlanner.PlannedOp], now: Int64, on eventLoop: EventLoop) -> EventLoopFuture<Void> {
+        let sends = ops.map { op in
+            let record = OpRecord(arguments: op.arguments, originRack: self.rack, originSidecar: self.sidecar, timestampMilliseconds: now, slot: op.slot)
+            // The key names the slot, for tools reading the topic; the partition is chosen here.
+            let key: [UInt8] = [UInt8(truncatingIfNeeded: op.slot >> 8), UInt8(truncatingIfNeeded: op.slot)]
+            return self.producer.send(topic: self.topic, partition: record.partition(of: self.partitions), key: key, value: record.encoded, on: eventLoop)
+        }
+        if sends.count == 1 { return sends[0].map { _ in } }
+        return EventLoopFuture.whenAllComplete(sends, on: eventLoop).flatMapThrowing { results in
+            let failures = results.compactMap { result -> KafkaError? in
+                if case .failure(let error) = result { return error as? KafkaError ?? KafkaError("\(error)", mayBeInLog: true) }
+                return nil
+            }
+            guard let first = failures.first else { return }
+            if failures.count == results.count, !failures.contains(where: \.mayBeInLog) { throw first }
+            throw PartialWrite(written: results.count - failures.count, total: results.count, cause: first)
+        }
+    }
+
+    /// Some ops of a write split by slot reached the log and some did not.
+    struct PartialWrite: Error {
+        let written: Int
+        let total: Int
+        let cause: KafkaError
+    }
+
+    /// The error reply for a failed append, saying what is certain.
+    static func errorReply(for error: Error) -> String {
+        switch error {
+        case let partial as PartialWrite:
+            return "ERR pylon: the write was split by hash slot and only part of it (\(partial.written) of \(partial.total) ops) surely reached the world's log: \(partial.cause); read the keys before retrying"
+        case let kafka as KafkaError where kafka.mayBeInLog:
+            return "ERR pylon: the world's log (Kafka) lost contact while taking the write (\(kafka)); it may still be applied: read the key before retrying"
+        default:
+            return "ERR pylon: the world's log (Kafka) did not take the write (\(error)); it was not applied anywhere: retry when the log is reachable"
+        }
+    }
+
+    func close() {
+        self.producer.close()
+    }
+}

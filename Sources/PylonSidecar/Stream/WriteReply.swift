@@ -1,0 +1,55 @@
+import NIOCore
+
+/// The reply a write gets once the world's log has it. The write has not been applied yet (every
+/// rack applies it from the log, this one included), so its real result is unknown: the gateway
+/// answers a valid reply of the type the command's clients expect, saying "accepted, no result
+/// known yet". The `applied` consistency level (a later issue) will return the real reply.
+///
+/// | Reply          | Commands                                                                   |
+/// |----------------|----------------------------------------------------------------------------|
+/// | `+OK`          | SET (any options), SETEX, PSETEX, MSET, LSET, LTRIM, RENAME, RESTORE,      |
+/// |                | HMSET, PFMERGE, XGROUP CREATE / SETID, XSETID                              |
+/// | nil (`$-1`)    | the *POP family (LPOP, RPOP, RPOPLPUSH, LMOVE, LMPOP, ZMPOP), GETDEL,       |
+/// |                | GETSET, GETEX, INCRBYFLOAT, HINCRBYFLOAT, ZINCRBY, ZADD … INCR, XADD       |
+/// | empty (`*0`)   | ZPOPMIN, ZPOPMAX, BITFIELD                                                 |
+/// | `:0`           | every other write (DEL, INCR, HSET, SADD, LPUSH, ZADD, EXPIRE, …): integer |
+/// |                | replies count effects, and none is known yet                               |
+public enum WriteReply: Sendable, Equatable {
+    case ok, null, emptyArray, zero
+
+    static let byCommand: [String: WriteReply] = {
+        var table: [String: WriteReply] = [:]
+        for name in [
+            "set", "setex", "psetex", "mset", "lset", "ltrim", "rename", "restore", "restore-asking", "hmset", "pfmerge",
+            "xgroup|create", "xgroup|setid", "xsetid",
+        ] { table[name] = .ok }
+        for name in [
+            "lpop", "rpop", "rpoplpush", "lmove", "lmpop", "zmpop", "getdel", "getset", "getex", "incrbyfloat",
+            "hincrbyfloat", "zincrby", "xadd",
+        ] { table[name] = .null }
+        for name in ["zpopmin", "zpopmax", "bitfield"] { table[name] = .emptyArray }
+        return table
+    }()
+
+    /// The reply for a write of `command` with these arguments.
+    public static func of(_ command: Command, arguments: [ByteBuffer]) -> WriteReply {
+        if command.name == "zadd", arguments.dropFirst(2).contains(where: { $0.equalsIgnoringASCIICase("INCR") }) {
+            return .null  // ZADD … INCR answers the new score, like ZINCRBY
+        }
+        return self.byCommand[command.name] ?? .zero
+    }
+
+    private static let okBytes = ByteBuffer(string: "+OK\r\n")
+    private static let nullBytes = ByteBuffer(string: "$-1\r\n")
+    private static let emptyArrayBytes = ByteBuffer(string: "*0\r\n")
+    private static let zeroBytes = ByteBuffer(string: ":0\r\n")
+
+    public var encoded: ByteBuffer {
+        switch self {
+        case .ok: Self.okBytes
+        case .null: Self.nullBytes
+        case .emptyArray: Self.emptyArrayBytes
+        case .zero: Self.zeroBytes
+        }
+    }
+}
