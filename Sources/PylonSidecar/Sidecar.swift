@@ -52,7 +52,10 @@ public final class Sidecar: Service, Sendable {
             self.applier = Applier(
                 settings: .init(
                     brokers: configuration.kafkaBrokers!, topic: log.topic, groupID: "pylon.\(configuration.world!).\(configuration.rack!)",
-                    properties: configuration.kafkaProperties, redisTimeout: settings.requestTimeout
+                    // Static membership: a sidecar restarted under its name takes its partitions
+                    // back at once, without waiting for its old session to expire.
+                    properties: ["group.instance.id": log.sidecar].merging(configuration.kafkaProperties) { $1 },
+                    redisTimeout: settings.requestTimeout
                 ),
                 primary: { backend.primary }, group: group, metrics: metrics, logger: logger
             )

@@ -46,6 +46,14 @@ public struct SidecarConfiguration: Sendable, Equatable {
 
     public init() {}
 
+    /// This sidecar's name: `sidecar-name`, or host name and listening port (a stable identity
+    /// across restarts, as a StatefulSet pod name is); a random one when listening on port 0.
+    public var resolvedSidecarName: String {
+        if let name = self.sidecarName { return name }
+        let port = self.listen.port == 0 ? "0-\(UInt32.random(in: 0...UInt32.max))" : "\(self.listen.port)"
+        return "\(ProcessInfo.processInfo.hostName):\(port)"
+    }
+
     /// The topic holding the world's ops.
     public var topic: String? { self.topicOverride ?? self.world.map { "pylon.\($0).ops" } }
 

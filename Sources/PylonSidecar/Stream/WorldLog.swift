@@ -42,7 +42,7 @@ final class WorldLog: Sendable {
         self.producer = producer
         self.topic = topic
         self.rack = rack
-        self.sidecar = configuration.sidecarName ?? "\(ProcessInfo.processInfo.hostName):\(configuration.listen.port)"
+        self.sidecar = configuration.resolvedSidecarName
     }
 
     /// Appends the ops one write became; succeeds when Kafka has all of them.

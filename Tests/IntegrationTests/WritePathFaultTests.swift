@@ -1,0 +1,156 @@
+import Foundation
+import NIOCore
+import Synchronization
+import Testing
+
+@testable import PylonSidecar
+
+/// The write path when things fail: appliers killed, a broker restarted, a Redis that comes
+/// back empty or stalls. Nothing acknowledged is lost, nothing is applied twice, and nothing
+/// refused appears later.
+@Suite("Write path under failures", .serialized, .timeLimit(.minutes(3)))
+struct WritePathFaultTests {
+    @Test func everyAcknowledgedIncrIsAppliedExactlyOnceWhileAnApplierIsKilledRepeatedly() async throws {
+        let broker = try KafkaBroker()
+        let world = try await WorldFixture(racks: 1, broker: broker)
+        defer { Task { await world.stop() } }
+        // A second sidecar in rack 0, and rack 1 served by the executable, which gets SIGKILLed.
+        let second = try await SidecarFixture(redis: .standalone(world.racks[0].redis.address)) {
+            WorldFixture.join(&$0, world: world.name, rack: "rack0", broker: broker, partitions: world.partitions)
+        }
+        defer { Task { await second.stop() } }
+        let redisB = try RedisServer()
+        let scratch = try ScratchDirectory()
+        let startRackB: @Sendable () throws -> LocalProcess = {
+            try LocalProcess(ExecutableTests.executable.path, [
+                "--listen", "127.0.0.1:\(try Ports.free())", "--admin", "127.0.0.1:\(try Ports.free())",
+                "--redis", "redis://\(redisB.address)", "--kafka-brokers", broker.bootstrap, "--world", world.name, "--rack", "rack1",
+                "--kafka-property", "session.timeout.ms=6000", "--kafka-property", "heartbeat.interval.ms=1000",
+                "--sidecar-name", "rack1-sidecar0",
+            ], name: "pylon-sidecar rack1", log: scratch.url.appendingPathComponent("rack1.log"))
+        }
+        let rackB = Shared(try startRackB())
+        let counters = (0..<4).map { "counter:\($0)" }
+        let acknowledged = Shared(0)
+        let errors = Shared(0)
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for (index, sidecar) in [world.racks[0].sidecar, second, world.racks[0].sidecar, second].enumerated() {
+                group.addTask {
+                    let client = try await sidecar.client()
+                    for _ in 0..<25 {  // 4 writers × 25 pipelines × 100 INCRs = 10,000
+                        var request = ByteBuffer()
+                        for i in 0..<100 { request.writeRESPCommand([ByteBuffer(string: "INCR"), ByteBuffer(string: counters[(i + index) % 4])]) }
+                        for reply in try await client.sendRaw(request, replies: 100) {
+                            if reply == .integer(0) { acknowledged.withLock { $0 += 1 } } else { errors.withLock { $0 += 1 } }
+                        }
+                    }
+                }
+            }
+            group.addTask {
+                for _ in 0..<3 {
+                    try await Task.sleep(for: .milliseconds(600))
+                    let old = rackB.withLock { $0 }
+                    old.stop(signal: SIGKILL)
+                    let fresh = try startRackB()
+                    rackB.withLock { $0 = fresh }
+                }
+            }
+            try await group.waitForAll()
+        }
+        #expect(errors.withLock { $0 } == 0)
+        #expect(acknowledged.withLock { $0 } == 10_000)
+        for redis in [world.racks[0].redis, redisB] {
+            let client = try await redis.client()
+            let converged = try await eventually(timeout: .seconds(90)) {
+                var sum = 0
+                for counter in counters { sum += try await client.send("GET", counter).int ?? 0 }
+                return sum == 10_000
+            }
+            var values: [Int] = []
+            for counter in counters { values.append(try await client.send("GET", counter).int ?? 0) }
+            #expect(converged, "counters on \(redis.address): \(values), expected a sum of 10000")
+            #expect(values == [2500, 2500, 2500, 2500])
+        }
+        rackB.withLock { $0.stop() }
+    }
+
+    @Test func writesRefusedWhileTheBrokerIsDownNeverAppearAndNothingAcknowledgedIsLost() async throws {
+        let broker = try KafkaBroker()
+        let world = try await WorldFixture(racks: 2, broker: broker) { $0.writeTimeoutMilliseconds = 1000 }
+        defer { Task { await world.stop() } }
+        let client = try await world.racks[0].sidecar.client()
+        for i in 0..<50 { #expect(try await client.send("SET", "before:\(i)", "\(i)") == .simple("OK")) }
+        broker.process.stop()
+        for i in 0..<5 {
+            let started = ContinuousClock.now
+            let reply = try await client.send("SET", "refused:\(i)", "x")
+            #expect(reply.isError && reply.string?.contains("not applied anywhere") == true, "\(reply)")
+            #expect(ContinuousClock.now - started < .seconds(5))
+        }
+        #expect(try await client.send("GET", "before:1") == .bulk("1"), "reads go on while the log is away")
+        let restarted = try KafkaBroker(port: broker.port, directory: broker.directory)
+        #expect(try await eventually(timeout: .seconds(30)) { try await client.send("SET", "after:0", "0") == .simple("OK") })
+        for i in 1..<50 { #expect(try await client.send("SET", "after:\(i)", "\(i)") == .simple("OK")) }
+        #expect(try await world.waitUntilApplied())
+        for rack in world.racks {
+            let redis = try await rack.redis.client()
+            for i in 0..<50 {
+                #expect(try await redis.send("GET", "before:\(i)") == .bulk("\(i)"))
+                #expect(try await redis.send("GET", "after:\(i)") == .bulk("\(i)"))
+            }
+            #expect(try await redis.send("KEYS", "refused:*") == .array([]))
+        }
+        withExtendedLifetime(restarted) {}
+    }
+
+    @Test func aRackWhoseRedisComesBackEmptyReplaysTheLogAndSaysSo() async throws {
+        let world = try await WorldFixture(racks: 2)
+        defer { Task { await world.stop() } }
+        let client = try await world.racks[0].sidecar.client()
+        for i in 0..<100 { _ = try await client.send("RPUSH", "list:\(i % 10)", "\(i)") }
+        #expect(try await world.waitUntilApplied())
+        let rack = world.racks[1]
+        let replaysBefore = rack.sidecar.sidecar.applier!.stats[.replay]
+        rack.redis.stop()
+        let empty = try RedisServer(port: rack.redis.port)
+        for i in 100..<120 { _ = try await client.send("RPUSH", "list:\(i % 10)", "\(i)") }
+        #expect(try await world.waitUntilApplied())
+        let a = try await WorldFixture.snapshot(world.racks[0].redis)
+        let b = try await WorldFixture.snapshot(empty)
+        #expect(a.count == 10)
+        #expect(a == b)
+        #expect(rack.sidecar.sidecar.applier!.stats[.replay] >= replaysBefore + 1)
+        let (_, metrics) = try await rack.sidecar.admin("/metrics")
+        #expect(metrics.contains(#"pylon_applier_events_total{outcome="replay"}"#))
+    }
+
+    @Test func lagIsReportedAndReadinessCanRequireIt() async throws {
+        let world = try await WorldFixture(racks: 2) { $0.maxReadyLag = 0; $0.redisTimeoutMilliseconds = 500 }
+        defer { Task { await world.stop() } }
+        let rack = world.racks[1]
+        #expect(try await eventually { rack.sidecar.sidecar.applier?.partitions.count == world.partitions })
+        #expect(try await eventually { try await rack.sidecar.admin("/readyz").0 == 200 })
+        rack.redis.process.pause()
+        let client = try await world.racks[0].sidecar.client()
+        for i in 0..<20 { _ = try await client.send("SET", "lagging:\(i)", "x") }
+        #expect(try await eventually {
+            let (status, body) = try await rack.sidecar.admin("/readyz")
+            return status == 503 && body.contains("lags")
+        })
+        let info = try await rack.sidecar.client().send("PYLON", "INFO").string ?? ""
+        #expect(info.contains(",lag=") && !info.split(separator: "\r\n").filter { $0.hasPrefix("partition") }.allSatisfy { $0.hasSuffix("lag=0") }, "\(info)")
+        let (_, metrics) = try await rack.sidecar.admin("/metrics")
+        #expect(metrics.contains("pylon_applier_lag_ops{partition="))
+        rack.redis.process.resume()
+        #expect(try await world.waitUntilApplied())
+        #expect(try await rack.sidecar.admin("/readyz").0 == 200)
+        #expect(try await rack.redis.client().send("GET", "lagging:19") == .bulk("x"))
+    }
+}
+
+/// A value tasks of a test share.
+final class Shared<Value: Sendable>: Sendable {
+    private let storage: Mutex<Value>
+    init(_ value: Value) { self.storage = Mutex(value) }
+    func withLock<Result>(_ body: (inout Value) -> Result) -> Result { self.storage.withLock { body(&$0) } }
+}
