@@ -21,7 +21,7 @@ test: deps
 	$(SWIFT) build --build-tests
 	$(SWIFT) test --skip-build --no-parallel
 
-## run: the main job on one machine (a local Redis and a sidecar in front of it)
+## run: the main job on one machine (a Kafka-protocol broker and two racks, each a Redis with a sidecar)
 run: release
 	@scripts/run-local.sh
 

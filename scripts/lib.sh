@@ -24,3 +24,10 @@ wait_port() {
   echo "nothing listens on port $1" >&2
   exit 1
 }
+
+# The Kafka-protocol broker binary inside PyPI's noida-db (started directly, so stopping it
+# stops the broker itself, not only a Python wrapper).
+noida_db_binary() {
+  python3 -c 'import noida_db, os; print(os.path.join(os.path.dirname(noida_db.__file__), "noida-db"))' 2>/dev/null \
+    || { echo "noida-db is not installed; run make deps" >&2; exit 1; }
+}

@@ -1,37 +1,52 @@
 #!/usr/bin/env bash
-# Pylon's main job on one machine, as far as it goes today: a local Redis (the rack's Redis) and
-# a pylon-sidecar in front of it, on fixed ports. Talk to the sidecar with redis-cli; Ctrl-C stops all.
-#   REDIS_PORT=6400 SIDECAR_PORT=6380 ADMIN_PORT=9480 scripts/run-local.sh
+# Pylon's main job on one machine: a local world of one Kafka-protocol broker (noida-db) and two
+# racks, each a redis-server with a pylon-sidecar in front of it, on fixed ports. Write through
+# one rack, read through the other with redis-cli; Ctrl-C stops everything.
+#   KAFKA_PORT=9092 RACK_A_PORT=6381 RACK_B_PORT=6382 scripts/run-local.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-REDIS_PORT=${REDIS_PORT:-6400}
-SIDECAR_PORT=${SIDECAR_PORT:-6380}
-ADMIN_PORT=${ADMIN_PORT:-9480}
+KAFKA_PORT=${KAFKA_PORT:-9092}
+RACK_A_PORT=${RACK_A_PORT:-6381}
+RACK_B_PORT=${RACK_B_PORT:-6382}
+WORLD=${WORLD:-local}
 BIN=.build/release/pylon-sidecar
 [ -x "$BIN" ] || swift build -c release
 source scripts/lib.sh
 trap 'echo; echo "stopping…"; stop_tracked' INT TERM
 
-for port in "$REDIS_PORT" "$SIDECAR_PORT" "$ADMIN_PORT"; do
-  if port_open "$port"; then echo "port $port is in use; set REDIS_PORT/SIDECAR_PORT/ADMIN_PORT" >&2; exit 1; fi
+# Each rack N uses: sidecar on its port, its Redis on port+20, its admin endpoint on port+3100.
+for port in "$KAFKA_PORT" "$RACK_A_PORT" "$RACK_B_PORT" $((RACK_A_PORT + 20)) $((RACK_B_PORT + 20)) $((RACK_A_PORT + 3100)) $((RACK_B_PORT + 3100)); do
+  if port_open "$port"; then echo "port $port is in use; set KAFKA_PORT/RACK_A_PORT/RACK_B_PORT" >&2; exit 1; fi
 done
-redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no --dir "$WORK" --logfile "$WORK/redis.log" &
+
+"$(noida_db_binary)" start --only kafka --kafka-port "$KAFKA_PORT" --data-dir "$WORK/kafka" > "$WORK/kafka.log" 2>&1 &
 track $!
-wait_port "$REDIS_PORT"
-redis-cli -p "$REDIS_PORT" set greeting "hello from the rack's redis" > /dev/null
-"$BIN" --listen "127.0.0.1:$SIDECAR_PORT" --admin "127.0.0.1:$ADMIN_PORT" --redis "redis://127.0.0.1:$REDIS_PORT" --rack local-a &
-track $!
-wait_port "$SIDECAR_PORT"
+wait_port "$KAFKA_PORT"
+
+start_rack() {  # name, sidecar port
+  local name=$1 port=$2
+  redis-server --port $((port + 20)) --bind 127.0.0.1 --save '' --appendonly no --dir "$WORK" --logfile "$WORK/redis-$name.log" &
+  track $!
+  wait_port $((port + 20))
+  "$BIN" --listen "127.0.0.1:$port" --admin "127.0.0.1:$((port + 3100))" --redis "redis://127.0.0.1:$((port + 20))" \
+    --kafka-brokers "127.0.0.1:$KAFKA_PORT" --world "$WORLD" --rack "$name" > "$WORK/sidecar-$name.log" 2>&1 &
+  track $!
+  wait_port "$port"
+}
+start_rack a "$RACK_A_PORT"
+start_rack b "$RACK_B_PORT"
 
 cat <<TXT
 
-  rack local-a:  redis-server on 127.0.0.1:$REDIS_PORT, pylon-sidecar on 127.0.0.1:$SIDECAR_PORT
+  world "$WORLD": Kafka-protocol broker (noida-db) on 127.0.0.1:$KAFKA_PORT, topic pylon.$WORLD.ops
+  rack a: pylon-sidecar 127.0.0.1:$RACK_A_PORT -> redis-server 127.0.0.1:$((RACK_A_PORT + 20)), admin 127.0.0.1:$((RACK_A_PORT + 3100))
+  rack b: pylon-sidecar 127.0.0.1:$RACK_B_PORT -> redis-server 127.0.0.1:$((RACK_B_PORT + 20)), admin 127.0.0.1:$((RACK_B_PORT + 3100))
 
-  redis-cli -p $SIDECAR_PORT GET greeting        # a read, served by the local Redis
-  redis-cli -p $SIDECAR_PORT PYLON INFO          # the sidecar's own view
-  redis-cli -p $SIDECAR_PORT SET k v             # a write: refused until a world (Kafka) is configured
-  curl -s 127.0.0.1:$ADMIN_PORT/metrics          # Prometheus metrics; also /healthz and /readyz
+  redis-cli -p $RACK_A_PORT SET greeting hello     # a write: acknowledged once Kafka has it
+  redis-cli -p $RACK_B_PORT GET greeting           # a read on the other rack: "hello"
+  redis-cli -p $RACK_B_PORT PYLON INFO             # the sidecar's view: its partitions, applied offsets, lag
+  curl -s 127.0.0.1:$((RACK_A_PORT + 3100))/metrics         # Prometheus metrics; also /healthz and /readyz
 
-  Ctrl-C stops everything.
+  Logs: $WORK. Ctrl-C stops everything.
 TXT
 wait

@@ -24,7 +24,7 @@ public enum WriteReply: Sendable, Equatable {
             "xgroup|create", "xgroup|setid", "xsetid",
         ] { table[name] = .ok }
         for name in [
-            "lpop", "rpop", "rpoplpush", "lmove", "lmpop", "zmpop", "getdel", "getset", "getex", "incrbyfloat",
+            "lpop", "rpop", "rpoplpush", "lmove", "lmpop", "zmpop", "getdel", "getex", "incrbyfloat",
             "hincrbyfloat", "zincrby", "xadd",
         ] { table[name] = .null }
         for name in ["zpopmin", "zpopmax", "bitfield"] { table[name] = .emptyArray }
