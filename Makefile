@@ -25,9 +25,11 @@ test: deps
 run: release
 	@scripts/run-local.sh
 
-## bench: redis-benchmark against direct Redis, twemproxy and pylon-sidecar, side by side
+## bench: redis-benchmark against direct Redis, twemproxy and pylon-sidecar, side by side:
+## the read path, then the write path (SET, replication lag, catch-up)
 bench: release
 	@scripts/bench.sh
+	@scripts/bench-writes.sh
 
 clean:
 	rm -rf .build

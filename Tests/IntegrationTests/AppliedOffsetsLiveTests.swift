@@ -14,9 +14,15 @@ struct AppliedOffsetsLiveTests {
     }
 
     func apply(_ op: OpRecord, offset: Int64, previous: Int64 = -1, partition: Int32 = 0, on client: RedisClient) async throws -> AppliedOffsets.Outcome {
+        let outcomes = try await self.apply([.init(op: op, partition: partition, offset: offset, previousInSlot: previous)], on: client)
+        #expect(outcomes.count == 1)
+        return outcomes[0]
+    }
+
+    func apply(_ ops: [AppliedOffsets.PendingOp], on client: RedisClient) async throws -> [AppliedOffsets.Outcome] {
         var raw = ByteBuffer()
-        raw.writeRESPCommand(AppliedOffsets.request(for: op, offset: offset, previousInSlot: previous, topic: self.topic, partition: partition))
-        return try AppliedOffsets.outcome(of: try await client.sendRaw(raw, replies: 1)[0])
+        AppliedOffsets.writeRequest(ops, topic: self.topic, sha: nil, into: &raw)
+        return try AppliedOffsets.outcomes(of: try await client.sendRaw(raw, replies: 1)[0])
     }
 
     @Test func replaysAndZombiesApplyNothingTwice() async throws {
@@ -61,6 +67,30 @@ struct AppliedOffsetsLiveTests {
         #expect(try await self.apply(self.op("RPUSH", "l", "b"), offset: 4, previous: 3, on: client) == .applied(reply: .integer(2)))
         #expect(try await self.apply(self.op("RPUSH", "l", "c"), offset: 5, previous: 4, on: client) == .applied(reply: .integer(3)))
         #expect(try await client.send("LRANGE", "l", "0", "-1") == .array([.bulk("a"), .bulk("b"), .bulk("c")]))
+    }
+
+    @Test func aRunOfOpsAppliesInOrderAndStopsAtAMissingPredecessor() async throws {
+        let redis = try RedisServer()
+        let client = try await redis.client()
+        let ops: [AppliedOffsets.PendingOp] = [
+            .init(op: self.op("SET", "a", "1"), partition: 0, offset: 10),
+            .init(op: self.op("INCR", "a"), partition: 0, offset: 11, previousInSlot: 10),
+            .init(op: self.op("LPUSH", "a", "x"), partition: 0, offset: 12, previousInSlot: 11),
+            .init(op: self.op("SET", "b", "1"), partition: 1, offset: 3),
+        ]
+        #expect(try await self.apply(ops, on: client) == [
+            .applied(reply: .simple("OK")), .applied(reply: .integer(2)), .rejected(error: "WRONGTYPE Operation against a key holding the wrong kind of value"),
+            .applied(reply: .simple("OK")),
+        ])
+        #expect(try await self.apply(ops, on: client) == [.alreadyApplied, .alreadyApplied, .alreadyApplied, .alreadyApplied])
+        // Offset 21 follows 20 in its slot, and 20 never applied: the run stops there.
+        let gap: [AppliedOffsets.PendingOp] = [
+            .init(op: self.op("INCR", "a"), partition: 0, offset: 21, previousInSlot: 20),
+            .init(op: self.op("SET", "b", "2"), partition: 1, offset: 4),
+        ]
+        #expect(try await self.apply(gap, on: client) == [.previousMissing])
+        #expect(try await client.send("GET", "a") == .bulk("2"))
+        #expect(try await client.send("GET", "b") == .bulk("1"))
     }
 
     @Test func onRedisClusterTheMarkerLivesWithTheOpsKeys() async throws {

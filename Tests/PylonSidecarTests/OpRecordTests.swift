@@ -52,9 +52,10 @@ struct AppliedOffsetsTests {
     }
 
     @Test func readsTheScriptsReplies() throws {
-        #expect(try AppliedOffsets.outcome(of: .array([.integer(0)])) == .alreadyApplied)
-        #expect(try AppliedOffsets.outcome(of: .array([.integer(1), .bulk("OK"), .integer(7)])) == .applied(reply: .integer(7)))
-        #expect(try AppliedOffsets.outcome(of: .array([.integer(1), .bulk("ERR"), .bulk("WRONGTYPE x")])) == .rejected(error: "WRONGTYPE x"))
-        #expect(throws: OpRecord.DecodingError.self) { try AppliedOffsets.outcome(of: .ok) }
+        #expect(try AppliedOffsets.outcomes(of: .array([.integer(0), .array([.integer(7)]), .error("WRONGTYPE x"), .array([.null]), .integer(-1)])) == [
+            .alreadyApplied, .applied(reply: .integer(7)), .rejected(error: "WRONGTYPE x"), .applied(reply: .null), .previousMissing,
+        ])
+        #expect(throws: OpRecord.DecodingError.self) { try AppliedOffsets.outcomes(of: .ok) }
+        #expect(throws: OpRecord.DecodingError.self) { try AppliedOffsets.outcomes(of: .array([.integer(5)])) }
     }
 }

@@ -39,39 +39,87 @@ public enum AppliedOffsets {
         "pylon:checkpoint:\(topic):\(partition)"
     }
 
-    /// Applies one op if its offset is above the marker, and advances the marker, atomically.
-    /// KEYS[1] = marker; ARGV[1] = offset; ARGV[2] = the offset of the previous op of the same
-    /// slot in the applier's current batch, or -1; ARGV[3…] = the op's arguments.
+    /// One op for the script: where it is in the log and the offset of the previous op of its
+    /// slot in the applier's batch (-1 when it is the first).
+    public struct PendingOp: Sendable {
+        public var op: OpRecord
+        public var partition: Int32
+        public var offset: Int64
+        public var previousInSlot: Int64
+
+        public init(op: OpRecord, partition: Int32, offset: Int64, previousInSlot: Int64 = -1) {
+            self.op = op
+            self.partition = partition
+            self.offset = offset
+            self.previousInSlot = previousInSlot
+        }
+    }
+
+    /// Applies a run of ops in order, each only if its offset is above its slot's marker, and
+    /// advances the marker before running the op, so the two go together even if the script
+    /// stops half-way (Redis does not undo a script's earlier writes).
     ///
-    /// Replies `{1, 'OK', reply}` when applied, `{1, 'ERR', message}` when Redis rejected the op
-    /// (e.g. WRONGTYPE: the rejection is the same on every rack, so the op still counts as
-    /// applied), `{0}` when the op was applied before, and `{-1}` when the previous op of its slot
-    /// is missing — it failed on the way (a timeout, a dropped connection), and applying this one
-    /// would advance the marker past it for good. The applier then re-reads its checkpoint.
+    /// KEYS = the markers the ops use; ARGV = per op: marker index, offset, previous offset of the
+    /// same slot in the batch (or -1), argument count, arguments. Replies one element per op:
+    /// `0` applied before (a replay, a zombie), `{reply}` applied now, an error when Redis
+    /// rejected the op (WRONGTYPE: the same on every rack, so it counts as applied). A final `-1`
+    /// stops the run at an op whose predecessor in its slot is missing — it failed on the way (a
+    /// dropped connection, OOM), and applying this one would advance the marker past it for good.
     public static let script = """
-    local applied = tonumber(redis.call('GET', KEYS[1]) or '-1')
-    local offset = tonumber(ARGV[1])
-    if offset <= applied then return {0} end
-    local previous = tonumber(ARGV[2])
-    if previous >= 0 and applied < previous then return {-1} end
-    redis.call('SET', KEYS[1], ARGV[1])
-    local reply = redis.pcall(unpack(ARGV, 3))
-    if type(reply) == 'table' and reply.err then return {1, 'ERR', reply.err} end
-    return {1, 'OK', reply}
+    local applied = {}
+    for i = 1, #KEYS do applied[i] = tonumber(redis.call('GET', KEYS[i]) or '-1') end
+    local results = {}
+    local pos = 1
+    while pos <= #ARGV do
+      local m, offset, previous, argc = tonumber(ARGV[pos]), tonumber(ARGV[pos + 1]), tonumber(ARGV[pos + 2]), tonumber(ARGV[pos + 3])
+      local first = pos + 4
+      if offset <= applied[m] then
+        results[#results + 1] = 0
+      elseif previous >= 0 and applied[m] < previous then
+        results[#results + 1] = -1
+        return results
+      else
+        redis.call('SET', KEYS[m], ARGV[pos + 1])
+        applied[m] = offset
+        local reply = redis.pcall(unpack(ARGV, first, first + argc - 1))
+        if type(reply) == 'table' and reply.err then results[#results + 1] = reply else results[#results + 1] = {reply} end
+      end
+      pos = first + argc
+    end
+    return results
     """
 
-    /// The request that applies `op` at `offset` (see `script`): EVALSHA with the `sha` that
-    /// `SCRIPT LOAD` answered, or EVAL with the script's text when `sha` is nil.
-    public static func request(
-        for op: OpRecord, offset: Int64, previousInSlot: Int64 = -1, topic: String, partition: Int32, sha: String? = nil
-    ) -> [ByteBuffer] {
-        var arguments = [
-            ByteBuffer(string: sha == nil ? "EVAL" : "EVALSHA"), ByteBuffer(string: sha ?? self.script), ByteBuffer(string: "1"),
-            ByteBuffer(string: self.markerKey(topic: topic, partition: partition, slot: op.slot)),
-            ByteBuffer(string: String(offset)), ByteBuffer(string: String(previousInSlot)),
-        ]
-        arguments.append(contentsOf: op.arguments)
-        return arguments
+    /// Writes the request applying `ops`: EVALSHA with the `sha` that `SCRIPT LOAD` answered,
+    /// or EVAL with the script's text when `sha` is nil.
+    public static func writeRequest(_ ops: some Collection<PendingOp>, topic: String, sha: String?, into buffer: inout ByteBuffer) {
+        var markers: [String] = []
+        var markerIndex: [String: Int] = [:]
+        var argumentCount = 0
+        let indices = ops.map { pending in
+            let key = self.markerKey(topic: topic, partition: pending.partition, slot: pending.op.slot)
+            argumentCount += 4 + pending.op.arguments.count
+            if let index = markerIndex[key] { return index }
+            markers.append(key)
+            markerIndex[key] = markers.count
+            return markers.count
+        }
+        buffer.writeString("*\(3 + markers.count + argumentCount)\r\n")
+        func bulk(_ text: String) { buffer.writeString("$\(text.utf8.count)\r\n\(text)\r\n") }
+        bulk(sha == nil ? "EVAL" : "EVALSHA")
+        bulk(sha ?? self.script)
+        bulk(String(markers.count))
+        markers.forEach(bulk)
+        for (pending, index) in zip(ops, indices) {
+            bulk(String(index))
+            bulk(String(pending.offset))
+            bulk(String(pending.previousInSlot))
+            bulk(String(pending.op.arguments.count))
+            for argument in pending.op.arguments {
+                buffer.writeString("$\(argument.readableBytes)\r\n")
+                buffer.writeImmutableBuffer(argument)
+                buffer.writeString("\r\n")
+            }
+        }
     }
 
     /// What applying one op did.
@@ -82,19 +130,22 @@ public enum AppliedOffsets {
         case rejected(error: String)
         /// The marker shows it was applied before; nothing was done.
         case alreadyApplied
-        /// The previous op of its slot did not apply (see `script`); nothing was done.
+        /// The previous op of its slot did not apply (see `script`); nothing was done, and the
+        /// ops after it in the run were not tried.
         case previousMissing
     }
 
-    /// Reads the script's reply.
-    public static func outcome(of reply: RESPValue) throws -> Outcome {
-        guard let fields = reply.array, let first = fields.first?.int else {
-            throw OpRecord.DecodingError(description: "applier: unexpected reply \(reply)")
+    /// Reads the script's reply: one outcome per op tried, in order.
+    public static func outcomes(of reply: RESPValue) throws -> [Outcome] {
+        guard let fields = reply.array else { throw OpRecord.DecodingError(description: "applier: unexpected reply \(reply)") }
+        return try fields.map { field in
+            switch field {
+            case .integer(0): return .alreadyApplied
+            case .integer(-1): return .previousMissing
+            case .error(let message): return .rejected(error: String(buffer: message))
+            case .array(let wrapped?) where wrapped.count <= 1: return .applied(reply: wrapped.first ?? .null)
+            default: throw OpRecord.DecodingError(description: "applier: unexpected outcome \(field)")
+            }
         }
-        if first == 0 { return .alreadyApplied }
-        if first == -1 { return .previousMissing }
-        guard fields.count >= 2 else { return .applied(reply: .null) }
-        if fields[1].string == "ERR" { return .rejected(error: fields.count > 2 ? fields[2].string ?? "" : "") }
-        return .applied(reply: fields.count > 2 ? fields[2] : .null)
     }
 }

@@ -24,6 +24,8 @@ final class Applier: Sendable {
         var groupID: String
         var properties: [String: String]
         var redisTimeout: TimeAmount
+        /// See `SidecarConfiguration.fetchIdlePauseMilliseconds`; 0: off.
+        var fetchIdlePauseMilliseconds = 0
         var batchSize = 1000
     }
 
@@ -136,6 +138,7 @@ private final class ApplierRun: @unchecked Sendable {
     let applier: Applier
     var consumer: KafkaConsumer!
     var redis: RedisClient?
+    var connectedTo: HostPort?
     var sha = ""
     /// Assigned partitions and the next offset to apply in each.
     var next: [Int32: Int64] = [:]
@@ -145,6 +148,8 @@ private final class ApplierRun: @unchecked Sendable {
     var backoffMilliseconds: Int32 = 50
     var lastCommit = ContinuousClock.now
     var lastConsumerError: String?
+    /// Polls in a row that found nothing.
+    var idlePolls = 0
     var settings: Applier.Settings { self.applier.settings }
     var logger: Logger { self.applier.log }
 
@@ -154,7 +159,12 @@ private final class ApplierRun: @unchecked Sendable {
 
     init(applier: Applier) throws {
         self.applier = applier
-        let defaults = ["isolation.level": "read_committed", "session.timeout.ms": "10000", "fetch.wait.max.ms": "100"]
+        // receive.message.max.bytes at its maximum: some brokers (noida-db) ignore fetch.max.bytes and
+        // answer a catch-up fetch with the whole backlog at once.
+        let defaults = [
+            "isolation.level": "read_committed", "session.timeout.ms": "10000", "fetch.wait.max.ms": "100",
+            "receive.message.max.bytes": "2147483647",
+        ]
         // The consumer is made here, on the caller's thread, so bad properties fail `start`.
         self.consumer = try KafkaConsumer(
             brokers: applier.settings.brokers, groupID: applier.settings.groupID,
@@ -176,7 +186,10 @@ private final class ApplierRun: @unchecked Sendable {
             if self.needsResync { continue }  // a rebalance during the poll: its messages are re-read
             if batch.isEmpty {
                 try? self.writeCheckpoints()
+                self.idlePolls += 1
+                self.pauseFetchingWhileIdle()
             } else {
+                self.idlePolls = 0
                 self.apply(batch)
             }
             self.publish()
@@ -254,14 +267,16 @@ private final class ApplierRun: @unchecked Sendable {
     // MARK: - Redis
 
     func connection() throws -> RedisClient {
-        if let redis = self.redis, redis.channel.isActive { return redis }
-        self.dropConnection()
         guard let address = self.applier.redisAddress else { throw Doubt(description: "the rack's redis master is not known yet") }
+        // Reuse the connection unless it closed or the master moved (a Sentinel failover).
+        if let redis = self.redis, redis.channel.isActive, address == self.connectedTo { return redis }
+        self.dropConnection()
         let redis = try self.wait(RedisClient.connecting(to: address, on: self.applier.eventLoop, timeout: self.settings.redisTimeout))
         let reply = try self.wait(redis.pipeline(RedisRequest(strings: ["SCRIPT", "LOAD", AppliedOffsets.script]).raw, replies: 1))[0]
         guard let sha = reply.string, sha.count == 40 else { throw Doubt(description: "SCRIPT LOAD answered \(reply)") }
         self.sha = sha
         self.redis = redis
+        self.connectedTo = address
         return redis
     }
 
@@ -297,10 +312,30 @@ private final class ApplierRun: @unchecked Sendable {
 
     // MARK: - Applying
 
+    /// For brokers that answer an empty fetch at once instead of holding it (noida-db does),
+    /// librdkafka's fetcher would spin while the log is quiet: when idle, fetch only one
+    /// millisecond in every `fetchIdlePauseMilliseconds + 1`. A write arriving then waits at most
+    /// that long. Off (0) for Kafka, which holds fetches up to `fetch.wait.max.ms` itself.
+    /// Never while a fetch has shown the log's end beyond what is applied: a response that came
+    /// during a pause is dropped and must be fetched again at once.
+    func pauseFetchingWhileIdle() {
+        let pause = self.settings.fetchIdlePauseMilliseconds
+        guard pause > 0, self.idlePolls >= 3 else { return }
+        let behind = self.next.contains { partition, next in
+            (self.consumer.cachedLogEnd(topic: self.settings.topic, partition: partition) ?? 0) > next
+        }
+        guard !behind else { return }
+        self.consumer.setPaused(true)
+        usleep(UInt32(pause) * 1000)
+        self.consumer.setPaused(false)
+    }
+
     func poll() -> [KafkaMessage] {
         var batch: [KafkaMessage] = []
+        // While idle and pausing, a short poll: fetching runs only during polls.
+        let timeout: Int32 = self.settings.fetchIdlePauseMilliseconds > 0 && self.idlePolls >= 3 ? Int32(self.settings.fetchIdlePauseMilliseconds) : 100
         do {
-            guard let first = try self.consumer.poll(timeoutMilliseconds: 100) else { return [] }
+            guard let first = try self.consumer.poll(timeoutMilliseconds: timeout) else { return [] }
             batch.append(first)
             while batch.count < self.settings.batchSize, let message = try self.consumer.poll(timeoutMilliseconds: 0) {
                 batch.append(message)
@@ -319,37 +354,42 @@ private final class ApplierRun: @unchecked Sendable {
         return batch
     }
 
-    /// One op of a batch, as sent.
-    enum Entry {
-        case op(partition: Int32, offset: Int64)
-        case undecodable(partition: Int32, offset: Int64)
-    }
+    /// Ops per script call: large enough that Lua's call cost is shared, small enough that
+    /// Redis is not blocked for long (about a tenth of a millisecond).
+    static let opsPerScript = 100
 
+    /// Applies a batch: the earned checkpoints, then the ops in runs of `opsPerScript`, all in one
+    /// pipeline. Progress is recorded op by op up to the first doubt.
     func apply(_ batch: [KafkaMessage]) {
         var request = ByteBuffer()
         let checkpointCount = self.writeCheckpointRequests(into: &request)
-        var entries: [Entry] = []
+        var pending: [AppliedOffsets.PendingOp] = []
         var previousInSlot: [Int: Int64] = [:]
+        var counts = [ApplierStats.Outcome: Int]()
+        defer { for (outcome, n) in counts { self.applier.count(outcome, n) } }
+        // Every op in log order; unreadable ones are passed where they stand.
+        var order: [(partition: Int32, offset: Int64, readable: Bool)] = []
         for message in batch where self.next[message.partition].map({ message.offset >= $0 }) ?? false {
             do {
                 let op = try OpRecord(decoding: message.value)
-                request.writeRESPCommand(AppliedOffsets.request(
-                    for: op, offset: message.offset, previousInSlot: previousInSlot[op.slot] ?? -1,
-                    topic: self.settings.topic, partition: message.partition, sha: self.sha
-                ))
+                pending.append(.init(op: op, partition: message.partition, offset: message.offset, previousInSlot: previousInSlot[op.slot] ?? -1))
                 previousInSlot[op.slot] = message.offset
-                entries.append(.op(partition: message.partition, offset: message.offset))
+                order.append((message.partition, message.offset, true))
             } catch {
-                entries.append(.undecodable(partition: message.partition, offset: message.offset))
+                order.append((message.partition, message.offset, false))
                 self.logger.error("skipping a message of the log that is not a readable op", metadata: [
                     "partition": "\(message.partition)", "offset": "\(message.offset)", "error": "\(error)",
                 ])
             }
         }
-        let sent = entries.reduce(0) { count, entry in if case .op = entry { count + 1 } else { count } }
+        var scripts = 0
+        for start in stride(from: 0, to: pending.count, by: Self.opsPerScript) {
+            AppliedOffsets.writeRequest(pending[start..<min(start + Self.opsPerScript, pending.count)], topic: self.settings.topic, sha: self.sha, into: &request)
+            scripts += 1
+        }
         let replies: [RESPValue]
         do {
-            replies = try self.wait(try self.sameConnection().pipeline(request, replies: checkpointCount + sent))
+            replies = try self.wait(try self.sameConnection().pipeline(request, replies: checkpointCount + scripts))
         } catch {
             self.doubt("redis failed during a batch", error: error)
             return
@@ -359,54 +399,50 @@ private final class ApplierRun: @unchecked Sendable {
             return
         }
         self.checkpoints = [:]
-        var replyIndex = checkpointCount
-        var counts = [ApplierStats.Outcome: Int]()
-        defer { for (outcome, n) in counts { self.applier.count(outcome, n) } }
-        for entry in entries {
-            switch entry {
-            case .undecodable(let partition, let offset):
-                counts[.undecodable, default: 0] += 1
-                self.advance(partition, past: offset)
-            case .op(let partition, let offset):
-                let reply = replies[replyIndex]
-                replyIndex += 1
-                if case .error(let message) = reply {
-                    let error = String(buffer: message)
-                    guard !Self.isTransient(error) else {
-                        self.doubt("redis could not apply an op now", error: Doubt(description: "offset \(offset): \(error)"))
-                        return
-                    }
-                    // The script itself failed (e.g. too many arguments for Lua): the same everywhere.
-                    counts[.rejected, default: 0] += 1
-                    self.logger.warning("op rejected by redis", metadata: ["partition": "\(partition)", "offset": "\(offset)", "error": "\(error)"])
-                    self.advance(partition, past: offset)
-                    continue
-                }
-                switch try? AppliedOffsets.outcome(of: reply) {
-                case .applied: counts[.applied, default: 0] += 1
-                case .alreadyApplied: counts[.duplicate, default: 0] += 1
-                case .rejected(let error):
-                    counts[.rejected, default: 0] += 1
-                    self.logger.warning("op rejected by redis", metadata: ["partition": "\(partition)", "offset": "\(offset)", "error": "\(error)"])
-                case .previousMissing, nil:
-                    self.doubt("an op's predecessor did not apply", error: Doubt(description: "offset \(offset): \(reply)"))
-                    return
-                }
-                self.advance(partition, past: offset)
+        // Outcomes of the readable ops, in order, up to the first doubt.
+        var outcomes: [AppliedOffsets.Outcome] = []
+        for (index, reply) in replies.dropFirst(checkpointCount).enumerated() {
+            let expected = min(Self.opsPerScript, pending.count - index * Self.opsPerScript)
+            guard let run = try? AppliedOffsets.outcomes(of: reply), run.count == expected, !run.contains(.previousMissing) else {
+                // A script error (OOM, LOADING, too many arguments for Lua…) or a run stopped at a
+                // missing predecessor: keep what surely applied, resync for the rest.
+                outcomes += ((try? AppliedOffsets.outcomes(of: reply)) ?? []).prefix { $0 != .previousMissing }
+                self.record(outcomes, order: order, counts: &counts)
+                self.doubt("redis could not apply a run of ops now", error: Doubt(description: "\(reply)".prefix(300).description))
+                return
             }
+            outcomes += run
         }
+        self.record(outcomes, order: order, counts: &counts)
         self.commitForMonitoring()
+    }
+
+    /// Advances past each op in `order` whose outcome is known (unreadable ones count as passed),
+    /// stopping at the first readable op without an outcome.
+    func record(_ outcomes: [AppliedOffsets.Outcome], order: [(partition: Int32, offset: Int64, readable: Bool)], counts: inout [ApplierStats.Outcome: Int]) {
+        var next = outcomes.makeIterator()
+        for entry in order {
+            guard entry.readable else {
+                counts[.undecodable, default: 0] += 1
+                self.advance(entry.partition, past: entry.offset)
+                continue
+            }
+            guard let outcome = next.next() else { return }
+            switch outcome {
+            case .applied: counts[.applied, default: 0] += 1
+            case .alreadyApplied: counts[.duplicate, default: 0] += 1
+            case .rejected(let error):
+                counts[.rejected, default: 0] += 1
+                self.logger.warning("op rejected by redis", metadata: ["partition": "\(entry.partition)", "offset": "\(entry.offset)", "error": "\(error)"])
+            case .previousMissing: return
+            }
+            self.advance(entry.partition, past: entry.offset)
+        }
     }
 
     func advance(_ partition: Int32, past offset: Int64) {
         self.next[partition] = offset + 1
         self.checkpoints[partition] = offset + 1
-    }
-
-    /// Errors that say "not now" rather than "never": the op must be retried, not passed.
-    static func isTransient(_ error: String) -> Bool {
-        let code = error.prefix { $0 != " " }
-        return ["OOM", "BUSY", "LOADING", "NOSCRIPT", "READONLY", "MASTERDOWN", "CLUSTERDOWN", "MOVED", "ASK", "TRYAGAIN", "NOREPLICAS", "MISCONF"].contains(String(code))
     }
 
     func doubt(_ what: String, error: Error) {

@@ -44,7 +44,27 @@ public final class KafkaProducer: Sendable {
         let outstanding = Atomic<Int>(0)
         /// Uptime (ms) of the last progress: a delivery report, or the first message after idling.
         let lastProgress = Atomic<Int64>(0)
+        /// Delivery reports of the current poll, completed together afterwards.
+        let reports = Mutex<[(EventLoopPromise<KafkaDelivery>, Result<KafkaDelivery, KafkaError>)]>([])
         init(_ pointer: OpaquePointer) { self.pointer = pointer }
+
+        /// Completes the collected reports with one task per event loop instead of one thread
+        /// hop per message: under load a poll returns hundreds of reports at once.
+        func completeReports() {
+            let reports = self.reports.withLock { reports in
+                defer { reports.removeAll(keepingCapacity: true) }
+                return reports
+            }
+            guard !reports.isEmpty else { return }
+            var byLoop: [ObjectIdentifier: (EventLoop, [(EventLoopPromise<KafkaDelivery>, Result<KafkaDelivery, KafkaError>)])] = [:]
+            for report in reports {
+                let loop = report.0.futureResult.eventLoop
+                byLoop[ObjectIdentifier(loop), default: (loop, [])].1.append(report)
+            }
+            for (loop, batch) in byLoop.values {
+                loop.execute { for (promise, result) in batch { promise.completeWith(result.mapError { $0 }) } }
+            }
+        }
 
         static func now() -> Int64 { Int64(DispatchTime.now().uptimeNanoseconds / 1_000_000) }
     }
@@ -79,12 +99,14 @@ public final class KafkaProducer: Sendable {
             let completion = Unmanaged<DeliveryCompletion>.fromOpaque(opaque).takeRetainedValue()
             completion.handle.outstanding.subtract(1, ordering: .relaxed)
             completion.handle.lastProgress.store(Handle.now(), ordering: .relaxed)
+            let result: Result<KafkaDelivery, KafkaError>
             if message.pointee.err == RD_KAFKA_RESP_ERR_NO_ERROR {
-                completion.promise.succeed(KafkaDelivery(partition: message.pointee.partition, offset: message.pointee.offset))
+                result = .success(KafkaDelivery(partition: message.pointee.partition, offset: message.pointee.offset))
             } else {
                 let neverSent = rd_kafka_message_status(message) == RD_KAFKA_MSG_STATUS_NOT_PERSISTED
-                completion.promise.fail(KafkaError(String(cString: rd_kafka_err2str(message.pointee.err)), mayBeInLog: !neverSent))
+                result = .failure(KafkaError(String(cString: rd_kafka_err2str(message.pointee.err)), mayBeInLog: !neverSent))
             }
+            completion.handle.reports.withLock { $0.append((completion.promise, result)) }
         }
         guard let handle = rd_kafka_new(RD_KAFKA_PRODUCER, conf, &errorText, errorText.count) else {
             throw KafkaError("cannot create a kafka producer: \(Self.text(errorText))")
@@ -96,6 +118,7 @@ public final class KafkaProducer: Sendable {
         let thread = Thread {
             while wrapped.polling.load(ordering: .acquiring) {
                 rd_kafka_poll(wrapped.pointer, 100)  // returns at once when a delivery report arrives
+                wrapped.completeReports()
                 if wrapped.outstanding.load(ordering: .relaxed) > 0,
                     Handle.now() - wrapped.lastProgress.load(ordering: .relaxed) > stallMilliseconds
                 {
@@ -170,6 +193,7 @@ public final class KafkaProducer: Sendable {
         }
         self.handle.polling.store(false, ordering: .releasing)
         while !self.handle.pollStopped.load(ordering: .acquiring) { usleep(1000) }
+        self.handle.completeReports()  // reports served by the flush above
         self.handle.topics.withLock { topics in
             for handle in topics.values { rd_kafka_topic_destroy(handle) }
             topics.removeAll()

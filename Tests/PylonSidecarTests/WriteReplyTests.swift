@@ -1,0 +1,39 @@
+import NIOCore
+import Testing
+
+@testable import PylonSidecar
+
+@Suite("Write replies")
+struct WriteReplyTests {
+    func reply(_ arguments: String...) throws -> String {
+        let buffers = arguments.map { ByteBuffer(string: $0) }
+        guard case .command(let command) = CommandTable.shared.lookup(buffers) else { throw CancellationError() }
+        return String(buffer: WriteReply.of(command, arguments: buffers).encoded)
+    }
+
+    @Test func answersTheTypeEachCommandsClientsExpect() throws {
+        #expect(try self.reply("SET", "k", "v") == "+OK\r\n")
+        #expect(try self.reply("SET", "k", "v", "NX", "PX", "100") == "+OK\r\n")
+        #expect(try self.reply("MSET", "a", "1") == "+OK\r\n")
+        #expect(try self.reply("XGROUP", "CREATE", "s", "g", "$") == "+OK\r\n")
+        #expect(try self.reply("LPOP", "l") == "$-1\r\n")
+        #expect(try self.reply("RPOPLPUSH", "a", "b") == "$-1\r\n")
+        #expect(try self.reply("INCRBYFLOAT", "n", "1.5") == "$-1\r\n")
+        #expect(try self.reply("ZADD", "z", "INCR", "1", "m") == "$-1\r\n")
+        #expect(try self.reply("ZPOPMIN", "z") == "*0\r\n")
+        #expect(try self.reply("INCR", "n") == ":0\r\n")
+        #expect(try self.reply("DEL", "a", "b") == ":0\r\n")
+        #expect(try self.reply("ZADD", "z", "1", "m") == ":0\r\n")
+        #expect(try self.reply("XGROUP", "DESTROY", "s", "g") == ":0\r\n")
+    }
+
+    @Test func everyNamedCommandIsAWriteOfTheTable() {
+        for name in WriteReply.byCommand.keys {
+            guard let command = CommandTable.shared.all.first(where: { $0.name == name }) else {
+                Issue.record("\(name) is not in the command table")
+                continue
+            }
+            #expect(command.disposition == .write || name == "restore-asking", "\(name) is \(command.disposition)")
+        }
+    }
+}
