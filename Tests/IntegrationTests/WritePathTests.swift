@@ -38,6 +38,44 @@ struct WritePathTests {
         #expect(try await world.waitUntilApplied())
     }
 
+    @Test func pipelinedWritesAndReadsAreAnsweredInRequestOrder() async throws {
+        let world = try await WorldFixture(racks: 1)
+        defer { Task { await world.stop() } }
+        let client = try await world.racks[0].sidecar.client()
+        var request = ByteBuffer()
+        for i in 0..<200 {
+            request.writeRESPCommand(["SET", "p:\(i)", "\(i)"].map { ByteBuffer(string: $0) })
+            request.writeRESPCommand(["PING", "\(i)"].map { ByteBuffer(string: $0) })
+            request.writeRESPCommand(["INCR", "p:n"].map { ByteBuffer(string: $0) })
+            request.writeRESPCommand(["EXISTS", "never:\(i)"].map { ByteBuffer(string: $0) })
+        }
+        let replies = try await client.sendRaw(request, replies: 800)
+        for i in 0..<200 {
+            #expect(replies[4 * i] == .simple("OK"))
+            #expect(replies[4 * i + 1] == .bulk("\(i)"))
+            #expect(replies[4 * i + 2] == .integer(0))
+            #expect(replies[4 * i + 3] == .integer(0))
+        }
+        #expect(try await eventually { try await world.racks[0].redis.client().send("GET", "p:n") == .bulk("200") })
+    }
+
+    @Test func aSidecarWhoseBrokerCannotBeReachedRefusesToStartAndNamesIt() async throws {
+        var configuration = SidecarConfiguration()
+        configuration.listen = HostPort(host: "127.0.0.1", port: 0)
+        configuration.admin = HostPort(host: "127.0.0.1", port: 0)
+        let port = try Ports.free()
+        configuration.kafkaBrokers = "127.0.0.1:\(port)"
+        configuration.world = "nowhere"
+        configuration.rack = "a"
+        do {
+            _ = try await Sidecar(configuration: configuration)
+            Issue.record("a sidecar started without its broker")
+        } catch {
+            #expect("\(error)".contains("127.0.0.1:\(port)"), "\(error)")
+            #expect("\(error)".contains("pylon.nowhere.ops"), "\(error)")
+        }
+    }
+
     @Test func threeRacksConvergeUnderAConcurrentMixedWorkload() async throws {
         let world = try await WorldFixture(racks: 3)
         defer { Task { await world.stop() } }
