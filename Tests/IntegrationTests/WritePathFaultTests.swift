@@ -14,7 +14,9 @@ struct WritePathFaultTests {
         let broker = try KafkaBroker()
         let world = try await WorldFixture(racks: 1, broker: broker)
         defer { Task { await world.stop() } }
-        // A second sidecar in rack 0, and rack 1 served by the executable, which gets SIGKILLed.
+        // A second sidecar in rack 0 (joining once the first applies every partition, so a
+        // rebalance moves some to it), and rack 1 served by the executable, which gets SIGKILLed.
+        #expect(try await eventually { world.racks[0].sidecar.sidecar.applier?.partitions.count == world.partitions })
         let second = try await SidecarFixture(redis: .standalone(world.racks[0].redis.address)) {
             WorldFixture.join(&$0, world: world.name, rack: "rack0", broker: broker, partitions: world.partitions)
         }
@@ -72,6 +74,14 @@ struct WritePathFaultTests {
             #expect(values == [2500, 2500, 2500, 2500])
         }
         rackB.withLock { $0.stop() }
+        // Rack 0's two sidecars split the partitions; each exports the lag of its own only.
+        var exported: [[String]] = []
+        for sidecar in [world.racks[0].sidecar, second] {
+            let (_, metrics) = try await sidecar.admin("/metrics")
+            exported.append(metrics.split(separator: "\n").filter { $0.hasPrefix("pylon_applier_lag_ops{") }.map { String($0.split(separator: " ")[0]) })
+        }
+        #expect(exported[0].count + exported[1].count == world.partitions, "\(exported)")
+        #expect(Set(exported[0]).isDisjoint(with: exported[1]), "\(exported)")
     }
 
     @Test func writesRefusedWhileTheBrokerIsDownNeverAppearAndNothingAcknowledgedIsLost() async throws {

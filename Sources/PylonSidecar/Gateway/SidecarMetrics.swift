@@ -54,9 +54,11 @@ public final class SidecarMetrics: Sendable {
         CoreMetrics.Counter(label: "pylon_applier_events_total", dimensions: [("outcome", outcome.name)], factory: self.factory).increment(by: n)
     }
 
-    /// Log end minus the next offset to apply, per partition this sidecar applies.
-    func applierLag(partition: Int32, lag: Int64) {
-        CoreMetrics.Gauge(label: "pylon_applier_lag_ops", dimensions: [("partition", "\(partition)")], factory: self.factory).record(lag)
+    /// Log end minus the next offset to apply, per partition this sidecar applies; nil removes a
+    /// partition that went to another sidecar of the rack.
+    func applierLag(partition: Int32, lag: Int64?) {
+        let gauge = CoreMetrics.Gauge(label: "pylon_applier_lag_ops", dimensions: [("partition", "\(partition)")], factory: self.factory)
+        if let lag { gauge.record(lag) } else { gauge.destroy() }
     }
 
     /// The Prometheus text exposition.

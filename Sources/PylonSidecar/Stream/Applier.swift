@@ -93,7 +93,11 @@ final class Applier: Sendable {
     fileprivate var log: Logger { self.logger }
 
     fileprivate func publish(_ partitions: [PartitionStatus]) {
-        self.statusBox.withLock { $0 = partitions }
+        let previous = self.statusBox.withLock { box in
+            defer { box = partitions }
+            return box
+        }
+        for gone in Set(previous.map(\.partition)).subtracting(partitions.map(\.partition)) { self.metrics.applierLag(partition: gone, lag: nil) }
         for partition in partitions { self.metrics.applierLag(partition: partition.partition, lag: partition.lag ?? 0) }
     }
 
