@@ -22,25 +22,14 @@ source scripts/lib.sh
 work=$WORK
 
 kafka=$(free_port); direct=$(free_port); nc_port=$(free_port); nc_stats=$(free_port)
-"$(noida_db_binary)" start --only kafka --kafka-port "$kafka" --data-dir "$work/kafka" > "$work/kafka.log" 2>&1 &
-track $!
-redis() { redis-server --port "$1" --bind 127.0.0.1 --save '' --appendonly no --dir "$work" --logfile "$work/redis-$1.log" & track $!; wait_port "$1"; }
-redis "$direct"
-cat > "$work/nutcracker.yml" <<YML
-pylon:
-  listen: 127.0.0.1:$nc_port
-  redis: true
-  servers:
-    - 127.0.0.1:$direct:1
-YML
-nutcracker -c "$work/nutcracker.yml" -s "$nc_stats" -a 127.0.0.1 -o "$work/nutcracker.log" &
-track $!
-wait_port "$kafka"; wait_port "$nc_port"
+start_broker "$kafka"
+start_redis "$direct"
+start_twemproxy "$nc_port" "$nc_stats" "$direct"
 
 rack() {  # name → starts a Redis and a sidecar; sets sidecar_port and redis_port
   local admin_port
   redis_port=$(free_port); sidecar_port=$(free_port); admin_port=$(free_port)
-  redis "$redis_port"
+  start_redis "$redis_port"
   "$BIN" --listen "127.0.0.1:$sidecar_port" --admin "127.0.0.1:$admin_port" --redis "redis://127.0.0.1:$redis_port" \
     --kafka-brokers "127.0.0.1:$kafka" --world bench --rack "$1" --fetch-idle-pause-ms "$IDLE_PAUSE_MS" --log-level warning 2> "$work/sidecar-$1.log" &
   track $!

@@ -13,22 +13,12 @@ source scripts/lib.sh
 work=$WORK
 
 redis_port=$(free_port); nc_port=$(free_port); nc_stats=$(free_port); pylon_port=$(free_port); admin_port=$(free_port)
-redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no --dir "$work" --logfile "$work/redis.log" &
-track $!
-wait_port "$redis_port"
-cat > "$work/nutcracker.yml" <<YML
-pylon:
-  listen: 127.0.0.1:$nc_port
-  redis: true
-  servers:
-    - 127.0.0.1:$redis_port:1
-YML
-nutcracker -c "$work/nutcracker.yml" -s "$nc_stats" -a 127.0.0.1 -o "$work/nutcracker.log" &
-track $!; nc_pid=$!
+start_redis "$redis_port"
+start_twemproxy "$nc_port" "$nc_stats" "$redis_port"; nc_pid=$LAST_PID
 "$BIN" --listen "127.0.0.1:$pylon_port" --admin "127.0.0.1:$admin_port" --redis "redis://127.0.0.1:$redis_port" \
   --log-level warning ${THREADS:+--threads $THREADS} 2> "$work/pylon.log" &
 track $!; pylon_pid=$!
-wait_port "$nc_port"; wait_port "$pylon_port"
+wait_port "$pylon_port"
 
 # Keys redis-benchmark reads (-r 100000: key:000000000000 … key:000000099999), 3-byte values.
 redis-benchmark -p "$redis_port" -t set -n 100000 -r 100000 -d 3 -q > /dev/null 2>&1

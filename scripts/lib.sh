@@ -13,7 +13,8 @@ stop_tracked() {
 }
 trap stop_tracked INT TERM EXIT
 
-track() { PIDS+=("$1"); }
+# Stops the process with the others when the script ends; LAST_PID is its pid.
+track() { PIDS+=("$1"); LAST_PID=$1; }
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
 
@@ -25,9 +26,34 @@ wait_port() {
   exit 1
 }
 
-# The Kafka-protocol broker binary inside PyPI's noida-db (started directly, so stopping it
-# stops the broker itself, not only a Python wrapper).
-noida_db_binary() {
-  python3 -c 'import noida_db, os; print(os.path.join(os.path.dirname(noida_db.__file__), "noida-db"))' 2>/dev/null \
+# A throwaway redis-server on 127.0.0.1:PORT (no persistence), its log in $WORK; waits for it.
+start_redis() {  # port
+  redis-server --port "$1" --bind 127.0.0.1 --save '' --appendonly no --dir "$WORK" --logfile "$WORK/redis-$1.log" &
+  track $!
+  wait_port "$1"
+}
+
+# twemproxy (nutcracker) on 127.0.0.1:PORT in front of one Redis; waits for it.
+start_twemproxy() {  # port, stats port, redis port
+  cat > "$WORK/nutcracker-$1.yml" <<YML
+pylon:
+  listen: 127.0.0.1:$1
+  redis: true
+  servers:
+    - 127.0.0.1:$3:1
+YML
+  nutcracker -c "$WORK/nutcracker-$1.yml" -s "$2" -a 127.0.0.1 -o "$WORK/nutcracker-$1.log" &
+  track $!
+  wait_port "$1"
+}
+
+# A Kafka-protocol broker on 127.0.0.1:PORT, its data in $WORK/kafka: the binary inside PyPI's
+# noida-db, started directly so that stopping it stops the broker, not only a Python wrapper.
+start_broker() {  # port
+  local bin
+  bin=$(python3 -c 'import noida_db, os; print(os.path.join(os.path.dirname(noida_db.__file__), "noida-db"))' 2>/dev/null) \
     || { echo "noida-db is not installed; run make deps" >&2; exit 1; }
+  "$bin" start --only kafka --kafka-port "$1" --data-dir "$WORK/kafka" > "$WORK/kafka.log" 2>&1 &
+  track $!
+  wait_port "$1"
 }

@@ -19,17 +19,13 @@ for port in "$KAFKA_PORT" "$RACK_A_PORT" "$RACK_B_PORT" $((RACK_A_PORT + 20)) $(
   if port_open "$port"; then echo "port $port is in use; set KAFKA_PORT/RACK_A_PORT/RACK_B_PORT" >&2; exit 1; fi
 done
 
-"$(noida_db_binary)" start --only kafka --kafka-port "$KAFKA_PORT" --data-dir "$WORK/kafka" > "$WORK/kafka.log" 2>&1 &
-track $!
-wait_port "$KAFKA_PORT"
+start_broker "$KAFKA_PORT"
 
 # --fetch-idle-pause-ms: noida-db answers empty fetches at once, so an idle applier would spin
 # (about half a core per rack, and as much in the broker); see the README.
 start_rack() {  # name, sidecar port
   local name=$1 port=$2
-  redis-server --port $((port + 20)) --bind 127.0.0.1 --save '' --appendonly no --dir "$WORK" --logfile "$WORK/redis-$name.log" &
-  track $!
-  wait_port $((port + 20))
+  start_redis $((port + 20))
   "$BIN" --listen "127.0.0.1:$port" --admin "127.0.0.1:$((port + 3100))" --redis "redis://127.0.0.1:$((port + 20))" \
     --kafka-brokers "127.0.0.1:$KAFKA_PORT" --world "$WORLD" --rack "$name" --fetch-idle-pause-ms 5 > "$WORK/sidecar-$name.log" 2>&1 &
   track $!
