@@ -6,7 +6,6 @@
 #   3. catch-up: an empty rack replaying CATCHUP_OPS ops, vs redis-benchmark -t set -P 16 on its Redis.
 # Usage: scripts/bench-writes.sh [ROUNDS]
 #   env: REQUESTS=100000 CLIENTS=50 WRITE_RATE=10000 CATCHUP_OPS=1000000 SECTIONS="set lag catchup"
-#        IDLE_PAUSE_MS=0 (the sidecars' fetch-idle-pause-ms; see README)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${1:-3}
@@ -15,7 +14,6 @@ CLIENTS=${CLIENTS:-50}
 WRITE_RATE=${WRITE_RATE:-10000}
 CATCHUP_OPS=${CATCHUP_OPS:-1000000}
 SECTIONS=${SECTIONS:-set lag catchup}
-IDLE_PAUSE_MS=${IDLE_PAUSE_MS:-0}
 BIN=.build/release/pylon-sidecar
 [ -x "$BIN" ] || swift build -c release
 source scripts/lib.sh
@@ -31,7 +29,7 @@ rack() {  # name → starts a Redis and a sidecar; sets sidecar_port and redis_p
   redis_port=$(free_port); sidecar_port=$(free_port); admin_port=$(free_port)
   start_redis "$redis_port"
   "$BIN" --listen "127.0.0.1:$sidecar_port" --admin "127.0.0.1:$admin_port" --redis "redis://127.0.0.1:$redis_port" \
-    --kafka-brokers "127.0.0.1:$kafka" --world bench --rack "$1" --fetch-idle-pause-ms "$IDLE_PAUSE_MS" --log-level warning 2> "$work/sidecar-$1.log" &
+    --kafka-brokers "127.0.0.1:$kafka" --world bench --rack "$1" --log-level warning 2> "$work/sidecar-$1.log" &
   track $!
   wait_port "$sidecar_port"
 }

@@ -21,13 +21,11 @@ done
 
 start_broker "$KAFKA_PORT"
 
-# --fetch-idle-pause-ms: noida-db answers empty fetches at once, so an idle applier would spin
-# (about half a core per rack, and as much in the broker); see the README.
 start_rack() {  # name, sidecar port
   local name=$1 port=$2
   start_redis $((port + 20))
   "$BIN" --listen "127.0.0.1:$port" --admin "127.0.0.1:$((port + 3100))" --redis "redis://127.0.0.1:$((port + 20))" \
-    --kafka-brokers "127.0.0.1:$KAFKA_PORT" --world "$WORLD" --rack "$name" --fetch-idle-pause-ms 5 > "$WORK/sidecar-$name.log" 2>&1 &
+    --kafka-brokers "127.0.0.1:$KAFKA_PORT" --world "$WORLD" --rack "$name" > "$WORK/sidecar-$name.log" 2>&1 &
   track $!
   wait_port "$port"
 }

@@ -55,7 +55,7 @@ public final class Sidecar: Service, Sendable {
                     // Static membership: a sidecar restarted under its name takes its partitions
                     // back at once, without waiting for its old session to expire.
                     properties: ["group.instance.id": log.sidecar].merging(configuration.kafkaProperties) { $1 },
-                    redisTimeout: settings.requestTimeout, fetchIdlePauseMilliseconds: configuration.fetchIdlePauseMilliseconds
+                    redisTimeout: settings.requestTimeout
                 ),
                 primary: { backend.primary }, group: group, metrics: metrics, logger: logger
             )

@@ -49,8 +49,6 @@ struct PylonSidecarCommand: AsyncParsableCommand {
     var maxReadyLag: String?
     @Option(name: .customLong("sidecar-name"), help: "This sidecar's name in the ops it writes (default HOST:PORT).")
     var sidecarName: String?
-    @Option(name: .customLong("fetch-idle-pause-ms"), help: "For brokers that do not hold empty fetches (noida-db): idle fetch pause (default 0, off).")
-    var fetchIdlePause: String?
     @Option(name: .customLong("redis-timeout-ms"), help: "Fail a request Redis has not answered in this many ms (default 2000).")
     var redisTimeout: String?
     @Option(name: .customLong("max-pending-replies"), help: "Pipelined requests per client before reading pauses (default 1024).")
@@ -78,7 +76,7 @@ struct PylonSidecarCommand: AsyncParsableCommand {
                 ("max-bulk-length", self.maxBulkLength), ("threads", self.threads),
                 ("kafka-brokers", self.kafkaBrokers), ("topic", self.topic), ("partitions", self.partitions),
                 ("replication-factor", self.replicationFactor), ("write-timeout-ms", self.writeTimeout),
-                ("max-ready-lag", self.maxReadyLag), ("sidecar-name", self.sidecarName), ("fetch-idle-pause-ms", self.fetchIdlePause), ("max-arguments", self.maxArguments),
+                ("max-ready-lag", self.maxReadyLag), ("sidecar-name", self.sidecarName), ("max-arguments", self.maxArguments),
                 ("max-inline-length", self.maxInlineLength), ("connect-timeout-ms", self.connectTimeout),
                 ("shutdown-grace-ms", self.shutdownGrace),
             ] + self.kafkaProperty.map { ("kafka-property", $0) })

@@ -43,9 +43,6 @@ public struct SidecarConfiguration: Sendable, Equatable {
     public var maxReadyLag: Int64?
     /// This sidecar's name in the ops it writes; host name and port unless set.
     public var sidecarName: String?
-    /// While the log is quiet, the applier fetches one millisecond in every this + 1: for brokers
-    /// that answer empty fetches at once (noida-db) instead of holding them as Kafka does. 0: off.
-    public var fetchIdlePauseMilliseconds = 0
 
     public init() {}
 
@@ -86,7 +83,7 @@ public struct SidecarConfiguration: Sendable, Equatable {
         "redis-timeout-ms", "connect-timeout-ms", "max-pending-replies", "max-bulk-length",
         "max-arguments", "max-inline-length", "shutdown-grace-ms", "threads",
         "kafka-brokers", "topic", "partitions", "replication-factor", "kafka-property", "write-timeout-ms",
-        "max-ready-lag", "sidecar-name", "fetch-idle-pause-ms",
+        "max-ready-lag", "sidecar-name",
     ]
 
     /// Sets one key from its textual value, validating it.
@@ -145,7 +142,6 @@ public struct SidecarConfiguration: Sendable, Equatable {
             guard let equals = value.firstIndex(of: "="), equals != value.startIndex else { throw bad("KEY=VALUE") }
             self.kafkaProperties[String(value[..<equals])] = String(value[value.index(after: equals)...])
         case "write-timeout-ms": self.writeTimeoutMilliseconds = try integer(100...3_600_000)
-        case "fetch-idle-pause-ms": self.fetchIdlePauseMilliseconds = try integer(0...1000)
         case "max-ready-lag": self.maxReadyLag = Int64(try integer(0...Int(Int32.max)))
         case "sidecar-name":
             guard Self.isName(value) || HostPort(value) != nil else { throw bad("a name of letters, digits, '-', '_', '.' or ':'") }

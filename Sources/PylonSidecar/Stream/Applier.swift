@@ -24,8 +24,6 @@ final class Applier: Sendable {
         var groupID: String
         var properties: [String: String]
         var redisTimeout: TimeAmount
-        /// See `SidecarConfiguration.fetchIdlePauseMilliseconds`; 0: off.
-        var fetchIdlePauseMilliseconds = 0
         var batchSize = 1000
     }
 
@@ -152,8 +150,6 @@ private final class ApplierRun: @unchecked Sendable {
     var backoffMilliseconds: Int32 = 50
     var lastCommit = ContinuousClock.now
     var lastConsumerError: String?
-    /// Polls in a row that found nothing.
-    var idlePolls = 0
     var settings: Applier.Settings { self.applier.settings }
     var logger: Logger { self.applier.log }
 
@@ -190,10 +186,7 @@ private final class ApplierRun: @unchecked Sendable {
             if self.needsResync { continue }  // a rebalance during the poll: its messages are re-read
             if batch.isEmpty {
                 try? self.writeCheckpoints()
-                self.idlePolls += 1
-                self.pauseFetchingWhileIdle()
             } else {
-                self.idlePolls = 0
                 self.apply(batch)
             }
             self.publish()
@@ -316,30 +309,10 @@ private final class ApplierRun: @unchecked Sendable {
 
     // MARK: - Applying
 
-    /// For brokers that answer an empty fetch at once instead of holding it (noida-db does),
-    /// librdkafka's fetcher would spin while the log is quiet: when idle, fetch only one
-    /// millisecond in every `fetchIdlePauseMilliseconds + 1`. A write arriving then waits at most
-    /// that long. Off (0) for Kafka, which holds fetches up to `fetch.wait.max.ms` itself.
-    /// Never while a fetch has shown the log's end beyond what is applied: a response that came
-    /// during a pause is dropped and must be fetched again at once.
-    func pauseFetchingWhileIdle() {
-        let pause = self.settings.fetchIdlePauseMilliseconds
-        guard pause > 0, self.idlePolls >= 3 else { return }
-        let behind = self.next.contains { partition, next in
-            (self.consumer.cachedLogEnd(topic: self.settings.topic, partition: partition) ?? 0) > next
-        }
-        guard !behind else { return }
-        self.consumer.setPaused(true)
-        usleep(UInt32(pause) * 1000)
-        self.consumer.setPaused(false)
-    }
-
     func poll() -> [KafkaMessage] {
         var batch: [KafkaMessage] = []
-        // While idle and pausing, a short poll: fetching runs only during polls.
-        let timeout: Int32 = self.settings.fetchIdlePauseMilliseconds > 0 && self.idlePolls >= 3 ? Int32(self.settings.fetchIdlePauseMilliseconds) : 100
         do {
-            guard let first = try self.consumer.poll(timeoutMilliseconds: timeout) else { return [] }
+            guard let first = try self.consumer.poll(timeoutMilliseconds: 100) else { return [] }
             batch.append(first)
             while batch.count < self.settings.batchSize, let message = try self.consumer.poll(timeoutMilliseconds: 0) {
                 batch.append(message)

@@ -99,15 +99,6 @@ public final class KafkaConsumer: @unchecked Sendable {
         return high
     }
 
-    /// Stops (`paused == true`) or restarts fetching for every assigned partition; messages are
-    /// neither lost nor skipped (fetching resumes where the application stands).
-    public func setPaused(_ paused: Bool) {
-        var list: UnsafeMutablePointer<rd_kafka_topic_partition_list_t>?
-        guard rd_kafka_assignment(self.handle, &list) == RD_KAFKA_RESP_ERR_NO_ERROR, let list else { return }
-        defer { rd_kafka_topic_partition_list_destroy(list) }
-        if paused { rd_kafka_pause_partitions(self.handle, list) } else { rd_kafka_resume_partitions(self.handle, list) }
-    }
-
     /// Offsets meaning "the start of the partition's log" and "its end".
     public static let beginning = Int64(RD_KAFKA_OFFSET_BEGINNING)
     public static let end = Int64(RD_KAFKA_OFFSET_END)
