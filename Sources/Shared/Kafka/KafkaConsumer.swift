@@ -40,21 +40,14 @@ public final class KafkaConsumer: @unchecked Sendable {
     /// A consumer; with `onRebalance`, it joins its group through `subscribe` and lets the
     /// handler say where each assigned partition starts.
     public init(brokers: String, groupID: String, properties: [String: String] = [:], onRebalance: RebalanceHandler? = nil) throws {
-        let conf = rd_kafka_conf_new()!
-        var errorText = [CChar](repeating: 0, count: 512)
         let settings = [
             "enable.auto.commit": "false",
             "enable.auto.offset.store": "false",
             "auto.offset.reset": "earliest",
         ].merging(properties, uniquingKeysWith: { $1 }).merging(["bootstrap.servers": brokers, "group.id": groupID], uniquingKeysWith: { $1 })
-        for (key, value) in settings {
-            guard rd_kafka_conf_set(conf, key, value, &errorText, errorText.count) == RD_KAFKA_CONF_OK else {
-                rd_kafka_conf_destroy(conf)
-                throw KafkaError("kafka property '\(key)': \(KafkaProducer.text(errorText))")
-            }
-        }
         let box = onRebalance.map(RebalanceBox.init)
-        if let box {
+        let handle = try KafkaClient.make(RD_KAFKA_CONSUMER, properties: settings) { conf in
+            guard let box else { return }
             rd_kafka_conf_set_opaque(conf, Unmanaged.passUnretained(box).toOpaque())
             rd_kafka_conf_set_rebalance_cb(conf) { handle, error, list, opaque in
                 guard let handle, let list, let opaque else { return }
@@ -71,9 +64,6 @@ public final class KafkaConsumer: @unchecked Sendable {
                     rd_kafka_assign(handle, nil)
                 }
             }
-        }
-        guard let handle = rd_kafka_new(RD_KAFKA_CONSUMER, conf, &errorText, errorText.count) else {
-            throw KafkaError("cannot create a kafka consumer: \(KafkaProducer.text(errorText))")
         }
         rd_kafka_poll_set_consumer(handle)
         self.handle = handle

@@ -6,7 +6,7 @@ extension KafkaProducer {
     public func createTopic(_ name: String, partitions: Int32, replicationFactor: Int32, timeoutMilliseconds: Int32 = 10_000) throws {
         var errorText = [CChar](repeating: 0, count: 512)
         guard let topic = rd_kafka_NewTopic_new(name, partitions, replicationFactor, &errorText, errorText.count) else {
-            throw KafkaError("topic '\(name)': \(Self.text(errorText))")
+            throw KafkaError("topic '\(name)': \(KafkaClient.text(errorText))")
         }
         defer { rd_kafka_NewTopic_destroy(topic) }
         let queue = rd_kafka_queue_new(self.pointer)

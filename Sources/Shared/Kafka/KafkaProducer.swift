@@ -86,35 +86,27 @@ public final class KafkaProducer: Sendable {
         brokers: String, properties: [String: String] = [:], stallTimeout: Duration = .seconds(5),
         logger: Logger = Logger(label: "pylon.kafka")
     ) throws {
-        let conf = rd_kafka_conf_new()!
-        var errorText = [CChar](repeating: 0, count: 512)
-        for (key, value) in Self.defaultProperties.merging(properties, uniquingKeysWith: { $1 }).merging(["bootstrap.servers": brokers], uniquingKeysWith: { $1 }) {
-            guard rd_kafka_conf_set(conf, key, value, &errorText, errorText.count) == RD_KAFKA_CONF_OK else {
-                rd_kafka_conf_destroy(conf)
-                throw KafkaError("kafka property '\(key)': \(Self.text(errorText))")
+        let settings = Self.defaultProperties.merging(properties) { $1 }.merging(["bootstrap.servers": brokers]) { $1 }
+        let handle = try KafkaClient.make(RD_KAFKA_PRODUCER, properties: settings) { conf in
+            rd_kafka_conf_set_dr_msg_cb(conf) { _, message, _ in
+                guard let message, let opaque = message.pointee._private else { return }
+                let completion = Unmanaged<DeliveryCompletion>.fromOpaque(opaque).takeRetainedValue()
+                completion.handle.outstanding.subtract(1, ordering: .relaxed)
+                completion.handle.lastProgress.store(Handle.now(), ordering: .relaxed)
+                let result: Result<KafkaDelivery, KafkaError>
+                if message.pointee.err == RD_KAFKA_RESP_ERR_NO_ERROR {
+                    result = .success(KafkaDelivery(partition: message.pointee.partition, offset: message.pointee.offset))
+                } else {
+                    let neverSent = rd_kafka_message_status(message) == RD_KAFKA_MSG_STATUS_NOT_PERSISTED
+                    result = .failure(KafkaError(String(cString: rd_kafka_err2str(message.pointee.err)), mayBeInLog: !neverSent))
+                }
+                completion.handle.reports.withLock { $0.append((completion.promise, result)) }
             }
-        }
-        rd_kafka_conf_set_dr_msg_cb(conf) { _, message, _ in
-            guard let message, let opaque = message.pointee._private else { return }
-            let completion = Unmanaged<DeliveryCompletion>.fromOpaque(opaque).takeRetainedValue()
-            completion.handle.outstanding.subtract(1, ordering: .relaxed)
-            completion.handle.lastProgress.store(Handle.now(), ordering: .relaxed)
-            let result: Result<KafkaDelivery, KafkaError>
-            if message.pointee.err == RD_KAFKA_RESP_ERR_NO_ERROR {
-                result = .success(KafkaDelivery(partition: message.pointee.partition, offset: message.pointee.offset))
-            } else {
-                let neverSent = rd_kafka_message_status(message) == RD_KAFKA_MSG_STATUS_NOT_PERSISTED
-                result = .failure(KafkaError(String(cString: rd_kafka_err2str(message.pointee.err)), mayBeInLog: !neverSent))
-            }
-            completion.handle.reports.withLock { $0.append((completion.promise, result)) }
-        }
-        guard let handle = rd_kafka_new(RD_KAFKA_PRODUCER, conf, &errorText, errorText.count) else {
-            throw KafkaError("cannot create a kafka producer: \(Self.text(errorText))")
         }
         let wrapped = Handle(handle)
         self.handle = wrapped
         self.logger = logger
-        let stallMilliseconds = Int64(stallTimeout.components.seconds * 1000 + stallTimeout.components.attoseconds / 1_000_000_000_000_000)
+        let stallMilliseconds = stallTimeout.milliseconds
         let thread = Thread {
             while wrapped.polling.load(ordering: .acquiring) {
                 rd_kafka_poll(wrapped.pointer, 100)  // returns at once when a delivery report arrives
@@ -172,10 +164,6 @@ public final class KafkaProducer: Sendable {
         return promise.futureResult
     }
 
-    static func text(_ buffer: [CChar]) -> String {
-        String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
-    }
-
     private func topic(_ name: String) -> OpaquePointer {
         self.handle.topics.withLock { topics in
             if let handle = topics[name] { return handle }
@@ -187,8 +175,7 @@ public final class KafkaProducer: Sendable {
 
     /// Waits (up to `timeout`) for outstanding messages, then releases everything.
     public func close(timeout: Duration = .seconds(5)) {
-        let milliseconds = Int32(timeout.components.seconds * 1000 + timeout.components.attoseconds / 1_000_000_000_000_000)
-        if rd_kafka_flush(self.handle.pointer, milliseconds) != RD_KAFKA_RESP_ERR_NO_ERROR {
+        if rd_kafka_flush(self.handle.pointer, Int32(timeout.milliseconds)) != RD_KAFKA_RESP_ERR_NO_ERROR {
             self.logger.warning("kafka producer closed with messages still in flight")
         }
         self.handle.polling.store(false, ordering: .releasing)
