@@ -43,15 +43,15 @@ public final class Sidecar: Service, Sendable {
         settings.connectTimeout = .milliseconds(Int64(configuration.connectTimeoutMilliseconds))
         let backend = Self.makeBackend(configuration, context: RedisLayerContext(group: group, settings: settings, status: status, logger: logger))
         self.backend = backend
-        if configuration.kafkaBrokers != nil {
+        if let membership = configuration.membership {
             if case .cluster = configuration.redis {
                 throw StartError(description: "redis: the applier does not drive a Redis Cluster yet; give the rack a standalone or Sentinel-managed Redis, or run without kafka-brokers (reads only)")
             }
-            let log = try await Self.blocking { try WorldLog(configuration: configuration, logger: logger) }
+            let log = try await Self.blocking { try WorldLog(membership, configuration: configuration, logger: logger) }
             self.log = log
             self.applier = Applier(
                 settings: .init(
-                    brokers: configuration.kafkaBrokers!, topic: log.topic, groupID: "pylon.\(configuration.world!).\(configuration.rack!)",
+                    brokers: membership.brokers, topic: log.topic, groupID: membership.consumerGroup,
                     // Static membership: a sidecar restarted under its name takes its partitions
                     // back at once, without waiting for its old session to expire.
                     properties: ["group.instance.id": log.sidecar].merging(configuration.kafkaProperties) { $1 },

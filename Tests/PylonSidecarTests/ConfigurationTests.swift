@@ -90,7 +90,10 @@ struct ConfigurationTests {
         } catch let error as SidecarConfiguration.Error {
             #expect(error.key == "rack")
         }
+        #expect(configuration.membership == nil)
         try configuration.set("rack", "a")
         #expect(try configuration.validated().topic == "pylon.earth.ops")
+        #expect(configuration.membership == .init(brokers: "127.0.0.1:9092", world: "earth", rack: "a", topic: "pylon.earth.ops"))
+        #expect(configuration.membership?.consumerGroup == "pylon.earth.a")
     }
 }

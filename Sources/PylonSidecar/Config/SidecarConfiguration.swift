@@ -57,6 +57,23 @@ public struct SidecarConfiguration: Sendable, Equatable {
     /// The topic holding the world's ops.
     public var topic: String? { self.topicOverride ?? self.world.map { "pylon.\($0).ops" } }
 
+    /// A sidecar's place in its world: where its writes go and which rack applies them.
+    public struct WorldMembership: Sendable, Equatable {
+        public var brokers: String
+        public var world: String
+        public var rack: String
+        public var topic: String
+        /// The consumer group of the rack's appliers.
+        public var consumerGroup: String { "pylon.\(self.world).\(self.rack)" }
+    }
+
+    /// Set with `kafka-brokers` (`validated` makes sure `world` and `rack` come with it); nil
+    /// for a sidecar that serves reads only.
+    public var membership: WorldMembership? {
+        guard let brokers = self.kafkaBrokers, let world = self.world, let rack = self.rack, let topic = self.topic else { return nil }
+        return WorldMembership(brokers: brokers, world: world, rack: rack, topic: topic)
+    }
+
     /// Checks the keys that only make sense together.
     public func validated() throws -> SidecarConfiguration {
         if self.kafkaBrokers != nil {

@@ -16,10 +16,8 @@ final class WorldLog: Sendable {
 
     /// Connects, creates the topic when it is missing and learns its partition count. Blocks
     /// (start-up only).
-    init(configuration: SidecarConfiguration, logger: Logger) throws {
-        guard let brokers = configuration.kafkaBrokers, let topic = configuration.topic, let rack = configuration.rack else {
-            throw Sidecar.StartError(description: "the write path needs kafka-brokers, world and rack")
-        }
+    init(_ membership: SidecarConfiguration.WorldMembership, configuration: SidecarConfiguration, logger: Logger) throws {
+        let (brokers, topic) = (membership.brokers, membership.topic)
         let producer = try KafkaProducer(
             brokers: brokers, properties: configuration.kafkaProperties,
             stallTimeout: .milliseconds(configuration.writeTimeoutMilliseconds), logger: logger
@@ -41,7 +39,7 @@ final class WorldLog: Sendable {
         }
         self.producer = producer
         self.topic = topic
-        self.rack = rack
+        self.rack = membership.rack
         self.sidecar = configuration.resolvedSidecarName
     }
 
