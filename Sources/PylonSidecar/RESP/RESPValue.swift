@@ -56,10 +56,8 @@ public enum RESPValue: Sendable, Equatable {
             buffer.writeString(":\(i)\r\n")
         case .bulkString(nil):
             buffer.writeStaticString("$-1\r\n")
-        case .bulkString(.some(var b)):
-            buffer.writeString("$\(b.readableBytes)\r\n")
-            buffer.writeBuffer(&b)
-            buffer.writeInteger(crlf)
+        case .bulkString(.some(let b)):
+            buffer.writeRESPBulkString(b)
         case .array(nil):
             buffer.writeStaticString("*-1\r\n")
         case .array(.some(let elements)):
@@ -217,11 +215,20 @@ extension ByteBuffer {
     /// Writes a command as a RESP array of bulk strings.
     public mutating func writeRESPCommand(_ arguments: [ByteBuffer]) {
         self.writeString("*\(arguments.count)\r\n")
-        for var argument in arguments {
-            self.writeString("$\(argument.readableBytes)\r\n")
-            self.writeBuffer(&argument)
-            self.writeInteger(crlf)
-        }
+        for argument in arguments { self.writeRESPBulkString(argument) }
+    }
+
+    /// Writes one RESP bulk string (an element of a command being written by hand).
+    public mutating func writeRESPBulkString(_ bytes: ByteBuffer) {
+        self.writeString("$\(bytes.readableBytes)\r\n")
+        self.writeImmutableBuffer(bytes)
+        self.writeInteger(crlf)
+    }
+
+    public mutating func writeRESPBulkString(_ text: String) {
+        self.writeString("$\(text.utf8.count)\r\n")
+        self.writeString(text)
+        self.writeInteger(crlf)
     }
 
     /// A RESP error reply; `message` must include its prefix (`ERR …`, `WRONGTYPE …`).

@@ -104,21 +104,15 @@ public enum AppliedOffsets {
             return markers.count
         }
         buffer.writeString("*\(3 + markers.count + argumentCount)\r\n")
-        func bulk(_ text: String) { buffer.writeString("$\(text.utf8.count)\r\n\(text)\r\n") }
-        bulk(sha == nil ? "EVAL" : "EVALSHA")
-        bulk(sha ?? self.script)
-        bulk(String(markers.count))
-        markers.forEach(bulk)
+        for text in [sha == nil ? "EVAL" : "EVALSHA", sha ?? self.script, String(markers.count)] + markers {
+            buffer.writeRESPBulkString(text)
+        }
         for (pending, index) in zip(ops, indices) {
-            bulk(String(index))
-            bulk(String(pending.offset))
-            bulk(String(pending.previousInSlot))
-            bulk(String(pending.op.arguments.count))
-            for argument in pending.op.arguments {
-                buffer.writeString("$\(argument.readableBytes)\r\n")
-                buffer.writeImmutableBuffer(argument)
-                buffer.writeString("\r\n")
-            }
+            buffer.writeRESPBulkString(String(index))
+            buffer.writeRESPBulkString(String(pending.offset))
+            buffer.writeRESPBulkString(String(pending.previousInSlot))
+            buffer.writeRESPBulkString(String(pending.op.arguments.count))
+            for argument in pending.op.arguments { buffer.writeRESPBulkString(argument) }
         }
     }
 
