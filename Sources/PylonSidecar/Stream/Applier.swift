@@ -39,10 +39,11 @@ final class Applier: Sendable {
 
     let settings: Settings
     let stats = ApplierStats()
-    private let primary: @Sendable () -> HostPort?
-    private let group: EventLoopGroup
+    /// Where the rack's writes go now (it moves with a Sentinel failover).
+    fileprivate let primary: @Sendable () -> HostPort?
+    fileprivate let group: EventLoopGroup
     private let metrics: SidecarMetrics
-    private let logger: Logger
+    fileprivate let logger: Logger
     private let running = Atomic<Bool>(false)
     private let finished = DispatchSemaphore(value: 0)
     private let statusBox = Mutex<[PartitionStatus]>([])
@@ -86,9 +87,6 @@ final class Applier: Sendable {
     // MARK: - For the run loop
 
     fileprivate var isRunning: Bool { self.running.load(ordering: .acquiring) }
-    fileprivate var redisAddress: HostPort? { self.primary() }
-    fileprivate var eventLoop: EventLoop { self.group.any() }
-    fileprivate var log: Logger { self.logger }
 
     fileprivate func publish(_ partitions: [PartitionStatus]) {
         let previous = self.statusBox.withLock { box in
@@ -114,16 +112,8 @@ final class ApplierStats: Sendable {
         /// a resync after a doubt.
         case applied, rejected, duplicate, undecodable, replay, resync
 
-        var name: String {
-            switch self {
-            case .applied: "applied"
-            case .rejected: "rejected"
-            case .duplicate: "duplicate"
-            case .undecodable: "undecodable"
-            case .replay: "replay"
-            case .resync: "resync"
-            }
-        }
+        /// The case's name, as metrics and `PYLON INFO` show it.
+        var name: String { "\(self)" }
     }
 
     private let counts = Mutex([Int](repeating: 0, count: Outcome.allCases.count))
@@ -151,7 +141,7 @@ private final class ApplierRun: @unchecked Sendable {
     var lastCommit = ContinuousClock.now
     var lastConsumerError: String?
     var settings: Applier.Settings { self.applier.settings }
-    var logger: Logger { self.applier.log }
+    var logger: Logger { self.applier.logger }
 
     struct Doubt: Error, CustomStringConvertible {
         let description: String
@@ -264,11 +254,11 @@ private final class ApplierRun: @unchecked Sendable {
     // MARK: - Redis
 
     func connection() throws -> RedisClient {
-        guard let address = self.applier.redisAddress else { throw Doubt(description: "the rack's redis master is not known yet") }
+        guard let address = self.applier.primary() else { throw Doubt(description: "the rack's redis master is not known yet") }
         // Reuse the connection unless it closed or the master moved (a Sentinel failover).
         if let redis = self.redis, redis.channel.isActive, address == self.connectedTo { return redis }
         self.dropConnection()
-        let redis = try self.wait(RedisClient.connecting(to: address, on: self.applier.eventLoop, timeout: self.settings.redisTimeout))
+        let redis = try self.wait(RedisClient.connecting(to: address, on: self.applier.group.any(), timeout: self.settings.redisTimeout))
         let reply = try self.wait(redis.pipeline(RedisRequest(strings: ["SCRIPT", "LOAD", AppliedOffsets.script]).raw, replies: 1))[0]
         guard let sha = reply.string, sha.count == 40 else { throw Doubt(description: "SCRIPT LOAD answered \(reply)") }
         self.sha = sha
@@ -380,15 +370,15 @@ private final class ApplierRun: @unchecked Sendable {
         var outcomes: [AppliedOffsets.Outcome] = []
         for (index, reply) in replies.dropFirst(checkpointCount).enumerated() {
             let expected = min(Self.opsPerScript, pending.count - index * Self.opsPerScript)
-            guard let run = try? AppliedOffsets.outcomes(of: reply), run.count == expected, !run.contains(.previousMissing) else {
+            let run = (try? AppliedOffsets.outcomes(of: reply)) ?? []
+            outcomes += run.prefix { $0 != .previousMissing }
+            guard run.count == expected, !run.contains(.previousMissing) else {
                 // A script error (OOM, LOADING, too many arguments for Lua…) or a run stopped at a
                 // missing predecessor: keep what surely applied, resync for the rest.
-                outcomes += ((try? AppliedOffsets.outcomes(of: reply)) ?? []).prefix { $0 != .previousMissing }
                 self.record(outcomes, order: order, counts: &counts)
                 self.doubt("redis could not apply a run of ops now", error: Doubt(description: "\(reply)".prefix(300).description))
                 return
             }
-            outcomes += run
         }
         self.record(outcomes, order: order, counts: &counts)
         self.commitForMonitoring()
@@ -441,14 +431,14 @@ private final class ApplierRun: @unchecked Sendable {
         return self.checkpoints.count
     }
 
+    /// Writes the earned checkpoints now (the log is quiet); also notices, while idle, a Redis
+    /// that restarted.
     func writeCheckpoints() throws {
-        guard !self.checkpoints.isEmpty else {
-            if !(self.redis?.channel.isActive ?? false) { self.needsResync = true }  // notice a restarted redis while idle
-            return
-        }
+        let redis = try self.sameConnection()
+        guard !self.checkpoints.isEmpty else { return }
         var request = ByteBuffer()
         let count = self.writeCheckpointRequests(into: &request)
-        _ = try self.wait(try self.sameConnection().pipeline(request, replies: count))
+        _ = try self.wait(redis.pipeline(request, replies: count))
         self.checkpoints = [:]
         self.commitForMonitoring()
     }
