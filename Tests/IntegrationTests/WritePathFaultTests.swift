@@ -27,9 +27,8 @@ struct WritePathFaultTests {
             try LocalProcess(ExecutableTests.executable.path, [
                 "--listen", "127.0.0.1:\(try Ports.free())", "--admin", "127.0.0.1:\(try Ports.free())",
                 "--redis", "redis://\(redisB.address)", "--kafka-brokers", broker.bootstrap, "--world", world.name, "--rack", "rack1",
-                "--kafka-property", "session.timeout.ms=6000", "--kafka-property", "heartbeat.interval.ms=1000",
                 "--sidecar-name", "rack1-sidecar0",
-            ], name: "pylon-sidecar rack1", log: scratch.url.appendingPathComponent("rack1.log"))
+            ] + WorldFixture.fastRebalances.sorted { $0.key < $1.key }.flatMap { ["--kafka-property", "\($0.key)=\($0.value)"] }, name: "pylon-sidecar rack1", log: scratch.url.appendingPathComponent("rack1.log"))
         }
         let rackB = Shared(try startRackB())
         let counters = (0..<4).map { "counter:\($0)" }

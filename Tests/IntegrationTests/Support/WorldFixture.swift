@@ -44,9 +44,11 @@ final class WorldFixture: Sendable {
         configuration.rack = rack
         configuration.kafkaBrokers = broker.bootstrap
         configuration.partitions = partitions
-        // Fast rebalances when a test stops a sidecar.
-        configuration.kafkaProperties = ["session.timeout.ms": "6000", "heartbeat.interval.ms": "1000"]
+        configuration.kafkaProperties = self.fastRebalances
     }
+
+    /// Fast rebalances when a test stops a sidecar (6 s is the broker's least session timeout).
+    static let fastRebalances = ["session.timeout.ms": "6000", "heartbeat.interval.ms": "1000"]
 
     var topic: String { "pylon.\(self.name).ops" }
 
