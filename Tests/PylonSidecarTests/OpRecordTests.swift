@@ -52,10 +52,12 @@ struct AppliedOffsetsTests {
     }
 
     @Test func readsTheScriptsReplies() throws {
-        #expect(try AppliedOffsets.outcomes(of: .array([.integer(0), .array([.integer(7)]), .error("WRONGTYPE x"), .array([.null]), .integer(-1)])) == [
-            .alreadyApplied, .applied(reply: .integer(7)), .rejected(error: "WRONGTYPE x"), .applied(reply: .null), .previousMissing,
+        #expect(try AppliedOffsets.outcomes(of: .array([.integer(2), .integer(7), .error("WRONGTYPE x"), .null])) == [
+            .alreadyApplied, .alreadyApplied, .applied(reply: .integer(7)), .rejected(error: "WRONGTYPE x"), .applied(reply: .null),
         ])
+        #expect(try AppliedOffsets.outcomes(of: .array([.integer(-1)])) == [.previousMissing])
         #expect(throws: OpRecord.DecodingError.self) { try AppliedOffsets.outcomes(of: .ok) }
-        #expect(throws: OpRecord.DecodingError.self) { try AppliedOffsets.outcomes(of: .array([.integer(5)])) }
+        #expect(throws: OpRecord.DecodingError.self) { try AppliedOffsets.outcomes(of: .array([.integer(-5)])) }
+        #expect(throws: OpRecord.DecodingError.self) { try AppliedOffsets.outcomes(of: .array([.bulk("1")])) }
     }
 }

@@ -69,6 +69,21 @@ struct WritePlannerTests {
         #expect(try self.plan("RENAME", "{a}.1", "{a}.2") == [["RENAME", "{a}.1", "{a}.2"]])
     }
 
+    @Test func refusesOpsLongerThanTheApplierTakes() throws {
+        // MSET + 3499 pairs in one slot: 6999 arguments; one pair more is over the limit.
+        let pairs = (0..<3500).flatMap { ["{k}.\($0)", "v"] }
+        #expect(try Self.planned(["MSET"] + pairs.dropLast(2)).count == 1)
+        #expect { try Self.planned(["MSET"] + pairs) } throws: { "\($0)".hasPrefix("ERR pylon: a write may carry at most 7000 arguments per hash slot (this one has 7001)") }
+        // Split per slot first: a long MSET over many slots passes.
+        #expect(try Self.planned(["MSET"] + (0..<4000).flatMap { ["key\($0)", "v"] }).count > 1)
+    }
+
+    static func planned(_ arguments: [String]) throws -> [WritePlanner.PlannedOp] {
+        let buffers = arguments.map { ByteBuffer(string: $0) }
+        guard case .command(let command) = CommandTable.shared.lookup(buffers) else { throw CancellationError() }
+        return try WritePlanner.plan(buffers, command: command, now: 0)
+    }
+
     @Test func opsCarryTheirSlot() throws {
         let buffers = ["SET", "{user1}.name", "x"].map { ByteBuffer(string: $0) }
         guard case .command(let command) = CommandTable.shared.lookup(buffers) else { throw CancellationError() }

@@ -214,21 +214,63 @@ public struct RESPReplyDecoder: NIOSingleStepByteToMessageDecoder {
 extension ByteBuffer {
     /// Writes a command as a RESP array of bulk strings.
     public mutating func writeRESPCommand(_ arguments: [ByteBuffer]) {
-        self.writeString("*\(arguments.count)\r\n")
+        self.writeRESPArrayHeader(arguments.count)
         for argument in arguments { self.writeRESPBulkString(argument) }
+    }
+
+    /// Writes `*count\r\n`, the start of a command written element by element.
+    public mutating func writeRESPArrayHeader(_ count: Int) {
+        self.writeRESPLine(UInt8(ascii: "*"), count)
     }
 
     /// Writes one RESP bulk string (an element of a command being written by hand).
     public mutating func writeRESPBulkString(_ bytes: ByteBuffer) {
-        self.writeString("$\(bytes.readableBytes)\r\n")
+        self.writeRESPLine(UInt8(ascii: "$"), bytes.readableBytes)
         self.writeImmutableBuffer(bytes)
         self.writeInteger(crlf)
     }
 
     public mutating func writeRESPBulkString(_ text: String) {
-        self.writeString("$\(text.utf8.count)\r\n")
+        self.writeRESPLine(UInt8(ascii: "$"), text.utf8.count)
         self.writeString(text)
         self.writeInteger(crlf)
+    }
+
+    /// Writes an integer as a bulk string of its decimal digits.
+    public mutating func writeRESPBulkString(_ integer: Int) {
+        self.writeRESPLine(UInt8(ascii: "$"), (integer < 0 ? 1 : 0) + Self.digitCount(integer.magnitude))
+        self.writeDecimal(integer)
+        self.writeInteger(crlf)
+    }
+
+    /// `type` + decimal `n` + CRLF, without building a String (the encoders' hot path).
+    private mutating func writeRESPLine(_ type: UInt8, _ n: Int) {
+        self.writeInteger(type)
+        self.writeDecimal(n)
+        self.writeInteger(crlf)
+    }
+
+    private mutating func writeDecimal(_ n: Int) {
+        if n < 0 { self.writeInteger(UInt8(ascii: "-")) }
+        var value = n.magnitude
+        let width = Self.digitCount(value)
+        self.writeWithUnsafeMutableBytes(minimumWritableBytes: width) { bytes in
+            for index in stride(from: width - 1, through: 0, by: -1) {
+                bytes[index] = UInt8(ascii: "0") + UInt8(value % 10)
+                value /= 10
+            }
+            return width
+        }
+    }
+
+    private static func digitCount(_ value: UInt) -> Int {
+        var value = value
+        var count = 1
+        while value >= 10 {
+            value /= 10
+            count += 1
+        }
+        return count
     }
 
     /// A RESP error reply; `message` must include its prefix (`ERR …`, `WRONGTYPE …`).

@@ -1,15 +1,22 @@
 import NIOCore
 
-/// Where a rack's Redis records which ops of the log it has applied: one marker per
-/// (world, partition, hash slot), written by the same Lua script that applies the op, so an op
-/// and its marker change together or not at all. An op whose offset is not above its slot's
-/// marker is skipped: replays after a crash or a rebalance, and a deposed applier (zombie) still
-/// writing, cannot apply anything twice.
+/// Where a rack's Redis records which ops of the log it has applied: a marker holding the offset
+/// of the last op applied, written by the same Lua script that applies the ops, so ops and their
+/// marker change together or not at all. An op whose offset is not above its marker is skipped:
+/// replays after a crash or a rebalance, and a deposed applier (zombie) still writing, cannot
+/// apply anything twice.
 ///
-/// The marker key carries a hash tag that hashes to the op's own slot, so on Redis Cluster the
-/// marker lives on the node that holds the op's keys, and the script may touch both.
+/// On a standalone or Sentinel-managed Redis there is one marker per partition, so a script
+/// applying a hundred ops writes one marker. On Redis Cluster a script may only touch keys of
+/// one slot, so the marker is per (partition, slot): its key carries a hash tag that hashes to
+/// the ops' own slot, and it lives on the node that holds their keys.
 public enum AppliedOffsets {
-    /// The marker key of `slot` for a partition of a world's topic.
+    /// The marker of a partition of a world's topic (standalone and Sentinel Redis).
+    public static func markerKey(topic: String, partition: Int32) -> String {
+        "pylon:applied:\(topic):\(partition)"
+    }
+
+    /// The marker of `slot` in a partition of a world's topic (Redis Cluster).
     public static func markerKey(topic: String, partition: Int32, slot: Int) -> String {
         let tag = slot == OpRecord.noSlot ? "" : "{\(self.tags[slot])}"
         return "pylon:applied:\(tag):\(topic):\(partition)"
@@ -34,84 +41,72 @@ public enum AppliedOffsets {
 
     /// The key holding a partition's checkpoint: the next offset to read. Every op before it is
     /// applied (or was rejected), so a restarted applier resumes there; it is written after the
-    /// ops it covers were confirmed, so it may lag behind the slot markers, never run ahead.
+    /// ops it covers were confirmed, so it may lag behind the markers, never run ahead.
     public static func checkpointKey(topic: String, partition: Int32) -> String {
         "pylon:checkpoint:\(topic):\(partition)"
     }
 
-    /// One op for the script: where it is in the log and the offset of the previous op of its
-    /// slot in the applier's batch (-1 when it is the first).
+    /// The most arguments an op may have: Lua's `unpack` in the script takes at most about 8000
+    /// values. The gateway refuses longer writes; the applier skips longer ops as unreadable.
+    public static let maxArguments = 7000
+
+    /// One op for the script and where it is in its partition.
     public struct PendingOp: Sendable {
         public var op: OpRecord
-        public var partition: Int32
         public var offset: Int64
-        public var previousInSlot: Int64
 
-        public init(op: OpRecord, partition: Int32, offset: Int64, previousInSlot: Int64 = -1) {
+        public init(op: OpRecord, offset: Int64) {
             self.op = op
-            self.partition = partition
             self.offset = offset
-            self.previousInSlot = previousInSlot
         }
     }
 
-    /// Applies a run of ops in order, each only if its offset is above its slot's marker, and
-    /// advances the marker before running the op, so the two go together even if the script
-    /// stops half-way (Redis does not undo a script's earlier writes).
+    /// Applies a run of ops that share one marker, in ascending offset order: those at or below
+    /// the marker are skipped (they are a prefix of the run), the rest applied.
     ///
-    /// KEYS = the markers the ops use; ARGV = per op: marker index, offset, previous offset of the
-    /// same slot in the batch (or -1), argument count, arguments. Replies one element per op:
-    /// `0` applied before (a replay, a zombie), `{reply}` applied now, an error when Redis
-    /// rejected the op (WRONGTYPE: the same on every rack, so it counts as applied). A final `-1`
-    /// stops the run at an op whose predecessor in its slot is missing — it failed on the way (a
-    /// dropped connection, OOM), and applying this one would advance the marker past it for good.
+    /// The marker is set to the run's last offset *before* the ops run, as the script's first
+    /// write. That is safe because a script is atomic: no client sees it half-done, replicas and
+    /// the AOF receive its effects as one MULTI/EXEC, and once a script has written, Redis
+    /// refuses none of its later writes for memory (an OOM refusal can only hit that first
+    /// write, which then aborts the script with nothing changed). The ops run under `pcall`, so
+    /// a rejected op (WRONGTYPE — the same on every rack) cannot stop the script either.
+    ///
+    /// KEYS[1] = the marker; ARGV[1] = the offset of the op sent before this run under the same
+    /// marker, or -1; then per op: offset, argument count, arguments. Replies `{skipped, reply…}`:
+    /// how many ops were applied before (a replay, a zombie), then each applied op's reply or
+    /// error. Replies `{-1}` when the previous op is not applied: it failed on the way (a dropped
+    /// connection, OOM), and applying this run would move the marker past it for good.
     public static let script = """
-    local applied = {}
-    for i = 1, #KEYS do applied[i] = tonumber(redis.call('GET', KEYS[i]) or '-1') end
-    local results = {}
-    local pos = 1
+    local applied = tonumber(redis.call('GET', KEYS[1]) or '-1')
+    if tonumber(ARGV[1]) > applied then return {-1} end
+    local skipped, todo, pos = 0, {}, 2
     while pos <= #ARGV do
-      local m, offset, previous, argc = tonumber(ARGV[pos]), tonumber(ARGV[pos + 1]), tonumber(ARGV[pos + 2]), tonumber(ARGV[pos + 3])
-      local first = pos + 4
-      if offset <= applied[m] then
-        results[#results + 1] = 0
-      elseif previous >= 0 and applied[m] < previous then
-        results[#results + 1] = -1
-        return results
-      else
-        redis.call('SET', KEYS[m], ARGV[pos + 1])
-        applied[m] = offset
-        local reply = redis.pcall(unpack(ARGV, first, first + argc - 1))
-        if type(reply) == 'table' and reply.err then results[#results + 1] = reply else results[#results + 1] = {reply} end
-      end
-      pos = first + argc
+      if tonumber(ARGV[pos]) <= applied then skipped = skipped + 1 else todo[#todo + 1] = pos end
+      pos = pos + 2 + tonumber(ARGV[pos + 1])
+    end
+    local results = {skipped}
+    if #todo == 0 then return results end
+    redis.call('SET', KEYS[1], ARGV[todo[#todo]])
+    for i = 1, #todo do
+      local first = todo[i] + 2
+      results[i + 1] = redis.pcall(unpack(ARGV, first, first + tonumber(ARGV[first - 1]) - 1))
     end
     return results
     """
 
-    /// Writes the request applying `ops`: EVALSHA with the `sha` that `SCRIPT LOAD` answered,
-    /// or EVAL with the script's text when `sha` is nil.
-    public static func writeRequest(_ ops: some Collection<PendingOp>, topic: String, sha: String?, into buffer: inout ByteBuffer) {
-        var markers: [String] = []
-        var markerIndex: [String: Int] = [:]
-        var argumentCount = 0
-        let indices = ops.map { pending in
-            let key = self.markerKey(topic: topic, partition: pending.partition, slot: pending.op.slot)
-            argumentCount += 4 + pending.op.arguments.count
-            if let index = markerIndex[key] { return index }
-            markers.append(key)
-            markerIndex[key] = markers.count
-            return markers.count
-        }
-        buffer.writeString("*\(3 + markers.count + argumentCount)\r\n")
-        for text in [sha == nil ? "EVAL" : "EVALSHA", sha ?? self.script, String(markers.count)] + markers {
-            buffer.writeRESPBulkString(text)
-        }
-        for (pending, index) in zip(ops, indices) {
-            buffer.writeRESPBulkString(String(index))
-            buffer.writeRESPBulkString(String(pending.offset))
-            buffer.writeRESPBulkString(String(pending.previousInSlot))
-            buffer.writeRESPBulkString(String(pending.op.arguments.count))
+    /// Writes the request applying a run of ops sharing `marker`: EVALSHA with the `sha` that
+    /// `SCRIPT LOAD` answered, or EVAL with the script's text when `sha` is nil.
+    public static func writeRequest(_ run: some Collection<PendingOp>, marker: String, previous: Int64, sha: String?, into buffer: inout ByteBuffer) {
+        let argumentCount = run.reduce(0) { $0 + 2 + $1.op.arguments.count }
+        buffer.writeRESPArrayHeader(5 + argumentCount)
+        buffer.writeRESPBulkString(sha == nil ? "EVAL" : "EVALSHA")
+        buffer.writeRESPBulkString(sha ?? self.script)
+        buffer.writeRESPBulkString(1)
+        buffer.writeRESPBulkString(marker)
+        buffer.writeRESPBulkString(Int(previous))
+        for pending in run {
+            buffer.writeRESPBulkString(Int(pending.offset))
+            buffer.writeRESPBulkString(pending.op.arguments.count)
             for argument in pending.op.arguments { buffer.writeRESPBulkString(argument) }
         }
     }
@@ -124,22 +119,19 @@ public enum AppliedOffsets {
         case rejected(error: String)
         /// The marker shows it was applied before; nothing was done.
         case alreadyApplied
-        /// The previous op of its slot did not apply (see `script`); nothing was done, and the
-        /// ops after it in the run were not tried.
+        /// The op before the run did not apply (see `script`); nothing in the run was done.
         case previousMissing
     }
 
-    /// Reads the script's reply: one outcome per op tried, in order.
+    /// Reads the script's reply: one outcome per op, in order, or one `previousMissing`.
     public static func outcomes(of reply: RESPValue) throws -> [Outcome] {
-        guard let fields = reply.array else { throw OpRecord.DecodingError(description: "applier: unexpected reply \(reply)") }
-        return try fields.map { field in
-            switch field {
-            case .integer(0): return .alreadyApplied
-            case .integer(-1): return .previousMissing
-            case .error(let message): return .rejected(error: String(buffer: message))
-            case .array(let wrapped?) where wrapped.count <= 1: return .applied(reply: wrapped.first ?? .null)
-            default: throw OpRecord.DecodingError(description: "applier: unexpected outcome \(field)")
-            }
+        guard let fields = reply.array, case .integer(let skipped) = fields.first, skipped >= -1 else {
+            throw OpRecord.DecodingError(description: "applier: unexpected reply \(reply)")
+        }
+        if skipped == -1 { return [.previousMissing] }
+        return Array(repeating: .alreadyApplied, count: skipped) + fields.dropFirst().map { field in
+            if case .error(let message) = field { return .rejected(error: String(buffer: message)) }
+            return .applied(reply: field)
         }
     }
 }

@@ -136,6 +136,11 @@ private final class ApplierRun: @unchecked Sendable {
     var next: [Int32: Int64] = [:]
     /// Checkpoints earned by confirmed batches, written with the next batch.
     var checkpoints: [Int32: Int64] = [:]
+    /// The batch sent to Redis whose replies are not read yet.
+    var inFlight: InFlight?
+    /// The offset of the last op sent in each partition since the last resync: the predecessor
+    /// the script checks (see `AppliedOffsets.script`), across batches in flight.
+    var lastSent: [Int32: Int64] = [:]
     var needsResync = false
     var backoffMilliseconds: Int32 = 50
     var lastCommit = ContinuousClock.now
@@ -166,21 +171,28 @@ private final class ApplierRun: @unchecked Sendable {
 
     func loop() {
         while self.applier.isRunning {
-            if self.needsResync, !self.resync() {
-                // Redis is away: keep serving the group (rebalances) while waiting, apply nothing.
-                _ = try? self.consumer.poll(timeoutMilliseconds: self.backoffMilliseconds)
-                self.backoffMilliseconds = min(self.backoffMilliseconds * 2, 2000)
-                continue
+            if self.needsResync {
+                self.finishInFlight()
+                if !self.resync() {
+                    // Redis is away: keep serving the group (rebalances) while waiting, apply nothing.
+                    _ = try? self.consumer.poll(timeoutMilliseconds: self.backoffMilliseconds)
+                    self.backoffMilliseconds = min(self.backoffMilliseconds * 2, 2000)
+                    continue
+                }
             }
-            let batch = self.poll()
+            // With a batch in flight, only take what is already fetched: its replies come first.
+            let batch = self.poll(timeoutMilliseconds: self.inFlight == nil ? 100 : 0)
             if self.needsResync { continue }  // a rebalance during the poll: its messages are re-read
             if batch.isEmpty {
-                try? self.writeCheckpoints()
+                if self.inFlight != nil { self.finishInFlight() } else { try? self.writeCheckpoints() }
             } else {
-                self.apply(batch)
+                let sent = self.send(batch)
+                self.finishInFlight()
+                self.inFlight = sent
             }
             self.publish()
         }
+        self.finishInFlight()
         self.consumer.close()
         if let redis = self.redis { redis.channel.close(promise: nil) }
     }
@@ -188,6 +200,9 @@ private final class ApplierRun: @unchecked Sendable {
     // MARK: - Partitions
 
     func rebalanced(_ event: KafkaConsumer.Rebalance) -> [Int64] {
+        // The batch in flight belongs to the old assignment: record it before the assignment changes.
+        self.finishInFlight()
+        self.lastSent = [:]
         switch event {
         case .assigned(let partitions):
             self.logger.info("partitions assigned to this sidecar's applier", metadata: ["partitions": "\(partitions.map(\.partition))"])
@@ -240,6 +255,7 @@ private final class ApplierRun: @unchecked Sendable {
             let offsets = try self.startingOffsets(partitions)
             try self.consumer.assign(zip(partitions, offsets).map { (self.settings.topic, $0, $1) })
             self.checkpoints = [:]
+            self.lastSent = [:]
             self.needsResync = false
             self.backoffMilliseconds = 50
             if !partitions.isEmpty { self.logger.info("applier resynced from the checkpoints in redis", metadata: ["offsets": "\(self.next)"]) }
@@ -299,10 +315,10 @@ private final class ApplierRun: @unchecked Sendable {
 
     // MARK: - Applying
 
-    func poll() -> [KafkaMessage] {
+    func poll(timeoutMilliseconds: Int32) -> [KafkaMessage] {
         var batch: [KafkaMessage] = []
         do {
-            guard let first = try self.consumer.poll(timeoutMilliseconds: 100) else { return [] }
+            guard let first = try self.consumer.poll(timeoutMilliseconds: timeoutMilliseconds) else { return [] }
             batch.append(first)
             while batch.count < self.settings.batchSize, let message = try self.consumer.poll(timeoutMilliseconds: 0) {
                 batch.append(message)
@@ -325,73 +341,107 @@ private final class ApplierRun: @unchecked Sendable {
     /// Redis is not blocked for long (about a tenth of a millisecond).
     static let opsPerScript = 100
 
-    /// Applies a batch: the earned checkpoints, then the ops in runs of `opsPerScript`, all in one
-    /// pipeline. Progress is recorded op by op up to the first doubt.
-    func apply(_ batch: [KafkaMessage]) {
+    /// A batch sent to Redis whose replies have not been read yet.
+    struct InFlight {
+        var replies: EventLoopFuture<[RESPValue]>
+        var checkpointCount: Int
+        /// The partition of each script call and how many ops it tries, in request order.
+        var runs: [(partition: Int32, count: Int)]
+        /// Each partition's messages in log order; unreadable ones are passed where they stand.
+        var messages: [Int32: [(offset: Int64, readable: Bool)]]
+    }
+
+    /// Sends a batch: the earned checkpoints, then each partition's ops in runs of
+    /// `opsPerScript`, all in one pipeline. The replies are read by `finishInFlight` after the
+    /// next batch was sent, so Redis does not wait for the applier between batches.
+    func send(_ batch: [KafkaMessage]) -> InFlight? {
         var request = ByteBuffer()
         let checkpointCount = self.writeCheckpointRequests(into: &request)
-        var pending: [AppliedOffsets.PendingOp] = []
-        var previousInSlot: [Int: Int64] = [:]
-        var counts = [ApplierStats.Outcome: Int]()
-        defer { for (outcome, n) in counts { self.applier.count(outcome, n) } }
-        // Every op in log order; unreadable ones are passed where they stand.
-        var order: [(partition: Int32, offset: Int64, readable: Bool)] = []
+        var ops: [Int32: [AppliedOffsets.PendingOp]] = [:]
+        var messages: [Int32: [(offset: Int64, readable: Bool)]] = [:]
         for message in batch where self.next[message.partition].map({ message.offset >= $0 }) ?? false {
             do {
                 let op = try OpRecord(decoding: message.value)
-                pending.append(.init(op: op, partition: message.partition, offset: message.offset, previousInSlot: previousInSlot[op.slot] ?? -1))
-                previousInSlot[op.slot] = message.offset
-                order.append((message.partition, message.offset, true))
+                guard op.arguments.count <= AppliedOffsets.maxArguments else {
+                    throw OpRecord.DecodingError(description: "\(op.arguments.count) arguments, more than the applier's script takes (\(AppliedOffsets.maxArguments))")
+                }
+                ops[message.partition, default: []].append(.init(op: op, offset: message.offset))
+                messages[message.partition, default: []].append((message.offset, true))
             } catch {
-                order.append((message.partition, message.offset, false))
+                messages[message.partition, default: []].append((message.offset, false))
                 self.logger.error("skipping a message of the log that is not a readable op", metadata: [
                     "partition": "\(message.partition)", "offset": "\(message.offset)", "error": "\(error)",
                 ])
             }
         }
-        var scripts = 0
-        for start in stride(from: 0, to: pending.count, by: Self.opsPerScript) {
-            AppliedOffsets.writeRequest(pending[start..<min(start + Self.opsPerScript, pending.count)], topic: self.settings.topic, sha: self.sha, into: &request)
-            scripts += 1
+        var runs: [(partition: Int32, count: Int)] = []
+        for (partition, ops) in ops {
+            let marker = AppliedOffsets.markerKey(topic: self.settings.topic, partition: partition)
+            for start in stride(from: 0, to: ops.count, by: Self.opsPerScript) {
+                let run = ops[start..<min(start + Self.opsPerScript, ops.count)]
+                AppliedOffsets.writeRequest(run, marker: marker, previous: self.lastSent[partition] ?? -1, sha: self.sha, into: &request)
+                self.lastSent[partition] = run.last!.offset
+                runs.append((partition, run.count))
+            }
         }
-        let replies: [RESPValue]
         do {
-            replies = try self.wait(try self.sameConnection().pipeline(request, replies: checkpointCount + scripts))
+            let replies = try self.sameConnection().pipeline(request, replies: checkpointCount + runs.count)
+            // Sent checkpoints are not sent again; if they fail, the resync re-reads them anyway.
+            self.checkpoints = [:]
+            return InFlight(replies: replies, checkpointCount: checkpointCount, runs: runs, messages: messages)
         } catch {
             self.doubt("redis failed during a batch", error: error)
+            return nil
+        }
+    }
+
+    /// Reads the replies of the batch in flight, if any, and records each partition's progress
+    /// op by op up to its first doubt. After a doubt nothing in flight is recorded: the resync
+    /// replays it.
+    func finishInFlight() {
+        guard let batch = self.inFlight.take() else { return }
+        let replies: [RESPValue]
+        do { replies = try self.wait(batch.replies) } catch {
+            if !self.needsResync { self.doubt("redis failed during a batch", error: error) }
             return
         }
-        if let failed = replies.prefix(checkpointCount).first(where: \.isError) {
+        guard !self.needsResync else { return }
+        if let failed = replies.prefix(batch.checkpointCount).first(where: \.isError) {
             self.doubt("redis refused a checkpoint", error: Doubt(description: "\(failed)"))
             return
         }
-        self.checkpoints = [:]
-        // Outcomes of the readable ops, in order, up to the first doubt.
-        var outcomes: [AppliedOffsets.Outcome] = []
-        for (index, reply) in replies.dropFirst(checkpointCount).enumerated() {
-            let expected = min(Self.opsPerScript, pending.count - index * Self.opsPerScript)
-            let run = (try? AppliedOffsets.outcomes(of: reply)) ?? []
-            outcomes += run.prefix { $0 != .previousMissing }
-            guard run.count == expected, !run.contains(.previousMissing) else {
-                // A script error (OOM, LOADING, too many arguments for Lua…) or a run stopped at a
-                // missing predecessor: keep what surely applied, resync for the rest.
-                self.record(outcomes, order: order, counts: &counts)
-                self.doubt("redis could not apply a run of ops now", error: Doubt(description: "\(reply)".prefix(300).description))
-                return
+        var outcomes: [Int32: [AppliedOffsets.Outcome]] = [:]
+        var stopped: (partition: Int32, reply: RESPValue)?
+        for (reply, run) in zip(replies.dropFirst(batch.checkpointCount), batch.runs) where run.partition != stopped?.partition {
+            let tried = (try? AppliedOffsets.outcomes(of: reply)) ?? []
+            guard tried.count == run.count, tried.first != .previousMissing else {
+                // A script error (OOM, LOADING…) or a run whose predecessor did not apply: the
+                // partition's later runs did not apply either. Keep what surely applied.
+                stopped = (run.partition, reply)
+                continue
             }
+            outcomes[run.partition, default: []] += tried
         }
-        self.record(outcomes, order: order, counts: &counts)
-        self.commitForMonitoring()
+        var counts = [ApplierStats.Outcome: Int]()
+        for (partition, messages) in batch.messages {
+            self.record(outcomes[partition] ?? [], partition: partition, messages: messages, counts: &counts)
+        }
+        for (outcome, n) in counts { self.applier.count(outcome, n) }
+        if let stopped {
+            self.doubt("redis could not apply a run of ops now", error: Doubt(description: "\(stopped.reply)".prefix(300).description))
+        } else {
+            self.commitForMonitoring()
+        }
     }
 
-    /// Advances past each op in `order` whose outcome is known (unreadable ones count as passed),
-    /// stopping at the first readable op without an outcome.
-    func record(_ outcomes: [AppliedOffsets.Outcome], order: [(partition: Int32, offset: Int64, readable: Bool)], counts: inout [ApplierStats.Outcome: Int]) {
+    /// Advances past each of a partition's messages whose outcome is known (unreadable ones
+    /// count as passed), stopping at the first readable op without an outcome.
+    func record(_ outcomes: [AppliedOffsets.Outcome], partition: Int32, messages: [(offset: Int64, readable: Bool)], counts: inout [ApplierStats.Outcome: Int]) {
         var next = outcomes.makeIterator()
-        for entry in order {
-            guard entry.readable else {
+        for message in messages {
+            guard message.readable else {
                 counts[.undecodable, default: 0] += 1
-                self.advance(entry.partition, past: entry.offset)
+                self.advance(partition, past: message.offset)
                 continue
             }
             guard let outcome = next.next() else { return }
@@ -400,10 +450,10 @@ private final class ApplierRun: @unchecked Sendable {
             case .alreadyApplied: counts[.duplicate, default: 0] += 1
             case .rejected(let error):
                 counts[.rejected, default: 0] += 1
-                self.logger.warning("op rejected by redis", metadata: ["partition": "\(entry.partition)", "offset": "\(entry.offset)", "error": "\(error)"])
+                self.logger.warning("op rejected by redis", metadata: ["partition": "\(partition)", "offset": "\(message.offset)", "error": "\(error)"])
             case .previousMissing: return
             }
-            self.advance(entry.partition, past: entry.offset)
+            self.advance(partition, past: message.offset)
         }
     }
 

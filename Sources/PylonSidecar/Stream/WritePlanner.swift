@@ -10,8 +10,8 @@ import NIOCore
 ///   GETEX … EX/PX/EXAT → PXAT; RESTORE ttl → ABSTTL; XADD `*` → `<ms>-*`). Writes whose effect
 ///   depends on chance or on each rack's own state are refused (SPOP, SET … GET, XAUTOCLAIM,
 ///   XCLAIM, FLUSHALL/FLUSHDB).
-///
-/// Part of the stream layer (issue 3); not yet wired into the gateway.
+/// - **Size.** An op carries at most `AppliedOffsets.maxArguments` arguments (the applier's Lua
+///   limit); a longer write is refused before it reaches the log, never dropped after.
 public enum WritePlanner {
     /// One op to append: its arguments and slot.
     public struct PlannedOp: Sendable, Equatable {
@@ -37,6 +37,14 @@ public enum WritePlanner {
 
     /// Plans a write. `now` is the gateway's clock, in Unix milliseconds.
     public static func plan(_ arguments: [ByteBuffer], command: Command, now: Int64) throws -> [PlannedOp] {
+        let ops = try self.partitioned(arguments, command: command, now: now)
+        if let long = ops.first(where: { $0.arguments.count > AppliedOffsets.maxArguments }) {
+            throw Refusal(description: "ERR pylon: a write may carry at most \(AppliedOffsets.maxArguments) arguments per hash slot (this one has \(long.arguments.count)); split it into smaller commands")
+        }
+        return ops
+    }
+
+    static func partitioned(_ arguments: [ByteBuffer], command: Command, now: Int64) throws -> [PlannedOp] {
         if let reason = refusals[command.name] { throw Refusal(description: reason) }
         let rewritten = try self.deterministic(arguments, command: command.name, now: now)
         guard let positions = command.keyPositions(in: rewritten) else {
