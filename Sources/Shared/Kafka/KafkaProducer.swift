@@ -22,7 +22,7 @@ public struct KafkaError: Error, CustomStringConvertible, Equatable {
     }
 }
 
-/// A thin, thread-safe wrapper over a librdkafka producer: acks=all, idempotence on, a small
+/// A thin, thread-safe wrapper over a librdkafka producer: acks=all, idempotence on, no
 /// linger. Each `send` completes when the broker acknowledged the message (or it failed): a
 /// dedicated thread blocks in `rd_kafka_poll`, which returns as soon as delivery reports arrive,
 /// and completes the promise each message carries — no timer adds latency to an ack.
@@ -75,10 +75,13 @@ public final class KafkaProducer: Sendable {
     private let logger: Logger
 
     /// The defaults Pylon needs for "no acknowledged write is lost"; `properties` may add to them.
+    /// No linger: a lone write is sent at once (0.5 ms to its acknowledgement here, against 1.5 ms
+    /// with 1 ms of linger), and under load writes still share requests, queued behind the ones
+    /// in flight (the same throughput with 50 clients).
     public static let defaultProperties: [String: String] = [
         "acks": "all",
         "enable.idempotence": "true",
-        "linger.ms": "1",
+        "linger.ms": "0",
         "message.timeout.ms": "0",
     ]
 
