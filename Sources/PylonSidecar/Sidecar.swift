@@ -20,6 +20,7 @@ public final class Sidecar: Service, Sendable {
     /// The write path, when a world's log is configured.
     let log: WorldLog?
     let applier: Applier?
+    private let replies: AppliedReplies?
     private let bound = LateBound<BoundSockets>()
 
     private struct BoundSockets: Sendable {
@@ -48,23 +49,30 @@ public final class Sidecar: Service, Sendable {
                 throw StartError(description: "redis: the applier does not drive a Redis Cluster yet; give the rack a standalone or Sentinel-managed Redis, or run without kafka-brokers (reads only)")
             }
             let log = try await Self.blocking { try WorldLog(membership, configuration: configuration, logger: logger) }
+            let replies = AppliedReplies()
             self.log = log
+            self.replies = replies
             self.applier = Applier(
                 settings: .init(
                     brokers: membership.brokers, topic: log.topic, groupID: membership.consumerGroup,
                     // Static membership: a sidecar restarted under its name takes its partitions
                     // back at once, without waiting for its old session to expire.
                     properties: ["group.instance.id": log.sidecar].merging(configuration.kafkaProperties) { $1 },
-                    redisTimeout: settings.requestTimeout
+                    redisTimeout: settings.requestTimeout, sidecarName: log.sidecar
                 ),
-                primary: { backend.primary }, group: group, metrics: metrics, logger: logger
+                replies: replies, primary: { backend.primary }, group: group, metrics: metrics, logger: logger
             )
         } else {
             self.log = nil
+            self.replies = nil
             self.applier = nil
         }
+        let writes = Gateway.WritePolicy(
+            consistency: configuration.consistency, contentious: configuration.contentiousKeys.map(KeyPattern.init),
+            appliedTimeout: .milliseconds(Int64(configuration.appliedTimeoutMilliseconds)), replies: self.replies
+        )
         self.gateway = Gateway(
-            table: table, backend: backend, log: self.log, applier: self.applier, stats: self.stats, metrics: metrics,
+            table: table, backend: backend, log: self.log, applier: self.applier, writes: writes, stats: self.stats, metrics: metrics,
             identity: .init(rack: configuration.rack, world: configuration.world, redis: configuration.redis, readFrom: configuration.readFrom),
             maxPendingReplies: configuration.maxPendingReplies, logger: logger
         )
@@ -109,6 +117,10 @@ public final class Sidecar: Service, Sendable {
         try await self.backend.start()
         do { try self.applier?.start() } catch {
             throw StartError(description: "the applier cannot join the world's log: \(error)")
+        }
+        if let replies = self.replies, let log = self.log {
+            let backend = self.backend
+            replies.subscribe(sidecar: log.sidecar, primary: { backend.primary }, eventLoop: self.group.any(), logger: self.logger)
         }
         let gateway = self.gateway
         let limits = self.configuration.limits
@@ -179,6 +191,7 @@ public final class Sidecar: Service, Sendable {
 
     /// Stops the applier (after its batch in hand) and flushes the producer.
     private func stopStreams() async {
+        self.replies?.stop()
         let (applier, log) = (self.applier, self.log)
         _ = try? await Self.blocking {
             applier?.stop()

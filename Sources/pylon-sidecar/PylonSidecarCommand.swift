@@ -65,6 +65,12 @@ struct PylonSidecarCommand: AsyncParsableCommand {
     var shutdownGrace: String?
     @Option(help: "Event-loop threads (default 1).")
     var threads: String?
+    @Option(help: "When writes are acknowledged: log (Kafka has it; default) or applied (this rack applied it; the real reply).")
+    var consistency: String?
+    @Option(name: .customLong("contentious-keys"), help: "A key pattern (Redis glob) whose writes are always acknowledged as applied; repeatable.")
+    var contentiousKeys: [String] = []
+    @Option(name: .customLong("applied-timeout-ms"), help: "Error an applied write whose reply has not come in this many ms (default 10000).")
+    var appliedTimeout: String?
 
     func run() async throws {
         let settings: SidecarConfiguration
@@ -78,8 +84,8 @@ struct PylonSidecarCommand: AsyncParsableCommand {
                 ("replication-factor", self.replicationFactor), ("write-timeout-ms", self.writeTimeout),
                 ("max-ready-lag", self.maxReadyLag), ("sidecar-name", self.sidecarName), ("max-arguments", self.maxArguments),
                 ("max-inline-length", self.maxInlineLength), ("connect-timeout-ms", self.connectTimeout),
-                ("shutdown-grace-ms", self.shutdownGrace),
-            ] + self.kafkaProperty.map { ("kafka-property", $0) })
+                ("shutdown-grace-ms", self.shutdownGrace), ("consistency", self.consistency), ("applied-timeout-ms", self.appliedTimeout),
+            ] + self.kafkaProperty.map { ("kafka-property", $0) } + self.contentiousKeys.map { ("contentious-keys", $0) })
         } catch {
             throw ValidationError("\(error)")
         }

@@ -14,11 +14,49 @@ struct AppliedOffsetsLiveTests {
                  timestampMilliseconds: 0, slot: arguments.count > 1 ? HashSlot.of(arguments[1]) : OpRecord.noSlot)
     }
 
-    /// Applies a run of (offset, op) under `marker` (the partition's marker unless given).
-    func apply(_ run: [(Int64, OpRecord)], previous: Int64 = -1, marker: String? = nil, on client: RedisClient) async throws -> [AppliedOffsets.Outcome] {
+    var ownerKey: String { AppliedOffsets.ownerKey(topic: self.topic, partition: 0) }
+
+    /// Claims (or, with `keep`, re-asserts) partition 0 the way an applier does; returns the epoch stored now.
+    func own(_ mode: String = "claim", _ value: Int = 1, key: String? = nil, on client: RedisClient) async throws -> Int {
+        guard case .integer(let epoch) = try await client.send("EVAL", AppliedOffsets.ownerScript, "1", key ?? self.ownerKey, mode, String(value)) else {
+            throw CancellationError()
+        }
+        return epoch
+    }
+
+    /// Applies a run of (offset, op) under `marker` (the partition's marker unless given) as the
+    /// owner with `epoch` (claimed first unless given).
+    func apply(
+        _ run: [(Int64, OpRecord)], previous: Int64 = -1, marker: String? = nil, ownerKey: String? = nil, epoch: Int? = nil, on client: RedisClient
+    ) async throws -> [AppliedOffsets.Outcome] {
         var raw = ByteBuffer()
-        AppliedOffsets.writeRequest(run.map { .init(op: $0.1, offset: $0.0) }, marker: marker ?? self.marker, previous: previous, sha: nil, into: &raw)
+        var owner = AppliedOffsets.Ownership(key: ownerKey ?? self.ownerKey, epoch: 1)
+        if let epoch { owner.epoch = epoch } else { owner.epoch = try await self.own("keep", 1, key: owner.key, on: client) }
+        AppliedOffsets.writeRequest(run.map { .init(op: $0.1, offset: $0.0) }, marker: marker ?? self.marker, owner: owner, previous: previous, sha: nil, into: &raw)
         return try AppliedOffsets.outcomes(of: try await client.sendRaw(raw, replies: 1)[0])
+    }
+
+    @Test func aDeposedApplierWritesNothing() async throws {
+        let redis = try RedisServer()
+        let (a, b) = (try await redis.client(), try await redis.client())
+        let first = try await self.own(on: a)
+        #expect(try await self.apply([(0, self.op("INCR", "n"))], epoch: first, on: a) == [.applied(reply: .integer(1))])
+        // B is assigned the partition: its claim outranks A's, and A (a zombie) is refused.
+        let second = try await self.own(on: b)
+        #expect(second > first)
+        #expect(try await self.apply([(1, self.op("INCR", "n"))], previous: 0, epoch: first, on: a) == [.deposed])
+        #expect(try await self.apply([(1, self.op("INCR", "n"))], previous: 0, epoch: second, on: b) == [.applied(reply: .integer(2))])
+        #expect(try await self.own("keep", first, on: a) == second)
+        // Redis comes back empty: whoever re-asserts first, the newer claim wins, and a new
+        // claimant's epoch (its clock) outranks both.
+        _ = try await a.send("FLUSHALL")
+        #expect(try await self.own("keep", first, on: a) == first)
+        #expect(try await self.own("keep", second, on: b) == second)
+        #expect(try await self.own("keep", first, on: a) == second)
+        let clock = 1_800_000_000_000
+        #expect(try await self.own("claim", clock, on: b) == clock)
+        #expect(try await self.apply([(2, self.op("INCR", "n"))], epoch: second, on: b) == [.deposed])
+        #expect(try await a.send("GET", "n") == .null)
     }
 
     @Test func replaysAndZombiesApplyNothingTwice() async throws {
@@ -77,7 +115,7 @@ struct AppliedOffsetsLiveTests {
         _ = try await client.send("CONFIG", "SET", "maxmemory", "1")
         var raw = ByteBuffer()
         AppliedOffsets.writeRequest([.init(op: self.op("SET", "a", "2"), offset: 1), .init(op: self.op("SET", "b", "2"), offset: 2)],
-                                    marker: self.marker, previous: 0, sha: nil, into: &raw)
+                                    marker: self.marker, owner: .init(key: self.ownerKey, epoch: 1), previous: 0, sha: nil, into: &raw)
         guard case .error(let message) = try await client.sendRaw(raw, replies: 1)[0] else {
             Issue.record("the script ran out of memory without an error")
             return
@@ -90,11 +128,12 @@ struct AppliedOffsetsLiveTests {
     @Test func onRedisClusterTheMarkerLivesWithTheOpsKeys() async throws {
         let cluster = try await RedisClusterFixture()
         for key in ["alpha", "beta", "gamma", "{user7}.visits"] {
-            let (owner, _) = try await cluster.owner(of: HashSlot.of(key))
-            let client = try await owner.client()
+            let (node, _) = try await cluster.owner(of: HashSlot.of(key))
+            let client = try await node.client()
             let marker = AppliedOffsets.markerKey(topic: self.topic, partition: 2, slot: HashSlot.of(key))
-            #expect(try await self.apply([(0, self.op("INCR", key))], marker: marker, on: client) == [.applied(reply: .integer(1))])
-            #expect(try await self.apply([(0, self.op("INCR", key))], marker: marker, on: client) == [.alreadyApplied])
+            let owner = AppliedOffsets.ownerKey(topic: self.topic, partition: 2, slot: HashSlot.of(key))
+            #expect(try await self.apply([(0, self.op("INCR", key))], marker: marker, ownerKey: owner, on: client) == [.applied(reply: .integer(1))])
+            #expect(try await self.apply([(0, self.op("INCR", key))], marker: marker, ownerKey: owner, on: client) == [.alreadyApplied])
             await client.close()
         }
     }

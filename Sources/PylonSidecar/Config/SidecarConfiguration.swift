@@ -43,6 +43,12 @@ public struct SidecarConfiguration: Sendable, Equatable {
     public var maxReadyLag: Int64?
     /// This sidecar's name in the ops it writes; host name and port unless set.
     public var sidecarName: String?
+    /// When a write is acknowledged unless a connection chooses (`PYLON CONSISTENCY`).
+    public var consistency = Consistency.log
+    /// Keys (Redis glob patterns) whose writes are always acknowledged with their applied reply.
+    public var contentiousKeys: [String] = []
+    /// An `applied` write whose reply has not come within this time gets an error saying so.
+    public var appliedTimeoutMilliseconds = 10000
 
     public init() {}
 
@@ -100,8 +106,11 @@ public struct SidecarConfiguration: Sendable, Equatable {
         "redis-timeout-ms", "connect-timeout-ms", "max-pending-replies", "max-bulk-length",
         "max-arguments", "max-inline-length", "shutdown-grace-ms", "threads",
         "kafka-brokers", "topic", "partitions", "replication-factor", "kafka-property", "write-timeout-ms",
-        "max-ready-lag", "sidecar-name",
+        "max-ready-lag", "sidecar-name", "consistency", "contentious-keys", "applied-timeout-ms",
     ]
+
+    /// Keys that may be given many times (flags repeated, YAML lists); each value adds one.
+    static let listKeys: Set<String> = ["kafka-property", "contentious-keys"]
 
     /// Sets one key from its textual value, validating it.
     public mutating func set(_ key: String, _ value: String) throws {
@@ -160,6 +169,13 @@ public struct SidecarConfiguration: Sendable, Equatable {
             self.kafkaProperties[String(value[..<equals])] = String(value[value.index(after: equals)...])
         case "write-timeout-ms": self.writeTimeoutMilliseconds = try integer(100...3_600_000)
         case "max-ready-lag": self.maxReadyLag = Int64(try integer(0...Int(Int32.max)))
+        case "consistency":
+            guard let level = Consistency(rawValue: value) else { throw bad("log or applied") }
+            self.consistency = level
+        case "contentious-keys":
+            guard !value.isEmpty else { throw bad("a key pattern (Redis glob, e.g. lock:*)") }
+            self.contentiousKeys.append(value)
+        case "applied-timeout-ms": self.appliedTimeoutMilliseconds = try integer(100...3_600_000)
         case "sidecar-name":
             guard Self.isName(value) || HostPort(value) != nil else { throw bad("a name of letters, digits, '-', '_', '.' or ':'") }
             self.sidecarName = value
@@ -189,6 +205,10 @@ public struct SidecarConfiguration: Sendable, Equatable {
                 for (name, setting) in properties.sorted(by: { $0.key < $1.key }) { try self.set("kafka-property", "\(name)=\(setting)") }
                 continue
             }
+            if Self.listKeys.contains(key), let values = value as? [Any] {
+                for item in values { try self.set(key, "\(item)") }
+                continue
+            }
             guard value is String || value is Int || value is Double || value is Bool else {
                 throw Error(key: key, problem: "expected a single value, got \(type(of: value))")
             }
@@ -214,4 +234,12 @@ public struct SidecarConfiguration: Sendable, Equatable {
         }
         return configuration
     }
+}
+
+/// When a write is acknowledged.
+public enum Consistency: String, Sendable {
+    /// When Kafka has it (the world's log is the sequencer); the reply claims no result.
+    case log
+    /// When this rack applied it, with the command's real reply.
+    case applied
 }

@@ -10,6 +10,7 @@ final class Gateway: Sendable {
     /// The world's log writes go to (nil: this sidecar serves reads only).
     let log: WorldLog?
     let applier: Applier?
+    let writes: WritePolicy
     let stats: SidecarStats
     let metrics: SidecarMetrics
     let clients = ClientRegistry()
@@ -24,14 +25,33 @@ final class Gateway: Sendable {
         var readFrom: ReadPreference
     }
 
+    /// How writes are acknowledged (see `Consistency`).
+    struct WritePolicy: Sendable {
+        var consistency: Consistency
+        var contentious: [KeyPattern]
+        var appliedTimeout: TimeAmount
+        /// Where `applied` writes wait for their replies (nil without a world).
+        var replies: AppliedReplies?
+
+        /// The level of a write: `applied` for contentious keys whatever the connection chose.
+        func level(of arguments: [ByteBuffer], command: Command, chosen: Consistency?) -> Consistency {
+            if !self.contentious.isEmpty, let positions = command.keyPositions(in: arguments),
+               positions.contains(where: { position in self.contentious.contains { $0.matches(arguments[position]) } }) {
+                return .applied
+            }
+            return chosen ?? self.consistency
+        }
+    }
+
     init(
-        table: CommandTable, backend: RedisBackend, log: WorldLog?, applier: Applier?, stats: SidecarStats, metrics: SidecarMetrics,
+        table: CommandTable, backend: RedisBackend, log: WorldLog?, applier: Applier?, writes: WritePolicy, stats: SidecarStats, metrics: SidecarMetrics,
         identity: Identity, maxPendingReplies: Int, logger: Logger
     ) {
         self.table = table
         self.backend = backend
         self.log = log
         self.applier = applier
+        self.writes = writes
         self.stats = stats
         self.metrics = metrics
         self.identity = identity

@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import NIOCore
+import Shared
 
 /// One client connection: decodes its requests, answers each (locally or through the Redis
 /// layer) and writes the replies back in request order, however many are pipelined and in
@@ -39,6 +40,11 @@ final class GatewayConnection: ChannelDuplexHandler, ReplySink {
     var flushRequested = false
     private(set) var clientID = 0
     var name = ""
+    /// The consistency this connection chose (`PYLON CONSISTENCY`); the sidecar's default if nil.
+    var consistency: Consistency?
+    /// The highest offset of this connection's acknowledged writes, per partition
+    /// (`PYLON LASTWRITE`, for `PYLON WAIT` on any rack).
+    var written: [Int32: Int64] = [:]
 
     init(gateway: Gateway, router: BackendRouter, limits: RESPLimits) {
         self.gateway = gateway
@@ -142,15 +148,18 @@ final class GatewayConnection: ChannelDuplexHandler, ReplySink {
             self.complete(tag, error: reason)
         case .ignored:
             self.complete(tag, value: .ok)
+        case .internal where command.name == "pylon" && request.arguments[1].equalsIgnoringASCIICase("WAIT"):
+            self.waitApplied(request.arguments, tag: tag)
         case .internal:
             let reply = LocalCommands.answer(request.arguments, command: command, connection: self)
             self.complete(tag, value: reply)
         }
     }
 
-    /// Appends a write to the world's log; its reply comes when Kafka acknowledged it.
+    /// Appends a write to the world's log. Its reply comes when Kafka acknowledged it (`log`), or
+    /// when this rack applied it, with the real reply (`applied`).
     private func write(_ request: RedisRequest, command: Command, tag: Int) {
-        guard let log = self.gateway.log else {
+        guard let log = self.gateway.log, let replies = self.gateway.writes.replies else {
             self.complete(tag, error: Gateway.noWorldError)
             return
         }
@@ -162,14 +171,60 @@ final class GatewayConnection: ChannelDuplexHandler, ReplySink {
             self.complete(tag, error: "\(error)")
             return
         }
-        let reply = WriteReply.of(command, arguments: request.arguments).encoded
-        log.append(ops, now: now, on: self.context.eventLoop).assumeIsolated().whenComplete { result in
+        let applied = self.gateway.writes.level(of: request.arguments, command: command, chosen: self.consistency) == .applied
+        let loop = self.context.eventLoop
+        log.append(ops, now: now, wantsReply: applied, on: loop).assumeIsolated().whenComplete { result in
             switch result {
-            case .success: self.deliver(reply, tag: tag)
-            case .failure(let error): self.complete(tag, error: WorldLog.errorReply(for: error))
+            case .success(let deliveries):
+                for delivery in deliveries { self.written[delivery.partition] = max(self.written[delivery.partition] ?? -1, delivery.offset) }
+                if applied {
+                    self.awaitApplied(deliveries, replies: replies, tag: tag)
+                    return
+                }
+                self.deliver(WriteReply.of(command, arguments: request.arguments).encoded, tag: tag)
+            case .failure(let error):
+                self.complete(tag, error: WorldLog.errorReply(for: error))
             }
             self.flushSoon()
         }
+    }
+
+    /// Answers an `applied` write with its real reply once this rack's applier handed it over.
+    private func awaitApplied(_ deliveries: [KafkaDelivery], replies: AppliedReplies, tag: Int) {
+        let timeout = self.gateway.writes.appliedTimeout
+        let positions = deliveries.map { AppliedReplies.Position(partition: $0.partition, offset: $0.offset) }
+        let waits = positions.map { replies.reply(for: $0, on: self.context.eventLoop, timeout: timeout) }
+        EventLoopFuture.whenAllSucceed(waits, on: self.context.eventLoop).assumeIsolated().whenComplete { result in
+            switch result {
+            case .success(let replies):
+                self.deliver(WriteReply.applied(replies), tag: tag)
+            case .failure:
+                let token = positions.map(\.description).joined(separator: ",")
+                self.complete(tag, error: "ERR pylon: the write is in the world's log (\(token)) but this rack has not applied it within \(timeout.nanoseconds / 1_000_000) ms (applied-timeout-ms); it will be: PYLON WAIT \(token) <ms>, then read the key")
+            }
+            self.flushSoon()
+        }
+    }
+
+    /// `PYLON WAIT <partition:offset[,…]> <timeout-ms>`: answers 1 once this rack applied every
+    /// position (a token from `PYLON LASTWRITE` on any rack), 0 when the time ran out.
+    private func waitApplied(_ arguments: [ByteBuffer], tag: Int) {
+        guard let log = self.gateway.log else {
+            self.complete(tag, error: Gateway.noWorldError)
+            return
+        }
+        guard arguments.count == 4, let positions = AppliedWait.positions(String(buffer: arguments[2])),
+              let milliseconds = Int64(String(buffer: arguments[3])), milliseconds >= 0 else {
+            self.complete(tag, error: "ERR pylon: usage: PYLON WAIT <partition:offset[,partition:offset…]> <timeout-ms> (the token PYLON LASTWRITE gives)")
+            return
+        }
+        AppliedWait(positions: positions, topic: log.topic, deadline: .now() + .milliseconds(milliseconds), gateway: self.gateway, router: self.router, eventLoop: self.context.eventLoop) { result in
+            switch result {
+            case .success(let done): self.complete(tag, value: .integer(done ? 1 : 0))
+            case .failure(let error): self.complete(tag, error: "ERR pylon: cannot read this rack's applied offsets: \(error)")
+            }
+            self.flushSoon()
+        }.poll()
     }
 
     /// Flushes once the loop has run what is queued: acknowledgements arriving together (one

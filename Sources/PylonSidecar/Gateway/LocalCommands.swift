@@ -41,7 +41,7 @@ enum LocalCommands {
                 "HELP", "    Print this help.",
             ].map { .simple($0) })
         case "pylon":
-            return PylonCommands.answer(arguments, gateway: gateway)
+            return PylonCommands.answer(arguments, connection: connection)
         default:
             return .error("ERR pylon: '\(command.displayName)' has no local handler (a bug in pylon; please report it)")
         }
@@ -96,15 +96,33 @@ enum PylonCommands {
         "PYLON <subcommand> [<arg> ...]. Subcommands are:",
         "INFO",
         "    Version, uptime, rack and world, the Redis layer's topology and health, clients, command counts.",
+        "CONSISTENCY [log|applied]",
+        "    When this connection's writes are acknowledged: when Kafka has them (log), or when this rack applied them, with the real reply (applied).",
+        "LASTWRITE",
+        "    Where this connection's writes are in the world's log: a token for PYLON WAIT on any rack.",
+        "WAIT <token> <timeout-ms>",
+        "    Block until this rack applied the writes of a PYLON LASTWRITE token: 1, or 0 when the time ran out.",
         "HELP",
         "    Print this help.",
     ]
 
-    static func answer(_ arguments: [ByteBuffer], gateway: Gateway) -> RESPValue {
+    static func answer(_ arguments: [ByteBuffer], connection: GatewayConnection) -> RESPValue {
+        let gateway = connection.gateway
         let sub = String(buffer: arguments[1]).uppercased()
         switch sub {
         case "INFO":
             return .bulk(self.info(gateway))
+        case "CONSISTENCY" where arguments.count == 2:
+            return .bulk((connection.consistency ?? gateway.writes.consistency).rawValue)
+        case "CONSISTENCY" where arguments.count == 3:
+            guard let level = Consistency(rawValue: String(buffer: arguments[2]).lowercased()) else {
+                return .error("ERR pylon: consistency is log or applied")
+            }
+            connection.consistency = level
+            return .ok
+        case "LASTWRITE":
+            guard !connection.written.isEmpty else { return .null }
+            return .bulk(connection.written.sorted { $0.key < $1.key }.map { "\($0.key):\($0.value)" }.joined(separator: ","))
         case "HELP":
             return .array(self.help.map { .simple($0) })
         default:

@@ -39,6 +39,32 @@ public enum AppliedOffsets {
         return tags.map { $0! }
     }()
 
+    /// The key naming the applier that owns a partition in this rack: the epoch of its claim.
+    /// Every script checks it, so an applier deposed by a newer claim (a zombie that has not
+    /// heard of the rebalance yet) writes nothing more.
+    public static func ownerKey(topic: String, partition: Int32) -> String {
+        "pylon:owner:\(topic):\(partition)"
+    }
+
+    /// The owner key on Redis Cluster, in `slot` (a script may only touch one slot there).
+    public static func ownerKey(topic: String, partition: Int32, slot: Int) -> String {
+        let tag = slot == OpRecord.noSlot ? "" : "{\(self.tags[slot])}"
+        return "pylon:owner:\(tag):\(topic):\(partition)"
+    }
+
+    /// Claims a partition (`claim`, with ARGV[2] the claimant's clock in ms) or keeps a claim
+    /// (`keep`, ARGV[2] the epoch held). A claim's epoch is above every earlier one (the stored
+    /// epoch + 1) and at least the clock, so after Redis came back empty a new owner still
+    /// outranks a zombie re-asserting its old epoch; `keep` restores an epoch lost that way, but
+    /// never lowers one. Replies the epoch now stored: a keeper that gets another is deposed.
+    public static let ownerScript = """
+    local stored = tonumber(redis.call('GET', KEYS[1]) or '0')
+    local mine = tonumber(ARGV[2])
+    if ARGV[1] == 'claim' then mine = math.max(mine, stored + 1) end
+    if mine > stored then redis.call('SET', KEYS[1], string.format('%d', mine)) return mine end
+    return stored
+    """
+
     /// The key holding a partition's checkpoint: the next offset to read. Every op before it is
     /// applied (or was rejected), so a restarted applier resumes there; it is written after the
     /// ops it covers were confirmed, so it may lag behind the markers, never run ahead.
@@ -71,15 +97,18 @@ public enum AppliedOffsets {
     /// write, which then aborts the script with nothing changed). The ops run under `pcall`, so
     /// a rejected op (WRONGTYPE — the same on every rack) cannot stop the script either.
     ///
-    /// KEYS[1] = the marker; ARGV[1] = the offset of the op sent before this run under the same
-    /// marker, or -1; then per op: offset, argument count, arguments. Replies `{skipped, reply…}`:
-    /// how many ops were applied before (a replay, a zombie), then each applied op's reply or
-    /// error. Replies `{-1}` when the previous op is not applied: it failed on the way (a dropped
-    /// connection, OOM), and applying this run would move the marker past it for good.
+    /// KEYS[1] = the marker, KEYS[2] = the owner key; ARGV[1] = the offset of the op sent before
+    /// this run under the same marker, or -1; ARGV[2] = the applier's epoch (see `ownerScript`);
+    /// then per op: offset, argument count, arguments. Replies `{skipped, reply…}`: how many ops
+    /// were applied before (a replay), then each applied op's reply or error. Replies `{-1}` when
+    /// the previous op is not applied: it failed on the way (a dropped connection, OOM), and
+    /// applying this run would move the marker past it for good. Replies `{-2}` when another
+    /// applier claimed the partition since: this one is deposed.
     public static let script = """
+    if tonumber(redis.call('GET', KEYS[2]) or '0') ~= tonumber(ARGV[2]) then return {-2} end
     local applied = tonumber(redis.call('GET', KEYS[1]) or '-1')
     if tonumber(ARGV[1]) > applied then return {-1} end
-    local skipped, todo, pos = 0, {}, 2
+    local skipped, todo, pos = 0, {}, 3
     while pos <= #ARGV do
       if tonumber(ARGV[pos]) <= applied then skipped = skipped + 1 else todo[#todo + 1] = pos end
       pos = pos + 2 + tonumber(ARGV[pos + 1])
@@ -94,16 +123,26 @@ public enum AppliedOffsets {
     return results
     """
 
+    /// Who applies a partition: the owner key and the epoch of the claim.
+    public struct Ownership: Sendable, Equatable {
+        public var key: String
+        public var epoch: Int
+    }
+
     /// Writes the request applying a run of ops sharing `marker`: EVALSHA with the `sha` that
     /// `SCRIPT LOAD` answered, or EVAL with the script's text when `sha` is nil.
-    public static func writeRequest(_ run: some Collection<PendingOp>, marker: String, previous: Int64, sha: String?, into buffer: inout ByteBuffer) {
+    public static func writeRequest(
+        _ run: some Collection<PendingOp>, marker: String, owner: Ownership, previous: Int64, sha: String?, into buffer: inout ByteBuffer
+    ) {
         let argumentCount = run.reduce(0) { $0 + 2 + $1.op.arguments.count }
-        buffer.writeRESPArrayHeader(5 + argumentCount)
+        buffer.writeRESPArrayHeader(7 + argumentCount)
         buffer.writeRESPBulkString(sha == nil ? "EVAL" : "EVALSHA")
         buffer.writeRESPBulkString(sha ?? self.script)
-        buffer.writeRESPBulkString(1)
+        buffer.writeRESPBulkString(2)
         buffer.writeRESPBulkString(marker)
+        buffer.writeRESPBulkString(owner.key)
         buffer.writeRESPBulkString(Int(previous))
+        buffer.writeRESPBulkString(owner.epoch)
         for pending in run {
             buffer.writeRESPBulkString(Int(pending.offset))
             buffer.writeRESPBulkString(pending.op.arguments.count)
@@ -121,14 +160,17 @@ public enum AppliedOffsets {
         case alreadyApplied
         /// The op before the run did not apply (see `script`); nothing in the run was done.
         case previousMissing
+        /// Another applier claimed the partition; nothing in the run was done.
+        case deposed
     }
 
-    /// Reads the script's reply: one outcome per op, in order, or one `previousMissing`.
+    /// Reads the script's reply: one outcome per op, in order, or one `previousMissing` or `deposed`.
     public static func outcomes(of reply: RESPValue) throws -> [Outcome] {
-        guard let fields = reply.array, case .integer(let skipped) = fields.first, skipped >= -1 else {
+        guard let fields = reply.array, case .integer(let skipped) = fields.first, skipped >= -2 else {
             throw OpRecord.DecodingError(description: "applier: unexpected reply \(reply)")
         }
         if skipped == -1 { return [.previousMissing] }
+        if skipped == -2 { return [.deposed] }
         return Array(repeating: .alreadyApplied, count: skipped) + fields.dropFirst().map { field in
             if case .error(let message) = field { return .rejected(error: String(buffer: message)) }
             return .applied(reply: field)

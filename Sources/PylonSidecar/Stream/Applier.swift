@@ -24,12 +24,16 @@ final class Applier: Sendable {
         var groupID: String
         var properties: [String: String]
         var redisTimeout: TimeAmount
+        /// This sidecar's name: replies for ops it originated are handed over in-process.
+        var sidecarName: String
         var batchSize = 1000
     }
 
     /// A partition this sidecar applies, as `PYLON INFO` and `/metrics` show it.
     struct PartitionStatus: Sendable, Equatable {
         var partition: Int32
+        /// Another applier of the rack claimed the partition; this one waits for the rebalance.
+        var deposed = false
         /// The next offset to apply.
         var next: Int64
         /// The log end (the offset the next write will get), from the last fetch.
@@ -39,6 +43,8 @@ final class Applier: Sendable {
 
     let settings: Settings
     let stats = ApplierStats()
+    /// Where replies to this sidecar's `applied` writes go.
+    let replies: AppliedReplies
     /// Where the rack's writes go now (it moves with a Sentinel failover).
     fileprivate let primary: @Sendable () -> HostPort?
     fileprivate let group: EventLoopGroup
@@ -48,8 +54,9 @@ final class Applier: Sendable {
     private let finished = DispatchSemaphore(value: 0)
     private let statusBox = Mutex<[PartitionStatus]>([])
 
-    init(settings: Settings, primary: @escaping @Sendable () -> HostPort?, group: EventLoopGroup, metrics: SidecarMetrics, logger: Logger) {
+    init(settings: Settings, replies: AppliedReplies, primary: @escaping @Sendable () -> HostPort?, group: EventLoopGroup, metrics: SidecarMetrics, logger: Logger) {
         self.settings = settings
+        self.replies = replies
         self.primary = primary
         self.group = group
         self.metrics = metrics
@@ -109,8 +116,8 @@ final class ApplierStats: Sendable {
     enum Outcome: Int, CaseIterable, Sendable {
         /// Applied now; rejected by Redis (deterministic); applied before (a replay); not a
         /// readable op (an unknown version): skipped; a fresh start from the log's beginning;
-        /// a resync after a doubt.
-        case applied, rejected, duplicate, undecodable, replay, resync
+        /// a resync after a doubt; a partition claimed by another applier of the rack.
+        case applied, rejected, duplicate, undecodable, replay, resync, deposed
 
         /// The case's name, as metrics and `PYLON INFO` show it.
         var name: String { "\(self)" }
@@ -141,6 +148,13 @@ private final class ApplierRun: @unchecked Sendable {
     /// The offset of the last op sent in each partition since the last resync: the predecessor
     /// the script checks (see `AppliedOffsets.script`), across batches in flight.
     var lastSent: [Int32: Int64] = [:]
+    /// This applier's claim on each assigned partition (see `AppliedOffsets.ownerScript`).
+    var owners: [Int32: AppliedOffsets.Ownership] = [:]
+    /// Partitions another applier claimed since: nothing is applied there until the next assignment.
+    var deposed: Set<Int32> = []
+    /// Replies owed to other sidecars (PUBLISH commands), sent with the next request.
+    var publishes = ByteBuffer()
+    var publishCount = 0
     var needsResync = false
     var backoffMilliseconds: Int32 = 50
     var lastCommit = ContinuousClock.now
@@ -208,7 +222,7 @@ private final class ApplierRun: @unchecked Sendable {
             self.logger.info("partitions assigned to this sidecar's applier", metadata: ["partitions": "\(partitions.map(\.partition))"])
             self.next = [:]
             do {
-                let offsets = try self.startingOffsets(partitions.map(\.partition))
+                let offsets = try self.startingOffsets(partitions.map(\.partition), claim: true)
                 self.needsResync = false
                 return offsets
             } catch {
@@ -222,22 +236,39 @@ private final class ApplierRun: @unchecked Sendable {
             self.logger.info("partitions revoked from this sidecar's applier", metadata: ["partitions": "\(partitions.map(\.partition))"])
             self.next = [:]
             self.checkpoints = [:]
+            self.owners = [:]
+            self.deposed = []
             self.publish()
             return []
         }
     }
 
     /// Reads each partition's checkpoint from Redis (connecting first when needed); a partition
-    /// Redis knows nothing of starts at the beginning of the log.
-    func startingOffsets(_ partitions: [Int32]) throws -> [Int64] {
+    /// Redis knows nothing of starts at the beginning of the log. With `claim`, claims each
+    /// partition for this applier (a new assignment); otherwise checks that the claims still
+    /// hold, restoring one Redis lost (it came back empty) and noting the ones another applier took.
+    func startingOffsets(_ partitions: [Int32], claim: Bool) throws -> [Int64] {
         let redis = try self.connection()
         var request = ByteBuffer()
+        let now = Int(Date().timeIntervalSince1970 * 1000)
         for partition in partitions {
             request.writeRESPCommand([ByteBuffer(string: "GET"), ByteBuffer(string: AppliedOffsets.checkpointKey(topic: self.settings.topic, partition: partition))])
+            let key = AppliedOffsets.ownerKey(topic: self.settings.topic, partition: partition)
+            let held = claim ? nil : self.owners[partition]
+            request.writeRESPCommand(["EVAL", AppliedOffsets.ownerScript, "1", key, held == nil ? "claim" : "keep", String(held?.epoch ?? now)].map { ByteBuffer(string: $0) })
         }
-        let replies = try self.wait(redis.pipeline(request, replies: partitions.count))
-        return zip(partitions, replies).map { partition, reply in
-            if let text = reply.string, let offset = Int64(text) {
+        let replies = try self.wait(redis.pipeline(request, replies: 2 * partitions.count))
+        return partitions.enumerated().map { index, partition in
+            let (checkpoint, owner) = (replies[2 * index], replies[2 * index + 1])
+            let key = AppliedOffsets.ownerKey(topic: self.settings.topic, partition: partition)
+            if case .integer(let epoch) = owner {
+                if let held = self.owners[partition], !claim, held.epoch != epoch {
+                    self.depose(partition, epoch: epoch)
+                } else {
+                    self.owners[partition] = .init(key: key, epoch: epoch)
+                }
+            }
+            if let text = checkpoint.string, let offset = Int64(text) {
                 self.next[partition] = offset
                 return offset
             }
@@ -248,11 +279,21 @@ private final class ApplierRun: @unchecked Sendable {
         }
     }
 
+    /// Stops applying a partition another applier of the rack claimed (a newer epoch): this one
+    /// was deposed and has not heard of the rebalance yet.
+    func depose(_ partition: Int32, epoch: Int) {
+        guard self.deposed.insert(partition).inserted else { return }
+        self.logger.warning("another applier of the rack claimed the partition: applying nothing there until the group assigns it again", metadata: [
+            "partition": "\(partition)", "epoch": "\(epoch)",
+        ])
+        self.applier.count(.deposed)
+    }
+
     /// Reconnects if needed and restarts every partition from its checkpoint.
     func resync() -> Bool {
         do {
             let partitions = self.next.keys.sorted()
-            let offsets = try self.startingOffsets(partitions)
+            let offsets = try self.startingOffsets(partitions, claim: false)
             try self.consumer.assign(zip(partitions, offsets).map { (self.settings.topic, $0, $1) })
             self.checkpoints = [:]
             self.lastSent = [:]
@@ -347,8 +388,19 @@ private final class ApplierRun: @unchecked Sendable {
         var checkpointCount: Int
         /// The partition of each script call and how many ops it tries, in request order.
         var runs: [(partition: Int32, count: Int)]
-        /// Each partition's messages in log order; unreadable ones are passed where they stand.
-        var messages: [Int32: [(offset: Int64, readable: Bool)]]
+        /// Each partition's messages in log order.
+        var messages: [Int32: [Message]]
+        /// How many replies before the scripts' are not the ops' (checkpoints, publishes).
+        var others: Int { self.checkpointCount + self.publishCount }
+        var publishCount: Int
+    }
+
+    /// A message of a batch: unreadable ones are passed where they stand; `replyTo` names the
+    /// sidecar waiting for the op's reply.
+    struct Message {
+        var offset: Int64
+        var readable: Bool
+        var replyTo: String?
     }
 
     /// Sends a batch: the earned checkpoints, then each partition's ops in runs of
@@ -357,18 +409,19 @@ private final class ApplierRun: @unchecked Sendable {
     func send(_ batch: [KafkaMessage]) -> InFlight? {
         var request = ByteBuffer()
         let checkpointCount = self.writeCheckpointRequests(into: &request)
+        let publishCount = self.takePublishes(into: &request)
         var ops: [Int32: [AppliedOffsets.PendingOp]] = [:]
-        var messages: [Int32: [(offset: Int64, readable: Bool)]] = [:]
-        for message in batch where self.next[message.partition].map({ message.offset >= $0 }) ?? false {
+        var messages: [Int32: [Message]] = [:]
+        for message in batch where !self.deposed.contains(message.partition) && (self.next[message.partition].map { message.offset >= $0 } ?? false) {
             do {
                 let op = try OpRecord(decoding: message.value)
                 guard op.arguments.count <= AppliedOffsets.maxArguments else {
                     throw OpRecord.DecodingError(description: "\(op.arguments.count) arguments, more than the applier's script takes (\(AppliedOffsets.maxArguments))")
                 }
                 ops[message.partition, default: []].append(.init(op: op, offset: message.offset))
-                messages[message.partition, default: []].append((message.offset, true))
+                messages[message.partition, default: []].append(Message(offset: message.offset, readable: true, replyTo: op.wantsReply ? op.originSidecar : nil))
             } catch {
-                messages[message.partition, default: []].append((message.offset, false))
+                messages[message.partition, default: []].append(Message(offset: message.offset, readable: false))
                 self.logger.error("skipping a message of the log that is not a readable op", metadata: [
                     "partition": "\(message.partition)", "offset": "\(message.offset)", "error": "\(error)",
                 ])
@@ -376,19 +429,20 @@ private final class ApplierRun: @unchecked Sendable {
         }
         var runs: [(partition: Int32, count: Int)] = []
         for (partition, ops) in ops {
+            guard let owner = self.owners[partition] else { continue }
             let marker = AppliedOffsets.markerKey(topic: self.settings.topic, partition: partition)
             for start in stride(from: 0, to: ops.count, by: Self.opsPerScript) {
                 let run = ops[start..<min(start + Self.opsPerScript, ops.count)]
-                AppliedOffsets.writeRequest(run, marker: marker, previous: self.lastSent[partition] ?? -1, sha: self.sha, into: &request)
+                AppliedOffsets.writeRequest(run, marker: marker, owner: owner, previous: self.lastSent[partition] ?? -1, sha: self.sha, into: &request)
                 self.lastSent[partition] = run.last!.offset
                 runs.append((partition, run.count))
             }
         }
         do {
-            let replies = try self.sameConnection().pipeline(request, replies: checkpointCount + runs.count)
+            let replies = try self.sameConnection().pipeline(request, replies: checkpointCount + publishCount + runs.count)
             // Sent checkpoints are not sent again; if they fail, the resync re-reads them anyway.
             self.checkpoints = [:]
-            return InFlight(replies: replies, checkpointCount: checkpointCount, runs: runs, messages: messages)
+            return InFlight(replies: replies, checkpointCount: checkpointCount, runs: runs, messages: messages, publishCount: publishCount)
         } catch {
             self.doubt("redis failed during a batch", error: error)
             return nil
@@ -412,8 +466,12 @@ private final class ApplierRun: @unchecked Sendable {
         }
         var outcomes: [Int32: [AppliedOffsets.Outcome]] = [:]
         var stopped: (partition: Int32, reply: RESPValue)?
-        for (reply, run) in zip(replies.dropFirst(batch.checkpointCount), batch.runs) where run.partition != stopped?.partition {
+        for (reply, run) in zip(replies.dropFirst(batch.others), batch.runs) where run.partition != stopped?.partition && !self.deposed.contains(run.partition) {
             let tried = (try? AppliedOffsets.outcomes(of: reply)) ?? []
+            if tried == [.deposed] {
+                self.depose(run.partition, epoch: self.owners[run.partition]?.epoch ?? 0)
+                continue
+            }
             guard tried.count == run.count, tried.first != .previousMissing else {
                 // A script error (OOM, LOADING…) or a run whose predecessor did not apply: the
                 // partition's later runs did not apply either. Keep what surely applied.
@@ -435,8 +493,9 @@ private final class ApplierRun: @unchecked Sendable {
     }
 
     /// Advances past each of a partition's messages whose outcome is known (unreadable ones
-    /// count as passed), stopping at the first readable op without an outcome.
-    func record(_ outcomes: [AppliedOffsets.Outcome], partition: Int32, messages: [(offset: Int64, readable: Bool)], counts: inout [ApplierStats.Outcome: Int]) {
+    /// count as passed), stopping at the first readable op without an outcome. Replies go to
+    /// the sidecars that wait for them.
+    func record(_ outcomes: [AppliedOffsets.Outcome], partition: Int32, messages: [Message], counts: inout [ApplierStats.Outcome: Int]) {
         var next = outcomes.makeIterator()
         for message in messages {
             guard message.readable else {
@@ -445,16 +504,41 @@ private final class ApplierRun: @unchecked Sendable {
                 continue
             }
             guard let outcome = next.next() else { return }
+            let position = AppliedReplies.Position(partition: partition, offset: message.offset)
             switch outcome {
-            case .applied: counts[.applied, default: 0] += 1
+            case .applied(let reply):
+                counts[.applied, default: 0] += 1
+                if let origin = message.replyTo { self.handOver(reply.encoded, for: position, to: origin) }
             case .alreadyApplied: counts[.duplicate, default: 0] += 1
             case .rejected(let error):
                 counts[.rejected, default: 0] += 1
                 self.logger.warning("op rejected by redis", metadata: ["partition": "\(partition)", "offset": "\(message.offset)", "error": "\(error)"])
-            case .previousMissing: return
+                if let origin = message.replyTo { self.handOver(.respError(error), for: position, to: origin) }
+            case .previousMissing, .deposed: return
             }
             self.advance(partition, past: message.offset)
         }
+    }
+
+    /// Gives an op's reply to the sidecar that waits for it: in-process, or published on its
+    /// channel with the next request.
+    func handOver(_ reply: ByteBuffer, for position: AppliedReplies.Position, to origin: String) {
+        if origin == self.settings.sidecarName {
+            self.applier.replies.deliver(reply, for: position)
+            return
+        }
+        self.publishes.writeRESPCommand([ByteBuffer(string: "PUBLISH"), ByteBuffer(string: AppliedReplies.channel(for: origin)), AppliedReplies.message(reply, for: position)])
+        self.publishCount += 1
+    }
+
+    /// Moves the owed replies into a request; returns how many.
+    func takePublishes(into request: inout ByteBuffer) -> Int {
+        defer {
+            self.publishes.clear()
+            self.publishCount = 0
+        }
+        request.writeBuffer(&self.publishes)
+        return self.publishCount
     }
 
     func advance(_ partition: Int32, past offset: Int64) {
@@ -481,15 +565,15 @@ private final class ApplierRun: @unchecked Sendable {
         return self.checkpoints.count
     }
 
-    /// Writes the earned checkpoints now (the log is quiet); also notices, while idle, a Redis
-    /// that restarted.
+    /// Writes the earned checkpoints and owed replies now (the log is quiet); also notices,
+    /// while idle, a Redis that restarted.
     func writeCheckpoints() throws {
         let redis = try self.sameConnection()
-        guard !self.checkpoints.isEmpty else { return }
+        guard !self.checkpoints.isEmpty || self.publishCount > 0 else { return }
         var request = ByteBuffer()
-        let count = self.writeCheckpointRequests(into: &request)
-        _ = try self.wait(redis.pipeline(request, replies: count))
+        let count = self.writeCheckpointRequests(into: &request) + self.takePublishes(into: &request)
         self.checkpoints = [:]
+        _ = try self.wait(redis.pipeline(request, replies: count))
         self.commitForMonitoring()
     }
 
@@ -503,7 +587,10 @@ private final class ApplierRun: @unchecked Sendable {
     func publish() {
         let topic = self.settings.topic
         self.applier.publish(self.next.keys.sorted().map { partition in
-            Applier.PartitionStatus(partition: partition, next: self.next[partition]!, logEnd: self.consumer.cachedLogEnd(topic: topic, partition: partition))
+            Applier.PartitionStatus(
+                partition: partition, deposed: self.deposed.contains(partition), next: self.next[partition]!,
+                logEnd: self.consumer.cachedLogEnd(topic: topic, partition: partition)
+            )
         })
     }
 }

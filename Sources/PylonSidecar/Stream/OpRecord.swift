@@ -5,13 +5,13 @@ import NIOCore
 ///
 /// Wire format, version 1 (integers big-endian):
 ///
-///     "PY" | version u8 (1) | flags u8 (0)
+///     "PY" | version u8 (1) | flags u8 (bit 0: the origin waits for the reply)
 ///     timestamp ms i64 | slot u16 (0xFFFF: no key)
 ///     rack u16-length + UTF-8 | sidecar u16-length + UTF-8
 ///     argument count u32 | per argument: u32-length + bytes
 ///
 /// A reader refuses versions it does not know rather than guess: a rack must never apply an op
-/// differently from another.
+/// differently from another. Flags never change what an op does, so unknown flags are ignored.
 public struct OpRecord: Sendable, Equatable {
     public static let version: UInt8 = 1
     /// The slot value of ops that name no key (FLUSHALL): they go to partition 0.
@@ -24,13 +24,16 @@ public struct OpRecord: Sendable, Equatable {
     public var timestampMilliseconds: Int64
     /// The Redis Cluster hash slot of the op's key(s), or `noSlot`.
     public var slot: Int
+    /// The origin sidecar waits for the op's reply from its rack's applier (`applied` consistency).
+    public var wantsReply: Bool
 
-    public init(arguments: [ByteBuffer], originRack: String, originSidecar: String, timestampMilliseconds: Int64, slot: Int) {
+    public init(arguments: [ByteBuffer], originRack: String, originSidecar: String, timestampMilliseconds: Int64, slot: Int, wantsReply: Bool = false) {
         self.arguments = arguments
         self.originRack = originRack
         self.originSidecar = originSidecar
         self.timestampMilliseconds = timestampMilliseconds
         self.slot = slot
+        self.wantsReply = wantsReply
     }
 
     /// The Kafka partition of this op: every op on a slot lands in one partition, so per-key
@@ -47,7 +50,7 @@ public struct OpRecord: Sendable, Equatable {
     public func encode(into buffer: inout ByteBuffer) {
         buffer.writeStaticString("PY")
         buffer.writeInteger(Self.version)
-        buffer.writeInteger(UInt8(0))
+        buffer.writeInteger(UInt8(self.wantsReply ? 1 : 0))
         buffer.writeInteger(self.timestampMilliseconds)
         buffer.writeInteger(UInt16(truncatingIfNeeded: self.slot))
         Self.writeShortString(self.originRack, into: &buffer)
@@ -70,7 +73,7 @@ public struct OpRecord: Sendable, Equatable {
         var buffer = buffer
         func fail(_ what: String) -> DecodingError { DecodingError(description: "op record: \(what)") }
         guard buffer.readString(length: 2) == "PY" else { throw fail("not a Pylon op (bad magic)") }
-        guard let version = buffer.readInteger(as: UInt8.self), buffer.readInteger(as: UInt8.self) != nil else {
+        guard let version = buffer.readInteger(as: UInt8.self), let flags = buffer.readInteger(as: UInt8.self) else {
             throw fail("truncated header")
         }
         guard version == Self.version else {
@@ -94,7 +97,7 @@ public struct OpRecord: Sendable, Equatable {
             arguments.append(argument)
         }
         guard buffer.readableBytes == 0 else { throw fail("\(buffer.readableBytes) trailing bytes") }
-        self.init(arguments: arguments, originRack: rack, originSidecar: sidecar, timestampMilliseconds: timestamp, slot: Int(slot))
+        self.init(arguments: arguments, originRack: rack, originSidecar: sidecar, timestampMilliseconds: timestamp, slot: Int(slot), wantsReply: flags & 1 != 0)
     }
 
     private static func writeShortString(_ string: String, into buffer: inout ByteBuffer) {

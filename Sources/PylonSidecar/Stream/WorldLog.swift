@@ -43,21 +43,24 @@ final class WorldLog: Sendable {
         self.sidecar = configuration.resolvedSidecarName
     }
 
-    /// Appends the ops one write became; succeeds when Kafka has all of them.
-    func append(_ ops: [WritePlanner.PlannedOp], now: Int64, on eventLoop: EventLoop) -> EventLoopFuture<Void> {
+    /// Appends the ops one write became; succeeds when Kafka has all of them, with where each is.
+    /// With `wantsReply`, the rack's applier hands each op's reply back (see `AppliedReplies`).
+    func append(_ ops: [WritePlanner.PlannedOp], now: Int64, wantsReply: Bool = false, on eventLoop: EventLoop) -> EventLoopFuture<[KafkaDelivery]> {
         let sends = ops.map { op in
-            let record = OpRecord(arguments: op.arguments, originRack: self.rack, originSidecar: self.sidecar, timestampMilliseconds: now, slot: op.slot)
+            let record = OpRecord(
+                arguments: op.arguments, originRack: self.rack, originSidecar: self.sidecar, timestampMilliseconds: now, slot: op.slot, wantsReply: wantsReply
+            )
             // The key names the slot, for tools reading the topic; the partition is chosen here.
             let key: [UInt8] = [UInt8(truncatingIfNeeded: op.slot >> 8), UInt8(truncatingIfNeeded: op.slot)]
             return self.producer.send(topic: self.topic, partition: record.partition(of: self.partitions), key: key, value: record.encoded, on: eventLoop)
         }
-        if sends.count == 1 { return sends[0].map { _ in } }
+        if sends.count == 1 { return sends[0].map { [$0] } }
         return EventLoopFuture.whenAllComplete(sends, on: eventLoop).flatMapThrowing { results in
             let failures = results.compactMap { result -> KafkaError? in
                 if case .failure(let error) = result { return error as? KafkaError ?? KafkaError("\(error)", mayBeInLog: true) }
                 return nil
             }
-            guard let first = failures.first else { return }
+            guard let first = failures.first else { return results.compactMap { try? $0.get() } }
             if failures.count == results.count, !failures.contains(where: \.mayBeInLog) { throw first }
             throw PartialWrite(written: results.count - failures.count, total: results.count, cause: first)
         }

@@ -3,7 +3,7 @@ import NIOCore
 /// The reply a write gets once the world's log has it. The write has not been applied yet (every
 /// rack applies it from the log, this one included), so its real result is unknown: the gateway
 /// answers a valid reply of the type the command's clients expect, saying "accepted, no result
-/// known yet". The `applied` consistency level (a later issue) will return the real reply.
+/// known yet". With `applied` consistency the client gets the real reply instead (`applied(_:)`).
 ///
 /// | Reply          | Commands                                                                   |
 /// |----------------|----------------------------------------------------------------------------|
@@ -43,6 +43,23 @@ public enum WriteReply: Sendable, Equatable {
     private static let nullBytes = ByteBuffer(string: "$-1\r\n")
     private static let emptyArrayBytes = ByteBuffer(string: "*0\r\n")
     private static let zeroBytes = ByteBuffer(string: ":0\r\n")
+
+    /// The real reply of an `applied` write from its ops' replies: one op's reply as it is; for
+    /// a write split by slot (DEL, UNLINK, MSET), the first error, else the sum of integer
+    /// replies (keys deleted), else the first reply (MSET's OK).
+    static func applied(_ replies: [ByteBuffer]) -> ByteBuffer {
+        guard replies.count > 1 else { return replies[0] }
+        var sum = 0
+        for reply in replies {
+            var copy = reply
+            switch try? RESPValue.decode(from: &copy) {
+            case .error: return reply
+            case .integer(let n): sum += n
+            default: return replies[0]
+            }
+        }
+        return RESPValue.integer(sum).encoded
+    }
 
     public var encoded: ByteBuffer {
         switch self {

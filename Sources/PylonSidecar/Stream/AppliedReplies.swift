@@ -1,0 +1,114 @@
+import Logging
+import NIOCore
+import Synchronization
+
+/// Where writes with `applied` consistency wait for their real reply (INCR's new value, SET NX's
+/// OK or nil). The rack's applier of the op's partition hands each reply an origin asked for
+/// over: in-process when the origin is this sidecar, otherwise by `PUBLISH` on the origin's
+/// channel in the rack's Redis, which every sidecar with a world subscribes to.
+///
+/// A reply may arrive before its waiter (the applier can be quicker than Kafka's acknowledgement
+/// reaching the gateway): it is kept for `keepEarly`.
+final class AppliedReplies: Sendable {
+    /// Where an op is in the log.
+    struct Position: Hashable, Sendable, CustomStringConvertible {
+        var partition: Int32
+        var offset: Int64
+        var description: String { "\(self.partition):\(self.offset)" }
+    }
+
+    /// The reply did not come in time.
+    struct Timeout: Error {}
+
+    /// The channel a sidecar's replies are published on.
+    static func channel(for sidecar: String) -> String { "pylon:replies:\(sidecar)" }
+
+    private struct State {
+        var waiting: [Position: EventLoopPromise<ByteBuffer>] = [:]
+        var early: [Position: (reply: ByteBuffer, at: ContinuousClock.Instant)] = [:]
+    }
+
+    private let state = Mutex(State())
+    private let keepEarly = Duration.seconds(30)
+    private let subscription = Mutex<Task<Void, Never>?>(nil)
+
+    /// The reply of the op at `position`, or `Timeout`.
+    func reply(for position: Position, on eventLoop: EventLoop, timeout: TimeAmount) -> EventLoopFuture<ByteBuffer> {
+        let promise = eventLoop.makePromise(of: ByteBuffer.self)
+        let early = self.state.withLock { state -> ByteBuffer? in
+            if let early = state.early.removeValue(forKey: position) { return early.reply }
+            state.waiting[position] = promise
+            return nil
+        }
+        if let early {
+            promise.succeed(early)
+            return promise.futureResult
+        }
+        let timer = eventLoop.scheduleTask(in: timeout) { [self] in
+            if self.state.withLock({ $0.waiting.removeValue(forKey: position) }) != nil { promise.fail(Timeout()) }
+        }
+        promise.futureResult.whenComplete { _ in timer.cancel() }
+        return promise.futureResult
+    }
+
+    /// Hands over the reply of the op at `position` (a RESP reply, raw).
+    func deliver(_ reply: ByteBuffer, for position: Position) {
+        let now = ContinuousClock.now
+        let waiter = self.state.withLock { state -> EventLoopPromise<ByteBuffer>? in
+            if let waiter = state.waiting.removeValue(forKey: position) { return waiter }
+            state.early[position] = (reply, now)
+            if state.early.count > 1024 { state.early = state.early.filter { now - $0.value.at < self.keepEarly } }
+            return nil
+        }
+        waiter?.succeed(reply)
+    }
+
+    // MARK: - Between sidecars
+
+    /// The message published for an origin: `partition:offset:` then the raw RESP reply.
+    static func message(_ reply: ByteBuffer, for position: Position) -> ByteBuffer {
+        var message = ByteBuffer(string: "\(position.partition):\(position.offset):")
+        message.writeImmutableBuffer(reply)
+        return message
+    }
+
+    func receive(_ message: ByteBuffer) {
+        var message = message
+        guard let header = message.readableBytesView.firstIndex(of: UInt8(ascii: ":")).flatMap({ first in
+            message.readableBytesView[(first + 1)...].firstIndex(of: UInt8(ascii: ":"))
+        }) else { return }
+        let fields = message.readString(length: header - message.readerIndex)!.split(separator: ":")
+        message.moveReaderIndex(forwardBy: 1)
+        guard fields.count == 2, let partition = Int32(fields[0]), let offset = Int64(fields[1]) else { return }
+        self.deliver(message, for: Position(partition: partition, offset: offset))
+    }
+
+    /// Subscribes to `sidecar`'s channel on the rack's Redis (`primary`, which a Sentinel
+    /// failover may move), resubscribing whenever the connection drops.
+    func subscribe(sidecar: String, primary: @escaping @Sendable () -> HostPort?, eventLoop: EventLoop, logger: Logger) {
+        let task = Task { [self] in
+            var backoff = Duration.milliseconds(50)
+            while !Task.isCancelled {
+                do {
+                    guard let address = primary() else { throw RedisClient.Error(description: "the rack's redis master is not known yet") }
+                    let client = try await RedisClient.connect(to: address, on: eventLoop) { [self] push in
+                        // ["message", channel, payload]
+                        if let fields = push.array, fields.count == 3, case .bulkString(let payload?) = fields[2] { self.receive(payload) }
+                    }
+                    _ = try await client.send("SUBSCRIBE", Self.channel(for: sidecar))
+                    backoff = .milliseconds(50)
+                    try? await client.channel.closeFuture.get()
+                } catch {
+                    logger.debug("cannot subscribe to this sidecar's applied replies yet", metadata: ["error": "\(error)"])
+                }
+                try? await Task.sleep(for: backoff)
+                backoff = min(backoff * 2, .seconds(2))
+            }
+        }
+        self.subscription.withLock { $0 = task }
+    }
+
+    func stop() {
+        self.subscription.withLock { $0?.cancel() }
+    }
+}
