@@ -55,9 +55,12 @@ public final class Sidecar: Service, Sendable {
             self.applier = Applier(
                 settings: .init(
                     brokers: membership.brokers, topic: log.topic, groupID: membership.consumerGroup,
-                    // Static membership: a sidecar restarted under its name takes its partitions
-                    // back at once, without waiting for its old session to expire.
-                    properties: ["group.instance.id": log.sidecar].merging(configuration.kafkaProperties) { $1 },
+                    // Static membership when the name is stable: a sidecar restarted under its name
+                    // takes its partitions back at once, without waiting for its old session to
+                    // expire. A sidecar with a random name could never come back, and a static
+                    // member does not leave the group when it stops, so its partitions would wait
+                    // for the session to expire: it joins as a dynamic member instead.
+                    properties: (configuration.hasStableName ? ["group.instance.id": log.sidecar] : [:]).merging(configuration.kafkaProperties) { $1 },
                     redisTimeout: settings.requestTimeout, sidecarName: log.sidecar
                 ),
                 replies: replies, primary: { backend.primary }, group: group, metrics: metrics, logger: logger

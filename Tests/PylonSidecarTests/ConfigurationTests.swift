@@ -96,4 +96,34 @@ struct ConfigurationTests {
         #expect(configuration.membership == .init(brokers: "127.0.0.1:9092", world: "earth", rack: "a", topic: "pylon.earth.ops"))
         #expect(configuration.membership?.consumerGroup == "pylon.earth.a")
     }
+
+    @Test func readsTheConsistencyKeys() throws {
+        var configuration = SidecarConfiguration()
+        #expect(configuration.consistency == .log)
+        try configuration.apply(yaml: """
+        consistency: applied
+        contentious-keys:
+          - lock:*
+          - "leader:{eu}*"
+        applied-timeout-ms: 2500
+        """)
+        try configuration.set("contentious-keys", "seat:[0-9]*")
+        #expect(configuration.consistency == .applied)
+        #expect(configuration.contentiousKeys == ["lock:*", "leader:{eu}*", "seat:[0-9]*"])
+        #expect(configuration.appliedTimeoutMilliseconds == 2500)
+        #expect(throws: SidecarConfiguration.Error(key: "consistency", problem: "expected log or applied, got 'quorum'")) {
+            try configuration.set("consistency", "quorum")
+        }
+        #expect(throws: SidecarConfiguration.Error.self) { try configuration.set("applied-timeout-ms", "5") }
+        #expect(throws: SidecarConfiguration.Error.self) { try configuration.apply(yaml: "listen: [a, b]") }
+    }
+
+    @Test func aStableNameMakesAStaticGroupMember() throws {
+        var configuration = SidecarConfiguration()
+        #expect(configuration.hasStableName)
+        configuration.listen = HostPort(host: "127.0.0.1", port: 0)
+        #expect(!configuration.hasStableName)
+        try configuration.set("sidecar-name", "rack-a-0")
+        #expect(configuration.hasStableName)
+    }
 }

@@ -14,6 +14,13 @@ struct OpRecordTests {
         let decoded = try OpRecord(decoding: self.record.encoded)
         #expect(decoded == self.record)
         #expect(Array(decoded.arguments[3].readableBytesView) == [0xFF, 0x00, 0x80])
+        var waiting = self.record
+        waiting.wantsReply = true
+        #expect(try OpRecord(decoding: waiting.encoded) == waiting)
+        // Flags never change what an op does: unknown ones are ignored.
+        var future = self.record.encoded
+        future.setInteger(UInt8(0x80), at: 3)
+        #expect(try OpRecord(decoding: future) == self.record)
     }
 
     @Test func refusesWhatItCannotReadFaithfully() {

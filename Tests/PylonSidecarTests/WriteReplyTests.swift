@@ -36,4 +36,12 @@ struct WriteReplyTests {
             #expect(command.disposition == .write || name == "restore-asking", "\(name) is \(command.disposition)")
         }
     }
+
+    @Test func anAppliedWriteSplitBySlotAnswersTheSumOfItsParts() {
+        func raw(_ value: RESPValue) -> ByteBuffer { value.encoded }
+        #expect(WriteReply.applied([raw(.integer(7))]) == raw(.integer(7)))
+        #expect(WriteReply.applied([raw(.integer(1)), raw(.integer(0)), raw(.integer(2))]) == raw(.integer(3)))
+        #expect(WriteReply.applied([raw(.ok), raw(.ok)]) == raw(.ok))
+        #expect(WriteReply.applied([raw(.integer(1)), raw(.error("OOM no room"))]) == raw(.error("OOM no room")))
+    }
 }

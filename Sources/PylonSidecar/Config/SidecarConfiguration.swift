@@ -60,6 +60,10 @@ public struct SidecarConfiguration: Sendable, Equatable {
         return "\(ProcessInfo.processInfo.hostName):\(port)"
     }
 
+    /// True when this sidecar comes back under the same name after a restart (`sidecar-name`
+    /// set, or a fixed listening port).
+    public var hasStableName: Bool { self.sidecarName != nil || self.listen.port != 0 }
+
     /// The topic holding the world's ops.
     public var topic: String? { self.topicOverride ?? self.world.map { "pylon.\($0).ops" } }
 

@@ -167,7 +167,11 @@ enum PylonCommands {
             "commands_unknown:\(stats.unknown.load(ordering: .relaxed))",
         ]
         if let log = gateway.log {
-            lines += ["", "# Log", "topic:\(log.topic)", "partitions:\(log.partitions)", "sidecar_name:\(log.sidecar)"]
+            lines += [
+                "", "# Log", "topic:\(log.topic)", "partitions:\(log.partitions)", "sidecar_name:\(log.sidecar)",
+                "consistency:\(gateway.writes.consistency.rawValue)",
+                "contentious_keys:\(gateway.writes.contentious.map(\.description).joined(separator: " "))",
+            ]
         }
         if let applier = gateway.applier {
             let partitions = applier.partitions
@@ -178,7 +182,7 @@ enum PylonCommands {
             ]
             lines += ApplierStats.Outcome.allCases.map { "applier_\($0.name):\(applier.stats[$0])" }
             for status in partitions {
-                lines.append("partition\(status.partition):next_offset=\(status.next),log_end=\(status.logEnd.map(String.init) ?? "?"),lag=\(status.lag.map(String.init) ?? "?")")
+                lines.append("partition\(status.partition):next_offset=\(status.next),log_end=\(status.logEnd.map(String.init) ?? "?"),lag=\(status.lag.map(String.init) ?? "?")\(status.deposed ? ",deposed=1" : "")")
             }
         }
         return lines.joined(separator: "\r\n") + "\r\n"
