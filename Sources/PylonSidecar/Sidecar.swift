@@ -21,6 +21,12 @@ public final class Sidecar: Service, Sendable {
     let log: WorldLog?
     let applier: Applier?
     private let replies: AppliedReplies?
+    /// The world view: peers probed for read failover, and this rack's lag for their probes.
+    private let peers: Peers?
+    private let progress: RackProgress?
+    private let layer: RedisLayerContext
+    private let failover = LateBound<PerLoop<FailoverRouter>>()
+    private let stopped = Atomic<Bool>(false)
     private let bound = LateBound<BoundSockets>()
 
     private struct BoundSockets: Sendable {
@@ -42,8 +48,10 @@ public final class Sidecar: Service, Sendable {
         var settings = BackendConnection.Settings()
         settings.requestTimeout = .milliseconds(Int64(configuration.redisTimeoutMilliseconds))
         settings.connectTimeout = .milliseconds(Int64(configuration.connectTimeoutMilliseconds))
-        let backend = Self.makeBackend(configuration, context: RedisLayerContext(group: group, settings: settings, status: status, logger: logger))
+        let layer = RedisLayerContext(group: group, settings: settings, status: status, logger: logger)
+        let backend = Self.makeBackend(configuration, context: layer)
         self.backend = backend
+        self.layer = layer
         if let membership = configuration.membership {
             if case .cluster = configuration.redis {
                 throw StartError(description: "redis: the applier does not drive a Redis Cluster yet; give the rack a standalone or Sentinel-managed Redis, or run without kafka-brokers (reads only)")
@@ -52,6 +60,12 @@ public final class Sidecar: Service, Sendable {
             let replies = AppliedReplies()
             self.log = log
             self.replies = replies
+            let interval = Duration.milliseconds(configuration.peerProbeIntervalMilliseconds)
+            self.progress = RackProgress(log: log, primary: { backend.primary }, eventLoop: group.any(), interval: interval, logger: logger)
+            self.peers = configuration.peers.isEmpty ? nil : Peers(
+                settings: .init(seeds: configuration.peers, interval: interval, maxLag: configuration.maxPeerLag),
+                identity: .init(name: log.sidecar, rack: membership.rack, world: membership.world), metrics: metrics, logger: logger
+            )
             self.applier = Applier(
                 settings: .init(
                     brokers: membership.brokers, topic: log.topic, groupID: membership.consumerGroup,
@@ -68,6 +82,8 @@ public final class Sidecar: Service, Sendable {
         } else {
             self.log = nil
             self.replies = nil
+            self.progress = nil
+            self.peers = nil
             self.applier = nil
         }
         let writes = Gateway.WritePolicy(
@@ -75,7 +91,8 @@ public final class Sidecar: Service, Sendable {
             appliedTimeout: .milliseconds(Int64(configuration.appliedTimeoutMilliseconds)), replies: self.replies
         )
         self.gateway = Gateway(
-            table: table, backend: backend, log: self.log, applier: self.applier, writes: writes, stats: self.stats, metrics: metrics,
+            table: table, backend: backend, log: self.log, applier: self.applier, writes: writes, peers: self.peers, progress: self.progress,
+            stats: self.stats, metrics: metrics,
             identity: .init(rack: configuration.rack, world: configuration.world, redis: configuration.redis, readFrom: configuration.readFrom),
             maxPendingReplies: configuration.maxPendingReplies, logger: logger
         )
@@ -125,6 +142,19 @@ public final class Sidecar: Service, Sendable {
             let backend = self.backend
             replies.subscribe(sidecar: log.sidecar, primary: { backend.primary }, eventLoop: self.group.any(), logger: self.logger)
         }
+        self.progress?.start()
+        if let peers = self.peers {
+            peers.start(group: self.group)
+            let (backend, layer, metrics, progress, maxLocalLag) = (self.backend, self.layer, self.metrics, self.progress, self.configuration.maxLocalLag)
+            self.failover.set(try await PerLoop(group: self.group) { loop in
+                FailoverRouter(
+                    local: backend.router(on: loop),
+                    localServes: { backend.isReady && (maxLocalLag.map { (progress?.lag ?? 0) <= $0 } ?? true) },
+                    peers: peers, context: layer, eventLoop: loop, metrics: metrics
+                )
+            })
+        }
+        let failover = self.failover.value
         let gateway = self.gateway
         let limits = self.configuration.limits
         let server = try await ServerBootstrap(group: self.group)
@@ -134,7 +164,7 @@ public final class Sidecar: Service, Sendable {
             .childChannelOption(.writeBufferWaterMark, value: .init(low: 32 * 1024, high: 256 * 1024))
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
-                    let router = gateway.backend.router(on: channel.eventLoop)
+                    let router = failover?.value(on: channel.eventLoop) ?? gateway.backend.router(on: channel.eventLoop)
                     try channel.pipeline.syncOperations.addHandler(GatewayConnection(gateway: gateway, router: router, limits: limits))
                 }
             }
@@ -176,6 +206,7 @@ public final class Sidecar: Service, Sendable {
 
     /// Stops accepting, waits for in-flight replies (bounded by the grace period), closes everything.
     public func stop() async {
+        guard !self.stopped.exchange(true, ordering: .acquiringAndReleasing) else { return }
         guard let bound = self.bound.value else {
             await self.stopStreams()
             await self.backend.shutdown()
@@ -186,6 +217,7 @@ public final class Sidecar: Service, Sendable {
         while self.stats.connectedClients.load(ordering: .relaxed) > 0, ContinuousClock.now < deadline, self.stats.pendingReplies.load(ordering: .relaxed) > 0 {
             try? await Task.sleep(for: .milliseconds(10))
         }
+        self.gateway.clients.closeAll()
         await self.stopStreams()
         await self.backend.shutdown()
         await bound.admin.close()
@@ -195,8 +227,11 @@ public final class Sidecar: Service, Sendable {
     /// Stops the applier (after its batch in hand) and flushes the producer.
     private func stopStreams() async {
         self.replies?.stop()
-        let (applier, log) = (self.applier, self.log)
+        self.peers?.stop()
+        await self.failover.value?.forEach { $0.close() }
+        let (applier, log, progress) = (self.applier, self.log, self.progress)
         _ = try? await Self.blocking {
+            progress?.stop()
             applier?.stop()
             log?.close()
         }

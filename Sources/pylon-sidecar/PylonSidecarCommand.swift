@@ -71,6 +71,14 @@ struct PylonSidecarCommand: AsyncParsableCommand {
     var contentiousKeys: [String] = []
     @Option(name: .customLong("applied-timeout-ms"), help: "Error an applied write whose reply has not come in this many ms (default 10000).")
     var appliedTimeout: String?
+    @Option(help: "Peer sidecars of other racks, HOST:PORT[,…] (a name may resolve to many); repeatable.")
+    var peers: [String] = []
+    @Option(name: .customLong("peer-probe-interval-ms"), help: "Probe each peer (and measure this rack's lag) this often (default 500).")
+    var peerProbeInterval: String?
+    @Option(name: .customLong("max-peer-lag"), help: "Never read from a peer whose rack lags by more ops than this (default 1000).")
+    var maxPeerLag: String?
+    @Option(name: .customLong("max-local-lag"), help: "Read from a peer while this rack lags by more ops than this (default: off).")
+    var maxLocalLag: String?
 
     func run() async throws {
         let settings: SidecarConfiguration
@@ -85,7 +93,9 @@ struct PylonSidecarCommand: AsyncParsableCommand {
                 ("max-ready-lag", self.maxReadyLag), ("sidecar-name", self.sidecarName), ("max-arguments", self.maxArguments),
                 ("max-inline-length", self.maxInlineLength), ("connect-timeout-ms", self.connectTimeout),
                 ("shutdown-grace-ms", self.shutdownGrace), ("consistency", self.consistency), ("applied-timeout-ms", self.appliedTimeout),
-            ] + self.kafkaProperty.map { ("kafka-property", $0) } + self.contentiousKeys.map { ("contentious-keys", $0) })
+                ("peer-probe-interval-ms", self.peerProbeInterval), ("max-peer-lag", self.maxPeerLag), ("max-local-lag", self.maxLocalLag),
+            ] + self.kafkaProperty.map { ("kafka-property", $0) } + self.contentiousKeys.map { ("contentious-keys", $0) }
+              + self.peers.map { ("peers", $0) })
         } catch {
             throw ValidationError("\(error)")
         }

@@ -50,6 +50,16 @@ public struct SidecarConfiguration: Sendable, Equatable {
     /// An `applied` write whose reply has not come within this time gets an error saying so.
     public var appliedTimeoutMilliseconds = 10000
 
+    // The world view: peer sidecars of other racks, for read failover.
+    /// Peer sidecars, `host:port`; a name resolving to many addresses (a headless Service) is many peers.
+    public var peers: [HostPort] = []
+    /// How often each peer is probed (`PYLON PING`), and this rack's lag measured.
+    public var peerProbeIntervalMilliseconds = 500
+    /// Reads never go to a peer whose rack is further behind the log than this many ops.
+    public var maxPeerLag: Int64 = 1000
+    /// Reads go to a peer while this rack is further behind the log than this many ops (off unless set).
+    public var maxLocalLag: Int64?
+
     public init() {}
 
     /// This sidecar's name: `sidecar-name`, or host name and listening port (a stable identity
@@ -90,6 +100,9 @@ public struct SidecarConfiguration: Sendable, Equatable {
             guard self.world != nil else { throw Error(key: "world", problem: "required with kafka-brokers: the world names the topic and the consumer groups") }
             guard self.rack != nil else { throw Error(key: "rack", problem: "required with kafka-brokers: the rack's sidecars apply the log together as one consumer group") }
         }
+        if !self.peers.isEmpty, self.membership == nil {
+            throw Error(key: "peers", problem: "needs kafka-brokers, world and rack: peers are the sidecars of the world's other racks")
+        }
         return self
     }
 
@@ -111,10 +124,11 @@ public struct SidecarConfiguration: Sendable, Equatable {
         "max-arguments", "max-inline-length", "shutdown-grace-ms", "threads",
         "kafka-brokers", "topic", "partitions", "replication-factor", "kafka-property", "write-timeout-ms",
         "max-ready-lag", "sidecar-name", "consistency", "contentious-keys", "applied-timeout-ms",
+        "peers", "peer-probe-interval-ms", "max-peer-lag", "max-local-lag",
     ]
 
     /// Keys that may be given many times (flags repeated, YAML lists); each value adds one.
-    static let listKeys: Set<String> = ["kafka-property", "contentious-keys"]
+    static let listKeys: Set<String> = ["kafka-property", "contentious-keys", "peers"]
 
     /// Sets one key from its textual value, validating it.
     public mutating func set(_ key: String, _ value: String) throws {
@@ -180,6 +194,13 @@ public struct SidecarConfiguration: Sendable, Equatable {
             guard !value.isEmpty else { throw bad("a key pattern (Redis glob, e.g. lock:*)") }
             self.contentiousKeys.append(value)
         case "applied-timeout-ms": self.appliedTimeoutMilliseconds = try integer(100...3_600_000)
+        case "peers":
+            let peers = value.split(separator: ",").map { HostPort(String($0.trimmingCharacters(in: .whitespaces))) }
+            guard !peers.isEmpty, !peers.contains(where: { $0 == nil }) else { throw bad("HOST:PORT[,HOST:PORT…]") }
+            self.peers += peers.map { $0! }
+        case "peer-probe-interval-ms": self.peerProbeIntervalMilliseconds = try integer(10...60_000)
+        case "max-peer-lag": self.maxPeerLag = Int64(try integer(0...Int(Int32.max)))
+        case "max-local-lag": self.maxLocalLag = Int64(try integer(0...Int(Int32.max)))
         case "sidecar-name":
             guard Self.isName(value) || HostPort(value) != nil else { throw bad("a name of letters, digits, '-', '_', '.' or ':'") }
             self.sidecarName = value

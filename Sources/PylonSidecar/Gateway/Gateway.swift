@@ -11,6 +11,9 @@ final class Gateway: Sendable {
     let log: WorldLog?
     let applier: Applier?
     let writes: WritePolicy
+    /// The world view, when peers are configured; this rack's lag, when a world is.
+    let peers: Peers?
+    let progress: RackProgress?
     let stats: SidecarStats
     let metrics: SidecarMetrics
     let clients = ClientRegistry()
@@ -44,14 +47,16 @@ final class Gateway: Sendable {
     }
 
     init(
-        table: CommandTable, backend: RedisBackend, log: WorldLog?, applier: Applier?, writes: WritePolicy, stats: SidecarStats, metrics: SidecarMetrics,
-        identity: Identity, maxPendingReplies: Int, logger: Logger
+        table: CommandTable, backend: RedisBackend, log: WorldLog?, applier: Applier?, writes: WritePolicy, peers: Peers?, progress: RackProgress?,
+        stats: SidecarStats, metrics: SidecarMetrics, identity: Identity, maxPendingReplies: Int, logger: Logger
     ) {
         self.table = table
         self.backend = backend
         self.log = log
         self.applier = applier
         self.writes = writes
+        self.peers = peers
+        self.progress = progress
         self.stats = stats
         self.metrics = metrics
         self.identity = identity
@@ -71,15 +76,22 @@ final class ClientRegistry: Sendable {
         var localAddress: String
         var name: String
         var connectedAt: ContinuousClock.Instant
+        /// Closed when the sidecar stops.
+        var channel: Channel
     }
 
     private let nextID = Atomic<Int>(1)
     private let clients = Mutex<[Int: Client]>([:])
 
-    func register(address: String, localAddress: String) -> Int {
+    func register(address: String, localAddress: String, channel: Channel) -> Int {
         let id = self.nextID.add(1, ordering: .relaxed).oldValue
-        self.clients.withLock { $0[id] = Client(id: id, address: address, localAddress: localAddress, name: "", connectedAt: .now) }
+        self.clients.withLock { $0[id] = Client(id: id, address: address, localAddress: localAddress, name: "", connectedAt: .now, channel: channel) }
         return id
+    }
+
+    /// Closes every client connection (the sidecar is stopping).
+    func closeAll() {
+        for client in self.all { client.channel.close(promise: nil) }
     }
 
     func rename(_ id: Int, to name: String) {

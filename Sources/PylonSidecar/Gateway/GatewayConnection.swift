@@ -60,7 +60,7 @@ final class GatewayConnection: ChannelDuplexHandler, ReplySink {
 
     func channelActive(context: ChannelHandlerContext) {
         self.clientID = self.gateway.clients.register(
-            address: context.remoteAddress.map(Self.format) ?? "?", localAddress: context.localAddress.map(Self.format) ?? "?"
+            address: context.remoteAddress.map(Self.format) ?? "?", localAddress: context.localAddress.map(Self.format) ?? "?", channel: context.channel
         )
         self.gateway.stats.connectedClients.add(1, ordering: .relaxed)
         self.gateway.stats.totalConnections.add(1, ordering: .relaxed)

@@ -96,6 +96,10 @@ enum PylonCommands {
         "PYLON <subcommand> [<arg> ...]. Subcommands are:",
         "INFO",
         "    Version, uptime, rack and world, the Redis layer's topology and health, clients, command counts.",
+        "PING",
+        "    This sidecar as its peers see it: name, rack, world, whether its Redis is up, its rack's lag.",
+        "PEERS",
+        "    The peer sidecars: address, name, rack, state, round trip, lag, whether reads may fail over to them.",
         "CONSISTENCY [log|applied]",
         "    When this connection's writes are acknowledged: when Kafka has them (log), or when this rack applied them, with the real reply (applied).",
         "LASTWRITE",
@@ -112,6 +116,14 @@ enum PylonCommands {
         switch sub {
         case "INFO":
             return .bulk(self.info(gateway))
+        case "PING":
+            return .array([
+                .bulk("name"), .bulk(gateway.log?.sidecar ?? ""), .bulk("rack"), .bulk(gateway.identity.rack ?? ""),
+                .bulk("world"), .bulk(gateway.identity.world ?? ""), .bulk("redis"), .integer(gateway.backend.isReady ? 1 : 0),
+                .bulk("lag"), .integer(Int(gateway.progress?.lag ?? -1)),
+            ])
+        case "PEERS":
+            return .bulk(self.peers(gateway).joined(separator: "\r\n") + "\r\n")
         case "CONSISTENCY" where arguments.count == 2:
             return .bulk((connection.consistency ?? gateway.writes.consistency).rawValue)
         case "CONSISTENCY" where arguments.count == 3:
@@ -127,6 +139,16 @@ enum PylonCommands {
             return .array(self.help.map { .simple($0) })
         default:
             return .error("ERR unknown subcommand '\(sub.prefix(128))'. Try PYLON HELP.")
+        }
+    }
+
+    /// One line per peer, as `PYLON PEERS` and `PYLON INFO` show them.
+    static func peers(_ gateway: Gateway) -> [String] {
+        guard let peers = gateway.peers else { return [] }
+        return peers.all.enumerated().map { index, peer in
+            let rtt = peer.rtt.map { String(format: "%.3f", $0 * 1000) } ?? "?"
+            let reads = peer.canServeReads(of: peers.identity, maxLag: peers.settings.maxLag) ? "yes" : "no"
+            return "peer\(index):address=\(peer.address),name=\(peer.name ?? "?"),rack=\(peer.rack ?? "?"),state=\(peer.up ? "up" : "down"),redis=\(peer.redisReady ? "up" : "down"),rtt_ms=\(rtt),lag=\(peer.lag.map(String.init) ?? "?"),reads=\(reads)"
         }
     }
 
@@ -172,6 +194,17 @@ enum PylonCommands {
                 "consistency:\(gateway.writes.consistency.rawValue)",
                 "contentious_keys:\(gateway.writes.contentious.map(\.description).joined(separator: " "))",
             ]
+        }
+        if let progress = gateway.progress {
+            lines += ["", "# World", "rack_lag:\(progress.lag.map(String.init) ?? "?")"]
+            if let peers = gateway.peers {
+                let all = peers.all
+                let best = peers.bestForReads
+                lines += [
+                    "peers:\(all.count)", "peers_up:\(all.filter(\.up).count)",
+                    "reads_from:\(gateway.backend.isReady ? "local" : best.map { "peer \($0)" } ?? "local (no peer may serve)")",
+                ] + self.peers(gateway)
+            }
         }
         if let applier = gateway.applier {
             let partitions = applier.partitions

@@ -61,6 +61,28 @@ public final class SidecarMetrics: Sendable {
         if let lag { gauge.record(lag) } else { gauge.destroy() }
     }
 
+    /// A peer sidecar's state (`pylon_peer_up`, `pylon_peer_rtt_seconds`, `pylon_peer_lag_ops`);
+    /// nil removes a peer no longer listed.
+    func peer(_ address: HostPort, _ peer: Peers.Peer?) {
+        let dimensions = [("peer", address.description)]
+        let up = CoreMetrics.Gauge(label: "pylon_peer_up", dimensions: dimensions, factory: self.factory)
+        let rtt = CoreMetrics.Gauge(label: "pylon_peer_rtt_seconds", dimensions: dimensions, factory: self.factory)
+        let lag = CoreMetrics.Gauge(label: "pylon_peer_lag_ops", dimensions: dimensions, factory: self.factory)
+        guard let peer else {
+            for gauge in [up, rtt, lag] { gauge.destroy() }
+            return
+        }
+        up.record(peer.up ? 1 : 0)
+        if let seconds = peer.rtt { rtt.record(seconds) }
+        lag.record(peer.lag ?? -1)
+    }
+
+    /// Reads sent to a peer sidecar because the local Redis could not serve them
+    /// (`pylon_failover_reads_total{peer}`).
+    func failoverRead(to address: HostPort) {
+        CoreMetrics.Counter(label: "pylon_failover_reads_total", dimensions: [("peer", address.description)], factory: self.factory).increment()
+    }
+
     /// The Prometheus text exposition.
     public func render() -> String { self.registry.emitToString() }
 }

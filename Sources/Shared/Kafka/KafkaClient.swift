@@ -31,8 +31,8 @@ enum KafkaClient {
 }
 
 extension Duration {
-    /// Whole milliseconds, as librdkafka's timeouts take them.
-    var milliseconds: Int64 {
+    /// Whole milliseconds, as librdkafka's timeouts (and other C and NIO timeouts) take them.
+    public var milliseconds: Int64 {
         self.components.seconds * 1000 + self.components.attoseconds / 1_000_000_000_000_000
     }
 }

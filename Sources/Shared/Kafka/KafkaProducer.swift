@@ -177,7 +177,9 @@ public final class KafkaProducer: Sendable {
     }
 
     /// Waits (up to `timeout`) for outstanding messages, then releases everything.
+    /// Flushes and destroys the producer; later calls do nothing.
     public func close(timeout: Duration = .seconds(5)) {
+        guard self.handle.polling.load(ordering: .acquiring) else { return }
         if rd_kafka_flush(self.handle.pointer, Int32(timeout.milliseconds)) != RD_KAFKA_RESP_ERR_NO_ERROR {
             self.logger.warning("kafka producer closed with messages still in flight")
         }

@@ -19,15 +19,23 @@ final class WorldFixture: Sendable {
         let sidecar: SidecarFixture
     }
 
-    init(racks count: Int, partitions: Int = 8, broker: KafkaBroker? = nil, configure: @escaping @Sendable (inout SidecarConfiguration) -> Void = { _ in }) async throws {
+    /// With `peers`, every rack's sidecar listens on a port chosen up front and lists the other
+    /// racks' sidecars as its peers.
+    init(
+        racks count: Int, partitions: Int = 8, broker: KafkaBroker? = nil, peers: Bool = false,
+        configure: @escaping @Sendable (inout SidecarConfiguration) -> Void = { _ in }
+    ) async throws {
         let broker = try broker ?? KafkaBroker()
         let name = "w\(UUID().uuidString.prefix(6).lowercased())"
+        let listens = try (0..<count).map { _ in HostPort(host: "127.0.0.1", port: peers ? try Ports.free() : 0) }
         var racks: [Rack] = []
         for index in 0..<count {
             let rackName = "rack\(index)"
             let redis = try RedisServer()
             let sidecar = try await SidecarFixture(redis: .standalone(redis.address)) { configuration in
                 WorldFixture.join(&configuration, world: name, rack: rackName, broker: broker, partitions: partitions)
+                configuration.listen = listens[index]
+                if peers { configuration.peers = listens.enumerated().filter { $0.offset != index }.map(\.element) }
                 configure(&configuration)
             }
             racks.append(Rack(name: rackName, redis: redis, sidecar: sidecar))
