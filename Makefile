@@ -30,6 +30,7 @@ run: release
 bench: release
 	@scripts/bench.sh
 	@scripts/bench-writes.sh
+	@scripts/bench-world.sh
 
 clean:
 	rm -rf .build

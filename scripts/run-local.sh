@@ -21,16 +21,16 @@ done
 
 start_broker "$KAFKA_PORT"
 
-start_rack() {  # name, sidecar port
-  local name=$1 port=$2
+start_rack() {  # name, sidecar port, the other rack's sidecar port (its peer)
+  local name=$1 port=$2 peer=$3
   start_redis $((port + 20))
   "$BIN" --listen "127.0.0.1:$port" --admin "127.0.0.1:$((port + 3100))" --redis "redis://127.0.0.1:$((port + 20))" \
-    --kafka-brokers "127.0.0.1:$KAFKA_PORT" --world "$WORLD" --rack "$name" > "$WORK/sidecar-$name.log" 2>&1 &
+    --kafka-brokers "127.0.0.1:$KAFKA_PORT" --world "$WORLD" --rack "$name" --peers "127.0.0.1:$peer" > "$WORK/sidecar-$name.log" 2>&1 &
   track $!
   wait_port "$port"
 }
-start_rack a "$RACK_A_PORT"
-start_rack b "$RACK_B_PORT"
+start_rack a "$RACK_A_PORT" "$RACK_B_PORT"
+start_rack b "$RACK_B_PORT" "$RACK_A_PORT"
 
 cat <<TXT
 
@@ -41,6 +41,9 @@ cat <<TXT
   redis-cli -p $RACK_A_PORT SET greeting hello     # a write: acknowledged once Kafka has it
   redis-cli -p $RACK_B_PORT GET greeting           # a read on the other rack: "hello"
   redis-cli -p $RACK_B_PORT PYLON INFO             # the sidecar's view: its partitions, applied offsets, lag
+  redis-cli -p $RACK_A_PORT PYLON PEERS            # rack b's sidecar as rack a's sees it
+  redis-cli -p $RACK_A_PORT PYLON CONSISTENCY applied   # then INCR n: the real reply, once rack a applied it
+  redis-cli -p $((RACK_A_PORT + 20)) SHUTDOWN NOSAVE   # stop rack a's Redis: GETs through $RACK_A_PORT go to rack b
   curl -s 127.0.0.1:$((RACK_A_PORT + 3100))/metrics         # Prometheus metrics; also /healthz and /readyz
 
   Logs: $WORK. Ctrl-C stops everything.

@@ -126,4 +126,30 @@ struct ConfigurationTests {
         try configuration.set("sidecar-name", "rack-a-0")
         #expect(configuration.hasStableName)
     }
+
+    @Test func readsThePeerKeys() throws {
+        var configuration = SidecarConfiguration()
+        try configuration.apply(yaml: """
+        kafka-brokers: 127.0.0.1:9092
+        world: earth
+        rack: a
+        peers:
+          - pylon-rack-b.shop.svc:6380
+          - 10.0.0.7:6380,10.0.0.8:6380
+        peer-probe-interval-ms: 250
+        max-peer-lag: 50
+        max-local-lag: 5000
+        """)
+        try configuration.set("peers", "[::1]:6390")
+        #expect(configuration.peers.map(\.description) == ["pylon-rack-b.shop.svc:6380", "10.0.0.7:6380", "10.0.0.8:6380", "[::1]:6390"])
+        #expect(configuration.peerProbeIntervalMilliseconds == 250)
+        #expect(configuration.maxPeerLag == 50)
+        #expect(configuration.maxLocalLag == 5000)
+        #expect(throws: SidecarConfiguration.Error(key: "peers", problem: "expected HOST:PORT[,HOST:PORT…], got 'b:x'")) {
+            try configuration.set("peers", "b:x")
+        }
+        var alone = SidecarConfiguration()
+        try alone.set("peers", "10.0.0.7:6380")
+        #expect(throws: SidecarConfiguration.Error.self) { try alone.validated() }
+    }
 }

@@ -30,7 +30,7 @@ final class AppliedReplies: Sendable {
 
     private let state = Mutex(State())
     private let keepEarly = Duration.seconds(30)
-    private let subscription = Mutex<Task<Void, Never>?>(nil)
+    private let subscription = Mutex<(task: Task<Void, Never>?, client: RedisClient?)>((nil, nil))
 
     /// The reply of the op at `position`, or `Timeout`.
     func reply(for position: Position, on eventLoop: EventLoop, timeout: TimeAmount) -> EventLoopFuture<ByteBuffer> {
@@ -95,8 +95,10 @@ final class AppliedReplies: Sendable {
                         // ["message", channel, payload]
                         if let fields = push.array, fields.count == 3, case .bulkString(let payload?) = fields[2] { self.receive(payload) }
                     }
+                    self.subscription.withLock { $0.client = client }
                     _ = try await client.send("SUBSCRIBE", Self.channel(for: sidecar))
                     backoff = .milliseconds(50)
+                    if Task.isCancelled { client.channel.close(promise: nil) }
                     try? await client.channel.closeFuture.get()
                 } catch {
                     logger.debug("cannot subscribe to this sidecar's applied replies yet", metadata: ["error": "\(error)"])
@@ -105,10 +107,13 @@ final class AppliedReplies: Sendable {
                 backoff = min(backoff * 2, .seconds(2))
             }
         }
-        self.subscription.withLock { $0 = task }
+        self.subscription.withLock { $0.task = task }
     }
 
     func stop() {
-        self.subscription.withLock { $0?.cancel() }
+        self.subscription.withLock {
+            $0.task?.cancel()
+            $0.client?.channel.close(promise: nil)
+        }
     }
 }

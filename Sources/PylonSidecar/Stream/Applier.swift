@@ -266,6 +266,7 @@ private final class ApplierRun: @unchecked Sendable {
                     self.depose(partition, epoch: epoch)
                 } else {
                     self.owners[partition] = .init(key: key, epoch: epoch)
+                    self.deposed.remove(partition)
                 }
             }
             if let text = checkpoint.string, let offset = Int64(text) {
@@ -385,14 +386,13 @@ private final class ApplierRun: @unchecked Sendable {
     /// A batch sent to Redis whose replies have not been read yet.
     struct InFlight {
         var replies: EventLoopFuture<[RESPValue]>
+        /// Replies before the scripts': the checkpoints', then the publishes'.
         var checkpointCount: Int
+        var publishCount: Int
         /// The partition of each script call and how many ops it tries, in request order.
         var runs: [(partition: Int32, count: Int)]
         /// Each partition's messages in log order.
         var messages: [Int32: [Message]]
-        /// How many replies before the scripts' are not the ops' (checkpoints, publishes).
-        var others: Int { self.checkpointCount + self.publishCount }
-        var publishCount: Int
     }
 
     /// A message of a batch: unreadable ones are passed where they stand; `replyTo` names the
@@ -442,7 +442,7 @@ private final class ApplierRun: @unchecked Sendable {
             let replies = try self.sameConnection().pipeline(request, replies: checkpointCount + publishCount + runs.count)
             // Sent checkpoints are not sent again; if they fail, the resync re-reads them anyway.
             self.checkpoints = [:]
-            return InFlight(replies: replies, checkpointCount: checkpointCount, runs: runs, messages: messages, publishCount: publishCount)
+            return InFlight(replies: replies, checkpointCount: checkpointCount, publishCount: publishCount, runs: runs, messages: messages)
         } catch {
             self.doubt("redis failed during a batch", error: error)
             return nil
@@ -466,7 +466,7 @@ private final class ApplierRun: @unchecked Sendable {
         }
         var outcomes: [Int32: [AppliedOffsets.Outcome]] = [:]
         var stopped: (partition: Int32, reply: RESPValue)?
-        for (reply, run) in zip(replies.dropFirst(batch.others), batch.runs) where run.partition != stopped?.partition && !self.deposed.contains(run.partition) {
+        for (reply, run) in zip(replies.dropFirst(batch.checkpointCount + batch.publishCount), batch.runs) where run.partition != stopped?.partition && !self.deposed.contains(run.partition) {
             let tried = (try? AppliedOffsets.outcomes(of: reply)) ?? []
             if tried == [.deposed] {
                 self.depose(run.partition, epoch: self.owners[run.partition]?.epoch ?? 0)
