@@ -53,15 +53,13 @@ public final class Sidecar: Service, Sendable {
         self.backend = backend
         self.layer = layer
         if let membership = configuration.membership {
-            if case .cluster = configuration.redis {
-                throw StartError(description: "redis: the applier does not drive a Redis Cluster yet; give the rack a standalone or Sentinel-managed Redis, or run without kafka-brokers (reads only)")
-            }
             let log = try await Self.blocking { try WorldLog(membership, configuration: configuration, logger: logger) }
             let replies = AppliedReplies()
+            let rack = RackRedis(backend)
             self.log = log
             self.replies = replies
             let interval = Duration.milliseconds(configuration.peerProbeIntervalMilliseconds)
-            self.progress = RackProgress(log: log, primary: { backend.primary }, eventLoop: group.any(), interval: interval, logger: logger)
+            self.progress = RackProgress(log: log, rack: rack, eventLoop: group.any(), interval: interval, logger: logger)
             self.peers = configuration.peers.isEmpty ? nil : Peers(
                 settings: .init(seeds: configuration.peers, interval: interval, maxLag: configuration.maxPeerLag),
                 identity: .init(name: log.sidecar, rack: membership.rack, world: membership.world), metrics: metrics, logger: logger
@@ -77,7 +75,7 @@ public final class Sidecar: Service, Sendable {
                     properties: (configuration.hasStableName ? ["group.instance.id": log.sidecar] : [:]).merging(configuration.kafkaProperties) { $1 },
                     redisTimeout: settings.requestTimeout, sidecarName: log.sidecar
                 ),
-                replies: replies, primary: { backend.primary }, group: group, metrics: metrics, logger: logger
+                replies: replies, rack: rack, group: group, metrics: metrics, logger: logger
             )
         } else {
             self.log = nil
@@ -140,7 +138,8 @@ public final class Sidecar: Service, Sendable {
         }
         if let replies = self.replies, let log = self.log {
             let backend = self.backend
-            replies.subscribe(sidecar: log.sidecar, primary: { backend.primary }, eventLoop: self.group.any(), logger: self.logger)
+            // On Redis Cluster any node will do: a PUBLISH reaches every node.
+            replies.subscribe(sidecar: log.sidecar, node: { backend.writeNode(forSlot: 0) }, eventLoop: self.group.any(), logger: self.logger)
         }
         self.progress?.start()
         if let peers = self.peers {

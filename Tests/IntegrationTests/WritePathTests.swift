@@ -188,3 +188,53 @@ extension Array where Element: Sendable {
         return results
     }
 }
+
+/// A rack whose Redis is a Redis Cluster: the applier routes each op's script to the node of its
+/// slot, with a marker per (partition, slot), and applies exactly once like any rack.
+@Suite("Write path: a rack on Redis Cluster", .serialized, .timeLimit(.minutes(3)))
+struct ClusterRackTests {
+    @Test func aClusterRackAppliesTheLogExactlyOnceAndConverges() async throws {
+        let world = try await WorldFixture(racks: 1)
+        defer { Task { await world.stop() } }
+        let cluster = try await RedisClusterFixture()
+        let join: @Sendable (inout SidecarConfiguration) -> Void = {
+            WorldFixture.join(&$0, world: world.name, rack: "cluster", broker: world.broker, partitions: world.partitions)
+            $0.sidecarName = "cluster-0"
+        }
+        var clusterSidecar = try await SidecarFixture(redis: .cluster(cluster.seeds), configure: join)
+        let a = try await world.racks[0].sidecar.client()
+        // Counters and strings over many slots (and partitions), some sharing a hash tag.
+        let counters = (0..<50).map { $0 % 5 == 0 ? "{tag}.n\($0)" : "n\($0)" }
+        var request = ByteBuffer()
+        for round in 0..<10 {
+            for counter in counters { request.writeRESPCommand(["INCR", counter].map { ByteBuffer(string: $0) }) }
+            request.writeRESPCommand(["SET", "s\(round)", "v\(round)"].map { ByteBuffer(string: $0) })
+            request.writeRESPCommand(["HSET", "{tag}.h", "f\(round)", "\(round)"].map { ByteBuffer(string: $0) })
+        }
+        #expect(try await a.sendRaw(request, replies: 520).allSatisfy { !$0.isError })
+        // The cluster rack's sidecar answers `applied` writes too (its applier's reply).
+        let c = try await clusterSidecar.client()
+        #expect(try await c.send("PYLON", "CONSISTENCY", "applied") == .simple("OK"))
+        #expect(try await c.send("INCR", "n1") == .integer(11))
+        #expect(try await c.send("SET", "s0", "again", "NX") == .null)
+        // Restarted under its name, the rack's sidecar resumes from its checkpoints: nothing twice.
+        await clusterSidecar.stop()
+        clusterSidecar = try await SidecarFixture(redis: .cluster(cluster.seeds), configure: join)
+        defer { Task { [clusterSidecar] in await clusterSidecar.stop() } }
+        for counter in counters { _ = try await a.send("INCR", counter) }
+        #expect(try await world.waitUntilApplied())
+        let token = try await a.send("PYLON", "LASTWRITE").string ?? ""
+        let reader = try await clusterSidecar.client()
+        #expect(try await reader.send("PYLON", "WAIT", token, "10000") == .integer(1))
+        for (index, counter) in counters.enumerated() {
+            #expect(try await reader.send("GET", counter) == .bulk(index == 1 ? "12" : "11"), "\(counter)")
+        }
+        for round in 0..<10 { #expect(try await reader.send("GET", "s\(round)") == .bulk("v\(round)")) }
+        #expect(try await reader.send("HLEN", "{tag}.h") == .integer(10))
+        // Markers live with the ops' keys: in the slot of {tag}, on the node that owns it.
+        let (owner, _) = try await cluster.owner(of: HashSlot.of("tag"))
+        let partition = Int32(HashSlot.of("tag") % world.partitions)
+        let marker = AppliedOffsets.markerKey(topic: world.topic, partition: partition, slot: HashSlot.of("tag"))
+        #expect(try await owner.client().send("EXISTS", marker) == .integer(1))
+    }
+}

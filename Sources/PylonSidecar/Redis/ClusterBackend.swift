@@ -95,7 +95,9 @@ final class ClusterBackend: RedisBackend {
     var currentTopology: ClusterTopology { self.topology.withLock { $0 } }
     var currentVersion: Int { self.topologyVersion.load(ordering: .acquiring) }
 
-    var primary: HostPort? { nil }
+    func writeNode(forSlot slot: Int) -> HostPort? { self.currentTopology.owner(of: slot) }
+
+    var writeNodes: [HostPort] { self.currentTopology.primaries }
 
     var isReady: Bool {
         let topology = self.currentTopology

@@ -13,9 +13,11 @@ protocol RedisBackend: Sendable {
     var isReady: Bool { get }
     /// Topology facts for `PYLON INFO`.
     var description: BackendDescription { get }
-    /// The one node that takes writes (the applier's target), when the topology has one; nil on
-    /// Redis Cluster, where each slot has its own master.
-    var primary: HostPort? { get }
+    /// The node that takes writes for `slot` (the applier's target): the one master, or on Redis
+    /// Cluster the slot's master; nil while unknown.
+    func writeNode(forSlot slot: Int) -> HostPort?
+    /// Every node that takes writes.
+    var writeNodes: [HostPort] { get }
 }
 
 /// What every backend of the Redis layer is built with: its event loops, connection settings,
@@ -109,7 +111,9 @@ final class StandaloneBackend: RedisBackend {
 
     var isReady: Bool { self.context.status.isUp(self.address) }
 
-    var primary: HostPort? { self.address }
+    func writeNode(forSlot slot: Int) -> HostPort? { self.address }
+
+    var writeNodes: [HostPort] { [self.address] }
 
     var description: BackendDescription {
         BackendDescription(topology: "standalone", nodes: [(self.address, "master", self.context.status.isUp(self.address))])

@@ -61,7 +61,9 @@ final class SentinelBackend: RedisBackend {
     var current: Target { self.target.withLock { $0 } }
     var currentVersion: Int { self.targetVersion.load(ordering: .acquiring) }
 
-    var primary: HostPort? { self.current.master }
+    func writeNode(forSlot slot: Int) -> HostPort? { self.current.master }
+
+    var writeNodes: [HostPort] { self.current.master.map { [$0] } ?? [] }
 
     var isReady: Bool {
         guard let read = self.current.read else { return false }

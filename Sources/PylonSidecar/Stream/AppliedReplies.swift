@@ -83,14 +83,14 @@ final class AppliedReplies: Sendable {
         self.deliver(message, for: Position(partition: partition, offset: offset))
     }
 
-    /// Subscribes to `sidecar`'s channel on the rack's Redis (`primary`, which a Sentinel
-    /// failover may move), resubscribing whenever the connection drops.
-    func subscribe(sidecar: String, primary: @escaping @Sendable () -> HostPort?, eventLoop: EventLoop, logger: Logger) {
+    /// Subscribes to `sidecar`'s channel on the rack's Redis (`node`, which a Sentinel failover
+    /// may move), resubscribing whenever the connection drops.
+    func subscribe(sidecar: String, node: @escaping @Sendable () -> HostPort?, eventLoop: EventLoop, logger: Logger) {
         let task = Task { [self] in
             var backoff = Duration.milliseconds(50)
             while !Task.isCancelled {
                 do {
-                    guard let address = primary() else { throw RedisClient.Error(description: "the rack's redis master is not known yet") }
+                    guard let address = node() else { throw RedisClient.Error(description: "the rack's redis master is not known yet") }
                     let client = try await RedisClient.connect(to: address, on: eventLoop) { [self] push in
                         // ["message", channel, payload]
                         if let fields = push.array, fields.count == 3, case .bulkString(let payload?) = fields[2] { self.receive(payload) }

@@ -1,8 +1,9 @@
 import Foundation
 import NIOCore
 
-/// `PYLON WAIT`: reads this rack's markers (`AppliedOffsets.markerKey`) through the client's own
-/// connection to Redis until they reach the positions waited for, or the deadline passes.
+/// `PYLON WAIT`: reads this rack's markers and checkpoints through the client's own connection
+/// to Redis until they reach the positions waited for, or the deadline passes. (On Redis
+/// Cluster the markers are per slot: there the partition's checkpoint tells.)
 /// Loop-bound, like the client connection that made it.
 final class AppliedWait: ReplySink {
     typealias Completion = (Result<Bool, Error>) -> Void
@@ -28,7 +29,9 @@ final class AppliedWait: ReplySink {
         completion: @escaping Completion
     ) {
         self.positions = positions
-        let arguments = ["MGET"] + positions.map { AppliedOffsets.markerKey(topic: topic, partition: $0.partition) }
+        let arguments = ["MGET"] + positions.flatMap {
+            [AppliedOffsets.markerKey(topic: topic, partition: $0.partition), AppliedOffsets.checkpointKey(topic: topic, partition: $0.partition)]
+        }
         self.request = RedisRequest(strings: arguments)
         guard case .command(let mget) = gateway.table.lookup(self.request.arguments) else { preconditionFailure("MGET is in every command table") }
         self.command = mget
@@ -55,12 +58,13 @@ final class AppliedWait: ReplySink {
 
     func deliver(_ reply: ByteBuffer, tag: Int) {
         var bytes = reply
-        guard let value = try? RESPValue.decode(from: &bytes), let markers = value.array, markers.count == self.positions.count else {
+        guard let value = try? RESPValue.decode(from: &bytes), let values = value.array, values.count == 2 * self.positions.count else {
             self.finish(.failure(Failure(description: String(buffer: reply).trimmingCharacters(in: .whitespacesAndNewlines).prefix(300).description)))
             return
         }
-        let applied = zip(self.positions, markers).allSatisfy { position, marker in
-            marker.string.flatMap { Int64($0) }.map { $0 >= position.offset } ?? false
+        let applied = self.positions.enumerated().allSatisfy { index, position in
+            let (marker, checkpoint) = (values[2 * index].string.flatMap { Int64($0) }, values[2 * index + 1].string.flatMap { Int64($0) })
+            return (marker ?? -1) >= position.offset || (checkpoint ?? 0) > position.offset
         }
         if applied || NIODeadline.now() >= self.deadline {
             self.finish(.success(applied))

@@ -10,9 +10,11 @@ import Synchronization
 /// has one applier in the rack. Where a partition starts is read from Redis, not from Kafka: the
 /// partition's checkpoint (`AppliedOffsets.checkpointKey`), or the start of the log when Redis
 /// has none (a new or emptied rack). Each op is applied by a script that also advances its
-/// slot's marker, so a replay or a deposed applier never applies an op twice.
+/// marker (the partition's; on Redis Cluster the partition's in the op's slot), so a replay or a
+/// deposed applier never applies an op twice.
 ///
-/// Ops go to Redis in pipelined batches on one connection, so Redis runs them in log order. Any
+/// Ops go to Redis in pipelined batches, one connection per node, so each node runs them in log
+/// order. Any
 /// doubt — the connection drops, Redis times out or answers a transient error (OOM, LOADING,
 /// READONLY…), a rebalance — stops the batch and *resyncs*: reconnect, re-read the checkpoints,
 /// restart each partition there. A rejected op (WRONGTYPE) is the same on every rack: counted,
@@ -45,8 +47,8 @@ final class Applier: Sendable {
     let stats = ApplierStats()
     /// Where replies to this sidecar's `applied` writes go.
     let replies: AppliedReplies
-    /// Where the rack's writes go now (it moves with a Sentinel failover).
-    fileprivate let primary: @Sendable () -> HostPort?
+    /// Where the rack's writes go now (a Sentinel failover moves the master, a Redis Cluster its slots).
+    fileprivate let rack: RackRedis
     fileprivate let group: EventLoopGroup
     private let metrics: SidecarMetrics
     fileprivate let logger: Logger
@@ -54,10 +56,10 @@ final class Applier: Sendable {
     private let finished = DispatchSemaphore(value: 0)
     private let statusBox = Mutex<[PartitionStatus]>([])
 
-    init(settings: Settings, replies: AppliedReplies, primary: @escaping @Sendable () -> HostPort?, group: EventLoopGroup, metrics: SidecarMetrics, logger: Logger) {
+    init(settings: Settings, replies: AppliedReplies, rack: RackRedis, group: EventLoopGroup, metrics: SidecarMetrics, logger: Logger) {
         self.settings = settings
         self.replies = replies
-        self.primary = primary
+        self.rack = rack
         self.group = group
         self.metrics = metrics
         var logger = logger
@@ -130,14 +132,14 @@ final class ApplierStats: Sendable {
     subscript(_ outcome: Outcome) -> Int { self.counts.withLock { $0[outcome.rawValue] } }
 }
 
-/// The applier's thread: owns the consumer and the Redis connection. @unchecked: made by
-/// `start`, then handed to the thread once and touched only there (the rebalance handler runs
-/// inside that thread's polls).
+/// The applier's thread: owns the consumer and the connections to the rack's Redis nodes.
+/// @unchecked: made by `start`, then handed to the thread once and touched only there (the
+/// rebalance handler runs inside that thread's polls).
 private final class ApplierRun: @unchecked Sendable {
     let applier: Applier
     var consumer: KafkaConsumer!
-    var redis: RedisClient?
-    var connectedTo: HostPort?
+    /// One connection per node that takes writes, opened by the last resync.
+    var connections: [HostPort: RedisClient] = [:]
     var sha = ""
     /// Assigned partitions and the next offset to apply in each.
     var next: [Int32: Int64] = [:]
@@ -145,25 +147,50 @@ private final class ApplierRun: @unchecked Sendable {
     var checkpoints: [Int32: Int64] = [:]
     /// The batch sent to Redis whose replies are not read yet.
     var inFlight: InFlight?
-    /// The offset of the last op sent in each partition since the last resync: the predecessor
+    /// The offset of the last op sent under each marker since the last resync: the predecessor
     /// the script checks (see `AppliedOffsets.script`), across batches in flight.
-    var lastSent: [Int32: Int64] = [:]
-    /// This applier's claim on each assigned partition (see `AppliedOffsets.ownerScript`).
-    var owners: [Int32: AppliedOffsets.Ownership] = [:]
+    var lastSent: [Unit: Int64] = [:]
+    /// This applier's claim on each marker it wrote under since its assignment (see
+    /// `AppliedOffsets.ownerScript`); a marker is claimed before its first run.
+    var owners: [Unit: AppliedOffsets.Ownership] = [:]
     /// Partitions another applier claimed since: nothing is applied there until the next assignment.
     var deposed: Set<Int32> = []
     /// Replies owed to other sidecars (PUBLISH commands), sent with the next request.
-    var publishes = ByteBuffer()
-    var publishCount = 0
+    var publishes: [[ByteBuffer]] = []
     var needsResync = false
     var backoffMilliseconds: Int32 = 50
     var lastCommit = ContinuousClock.now
     var lastConsumerError: String?
     var settings: Applier.Settings { self.applier.settings }
+    var rack: RackRedis { self.applier.rack }
     var logger: Logger { self.applier.logger }
 
     struct Doubt: Error, CustomStringConvertible {
         let description: String
+    }
+
+    /// The ops sharing one marker: a partition's (standalone, Sentinel), or a partition's ops in
+    /// one hash slot (Redis Cluster, where a script may only touch one slot).
+    struct Unit: Hashable {
+        var partition: Int32
+        /// The slot, or -1 when the marker is the partition's.
+        var slot: Int
+    }
+
+    func unit(of op: OpRecord, in partition: Int32) -> Unit {
+        Unit(partition: partition, slot: self.rack.perSlot ? op.slot : -1)
+    }
+
+    func markerKey(_ unit: Unit) -> String {
+        unit.slot < 0
+            ? AppliedOffsets.markerKey(topic: self.settings.topic, partition: unit.partition)
+            : AppliedOffsets.markerKey(topic: self.settings.topic, partition: unit.partition, slot: unit.slot)
+    }
+
+    func ownerKey(_ unit: Unit) -> String {
+        unit.slot < 0
+            ? AppliedOffsets.ownerKey(topic: self.settings.topic, partition: unit.partition)
+            : AppliedOffsets.ownerKey(topic: self.settings.topic, partition: unit.partition, slot: unit.slot)
     }
 
     init(applier: Applier) throws {
@@ -208,7 +235,7 @@ private final class ApplierRun: @unchecked Sendable {
         }
         self.finishInFlight()
         self.consumer.close()
-        if let redis = self.redis { redis.channel.close(promise: nil) }
+        self.dropConnections()
     }
 
     // MARK: - Partitions
@@ -217,12 +244,16 @@ private final class ApplierRun: @unchecked Sendable {
         // The batch in flight belongs to the old assignment: record it before the assignment changes.
         self.finishInFlight()
         self.lastSent = [:]
+        // A new assignment claims its markers anew (before their first run); a revocation ends the claims.
+        self.owners = [:]
+        self.deposed = []
         switch event {
         case .assigned(let partitions):
             self.logger.info("partitions assigned to this sidecar's applier", metadata: ["partitions": "\(partitions.map(\.partition))"])
             self.next = [:]
             do {
-                let offsets = try self.startingOffsets(partitions.map(\.partition), claim: true)
+                try self.connectAll()
+                let offsets = try self.startingOffsets(partitions.map(\.partition))
                 self.needsResync = false
                 return offsets
             } catch {
@@ -236,40 +267,25 @@ private final class ApplierRun: @unchecked Sendable {
             self.logger.info("partitions revoked from this sidecar's applier", metadata: ["partitions": "\(partitions.map(\.partition))"])
             self.next = [:]
             self.checkpoints = [:]
-            self.owners = [:]
-            self.deposed = []
             self.publish()
             return []
         }
     }
 
-    /// Reads each partition's checkpoint from Redis (connecting first when needed); a partition
-    /// Redis knows nothing of starts at the beginning of the log. With `claim`, claims each
-    /// partition for this applier (a new assignment); otherwise checks that the claims still
-    /// hold, restoring one Redis lost (it came back empty) and noting the ones another applier took.
-    func startingOffsets(_ partitions: [Int32], claim: Bool) throws -> [Int64] {
-        let redis = try self.connection()
-        var request = ByteBuffer()
-        let now = Int(Date().timeIntervalSince1970 * 1000)
+    /// Reads each partition's checkpoint from Redis; a partition Redis knows nothing of starts at
+    /// the beginning of the log.
+    func startingOffsets(_ partitions: [Int32]) throws -> [Int64] {
+        var requests = NodeRequests()
         for partition in partitions {
-            request.writeRESPCommand([ByteBuffer(string: "GET"), ByteBuffer(string: AppliedOffsets.checkpointKey(topic: self.settings.topic, partition: partition))])
-            let key = AppliedOffsets.ownerKey(topic: self.settings.topic, partition: partition)
-            let held = claim ? nil : self.owners[partition]
-            request.writeRESPCommand(["EVAL", AppliedOffsets.ownerScript, "1", key, held == nil ? "claim" : "keep", String(held?.epoch ?? now)].map { ByteBuffer(string: $0) })
+            let key = AppliedOffsets.checkpointKey(topic: self.settings.topic, partition: partition)
+            try requests.add(["GET", key], to: self.node(forKey: key), as: .checkpoint(partition))
         }
-        let replies = try self.wait(redis.pipeline(request, replies: 2 * partitions.count))
-        return partitions.enumerated().map { index, partition in
-            let (checkpoint, owner) = (replies[2 * index], replies[2 * index + 1])
-            let key = AppliedOffsets.ownerKey(topic: self.settings.topic, partition: partition)
-            if case .integer(let epoch) = owner {
-                if let held = self.owners[partition], !claim, held.epoch != epoch {
-                    self.depose(partition, epoch: epoch)
-                } else {
-                    self.owners[partition] = .init(key: key, epoch: epoch)
-                    self.deposed.remove(partition)
-                }
-            }
-            if let text = checkpoint.string, let offset = Int64(text) {
+        var offsets: [Int32: Int64] = [:]
+        for (entry, reply) in try self.exchange(requests) {
+            if case .checkpoint(let partition) = entry, let offset = reply.string.flatMap({ Int64($0) }) { offsets[partition] = offset }
+        }
+        return partitions.map { partition in
+            if let offset = offsets[partition] {
                 self.next[partition] = offset
                 return offset
             }
@@ -277,6 +293,58 @@ private final class ApplierRun: @unchecked Sendable {
             self.applier.count(.replay)
             self.next[partition] = 0
             return KafkaConsumer.beginning
+        }
+    }
+
+    /// Reconnects and restarts every partition from its checkpoint. The claims held are
+    /// re-asserted: that restores one a Redis lost (it came back empty) and finds the ones
+    /// another applier of the rack took meanwhile.
+    func resync() -> Bool {
+        do {
+            try self.connectAll()
+            let partitions = self.next.keys.sorted()
+            let offsets = try self.startingOffsets(partitions)
+            try self.assertClaims()
+            try self.consumer.assign(zip(partitions, offsets).map { (self.settings.topic, $0, $1) })
+            self.checkpoints = [:]
+            self.lastSent = [:]
+            self.needsResync = false
+            self.backoffMilliseconds = 50
+            if !partitions.isEmpty { self.logger.info("applier resynced from the checkpoints in redis", metadata: ["offsets": "\(self.next)"]) }
+            return true
+        } catch {
+            self.logger.warning("applier waiting for redis", metadata: ["error": "\(error)"])
+            self.dropConnections()
+            return false
+        }
+    }
+
+    /// Claims `units` (before their first run since the assignment).
+    func claim(_ units: some Sequence<Unit>) throws {
+        try self.own(units.map { ($0, "claim", Int(Date().timeIntervalSince1970 * 1000)) })
+    }
+
+    /// Re-asserts every claim held (after a resync).
+    func assertClaims() throws {
+        try self.own(self.owners.map { ($0.key, "keep", $0.value.epoch) })
+    }
+
+    private func own(_ requests: [(unit: Unit, mode: String, value: Int)]) throws {
+        guard !requests.isEmpty else { return }
+        var pipeline = NodeRequests()
+        for (unit, mode, value) in requests {
+            let key = self.ownerKey(unit)
+            try pipeline.add(["EVAL", AppliedOffsets.ownerScript, "1", key, mode, String(value)], to: self.node(forKey: self.markerKey(unit)), as: .claim(unit))
+        }
+        for (entry, reply) in try self.exchange(pipeline) {
+            guard case .claim(let unit) = entry, case .integer(let epoch) = reply else {
+                throw Doubt(description: "claiming a partition: redis answered \(reply)")
+            }
+            if let held = self.owners[unit], held.epoch != epoch {
+                self.depose(unit.partition, epoch: epoch)
+            } else {
+                self.owners[unit] = .init(key: self.ownerKey(unit), epoch: epoch)
+            }
         }
     }
 
@@ -290,57 +358,92 @@ private final class ApplierRun: @unchecked Sendable {
         self.applier.count(.deposed)
     }
 
-    /// Reconnects if needed and restarts every partition from its checkpoint.
-    func resync() -> Bool {
-        do {
-            let partitions = self.next.keys.sorted()
-            let offsets = try self.startingOffsets(partitions, claim: false)
-            try self.consumer.assign(zip(partitions, offsets).map { (self.settings.topic, $0, $1) })
-            self.checkpoints = [:]
-            self.lastSent = [:]
-            self.needsResync = false
-            self.backoffMilliseconds = 50
-            if !partitions.isEmpty { self.logger.info("applier resynced from the checkpoints in redis", metadata: ["offsets": "\(self.next)"]) }
-            return true
-        } catch {
-            self.logger.warning("applier waiting for redis", metadata: ["error": "\(error)"])
-            self.dropConnection()
-            return false
-        }
-    }
-
     // MARK: - Redis
 
-    func connection() throws -> RedisClient {
-        guard let address = self.applier.primary() else { throw Doubt(description: "the rack's redis master is not known yet") }
-        // Reuse the connection unless it closed or the master moved (a Sentinel failover).
-        if let redis = self.redis, redis.channel.isActive, address == self.connectedTo { return redis }
-        self.dropConnection()
-        let redis = try self.wait(RedisClient.connecting(to: address, on: self.applier.group.any(), timeout: self.settings.redisTimeout))
-        let reply = try self.wait(redis.pipeline(RedisRequest(strings: ["SCRIPT", "LOAD", AppliedOffsets.script]).raw, replies: 1))[0]
-        guard let sha = reply.string, sha.count == 40 else { throw Doubt(description: "SCRIPT LOAD answered \(reply)") }
-        self.sha = sha
-        self.redis = redis
-        self.connectedTo = address
-        return redis
+    /// What a reply in a pipeline answers.
+    enum Entry {
+        case checkpoint(Int32)
+        case publish
+        case claim(Unit)
+        /// A script applying these ops (their offsets) under one marker.
+        case run(Unit, offsets: [Int64])
     }
 
-    /// The connection the checkpoints were read on. A new connection may reach a restarted (or
-    /// emptied) Redis, so only a resync may open one.
-    func sameConnection() throws -> RedisClient {
-        guard let redis = self.redis, redis.channel.isActive else {
-            self.needsResync = true
-            throw Doubt(description: "the connection to redis closed")
+    /// Requests for several nodes, each node's in one pipeline.
+    struct NodeRequests {
+        var byNode: [HostPort: (bytes: ByteBuffer, entries: [Entry])] = [:]
+
+        mutating func add(_ command: [String], to node: HostPort, as entry: Entry) {
+            self.add(command.map { ByteBuffer(string: $0) }, to: node, as: entry)
         }
-        return redis
+
+        mutating func add(_ command: [ByteBuffer], to node: HostPort, as entry: Entry) {
+            self.byNode[node, default: (ByteBuffer(), [])].bytes.writeRESPCommand(command)
+            self.byNode[node]!.entries.append(entry)
+        }
+
+        mutating func add(written: (inout ByteBuffer) -> Void, to node: HostPort, as entry: Entry) {
+            written(&self.byNode[node, default: (ByteBuffer(), [])].bytes)
+            self.byNode[node]!.entries.append(entry)
+        }
     }
 
-    func dropConnection() {
-        self.redis?.channel.close(promise: nil)
-        self.redis = nil
+    /// Sends each node its pipeline; the replies come back with what they answer.
+    func transmit(_ requests: NodeRequests) throws -> [(replies: EventLoopFuture<[RESPValue]>, entries: [Entry])] {
+        try requests.byNode.map { node, request in
+            (try self.sameConnection(to: node).pipeline(request.bytes, replies: request.entries.count), request.entries)
+        }
     }
 
-    /// Waits for `future` up to the Redis timeout; a timeout closes the connection (a late reply
+    /// Sends and waits.
+    func exchange(_ requests: NodeRequests) throws -> [(Entry, RESPValue)] {
+        try self.transmit(requests).flatMap { sent in zip(sent.entries, try self.wait(sent.replies)).map { ($0, $1) } }
+    }
+
+    /// The node that takes writes for `key`.
+    func node(forKey key: String) throws -> HostPort {
+        guard let node = self.rack.node(HashSlot.of(key)) else { throw Doubt(description: "the rack's redis node for \(key) is not known yet") }
+        return node
+    }
+
+    /// Connects to every node that takes writes (keeping live connections to the same nodes);
+    /// only a resync or an assignment may do this, as a new connection may reach a restarted
+    /// (or emptied) Redis.
+    func connectAll() throws {
+        let nodes = self.rack.nodes()
+        guard !nodes.isEmpty else { throw Doubt(description: "the rack's redis master is not known yet") }
+        for (node, client) in self.connections where !nodes.contains(node) || !client.channel.isActive {
+            client.channel.close(promise: nil)
+            self.connections[node] = nil
+        }
+        for node in nodes where self.connections[node] == nil {
+            let client = try self.wait(RedisClient.connecting(to: node, on: self.applier.group.any(), timeout: self.settings.redisTimeout))
+            let reply = try self.wait(client.pipeline(RedisRequest(strings: ["SCRIPT", "LOAD", AppliedOffsets.script]).raw, replies: 1))[0]
+            guard let sha = reply.string, sha.count == 40 else {
+                client.channel.close(promise: nil)
+                throw Doubt(description: "SCRIPT LOAD answered \(reply)")
+            }
+            self.sha = sha
+            self.connections[node] = client
+        }
+    }
+
+    /// The connection to `node` opened by the last resync; a closed or missing one (Redis
+    /// restarted, a failover moved the master, a slot moved) calls for a resync.
+    func sameConnection(to node: HostPort) throws -> RedisClient {
+        guard let client = self.connections[node], client.channel.isActive else {
+            self.needsResync = true
+            throw Doubt(description: "no open connection to redis at \(node)")
+        }
+        return client
+    }
+
+    func dropConnections() {
+        for client in self.connections.values { client.channel.close(promise: nil) }
+        self.connections = [:]
+    }
+
+    /// Waits for `future` up to the Redis timeout; a timeout closes the connections (a late reply
     /// must not be mistaken for another request's).
     func wait<Value: Sendable>(_ future: EventLoopFuture<Value>) throws -> Value {
         let promise = future.eventLoop.makePromise(of: Value.self)
@@ -350,7 +453,7 @@ private final class ApplierRun: @unchecked Sendable {
         future.cascade(to: promise)
         defer { timeout.cancel() }
         do { return try promise.futureResult.wait() } catch {
-            self.dropConnection()
+            self.dropConnections()
             throw error
         }
     }
@@ -385,12 +488,8 @@ private final class ApplierRun: @unchecked Sendable {
 
     /// A batch sent to Redis whose replies have not been read yet.
     struct InFlight {
-        var replies: EventLoopFuture<[RESPValue]>
-        /// Replies before the scripts': the checkpoints', then the publishes'.
-        var checkpointCount: Int
-        var publishCount: Int
-        /// The partition of each script call and how many ops it tries, in request order.
-        var runs: [(partition: Int32, count: Int)]
+        /// Each node's replies, and what each answers.
+        var requests: [(replies: EventLoopFuture<[RESPValue]>, entries: [Entry])]
         /// Each partition's messages in log order.
         var messages: [Int32: [Message]]
     }
@@ -403,14 +502,13 @@ private final class ApplierRun: @unchecked Sendable {
         var replyTo: String?
     }
 
-    /// Sends a batch: the earned checkpoints, then each partition's ops in runs of
-    /// `opsPerScript`, all in one pipeline. The replies are read by `finishInFlight` after the
-    /// next batch was sent, so Redis does not wait for the applier between batches.
+    /// Sends a batch: the earned checkpoints and owed replies, then the ops under each marker
+    /// in runs of `opsPerScript`, each node's in one pipeline. The replies are read by
+    /// `finishInFlight` after the next batch was sent, so Redis does not wait for the applier
+    /// between batches.
     func send(_ batch: [KafkaMessage]) -> InFlight? {
-        var request = ByteBuffer()
-        let checkpointCount = self.writeCheckpointRequests(into: &request)
-        let publishCount = self.takePublishes(into: &request)
-        var ops: [Int32: [AppliedOffsets.PendingOp]] = [:]
+        var ops: [Unit: [AppliedOffsets.PendingOp]] = [:]
+        var order: [Unit] = []
         var messages: [Int32: [Message]] = [:]
         for message in batch where !self.deposed.contains(message.partition) && (self.next[message.partition].map { message.offset >= $0 } ?? false) {
             do {
@@ -418,7 +516,9 @@ private final class ApplierRun: @unchecked Sendable {
                 guard op.arguments.count <= AppliedOffsets.maxArguments else {
                     throw OpRecord.DecodingError(description: "\(op.arguments.count) arguments, more than the applier's script takes (\(AppliedOffsets.maxArguments))")
                 }
-                ops[message.partition, default: []].append(.init(op: op, offset: message.offset))
+                let unit = self.unit(of: op, in: message.partition)
+                if ops[unit] == nil { order.append(unit) }
+                ops[unit, default: []].append(.init(op: op, offset: message.offset))
                 messages[message.partition, default: []].append(Message(offset: message.offset, readable: true, replyTo: op.wantsReply ? op.originSidecar : nil))
             } catch {
                 messages[message.partition, default: []].append(Message(offset: message.offset, readable: false))
@@ -427,22 +527,22 @@ private final class ApplierRun: @unchecked Sendable {
                 ])
             }
         }
-        var runs: [(partition: Int32, count: Int)] = []
-        for (partition, ops) in ops {
-            guard let owner = self.owners[partition] else { continue }
-            let marker = AppliedOffsets.markerKey(topic: self.settings.topic, partition: partition)
-            for start in stride(from: 0, to: ops.count, by: Self.opsPerScript) {
-                let run = ops[start..<min(start + Self.opsPerScript, ops.count)]
-                AppliedOffsets.writeRequest(run, marker: marker, owner: owner, previous: self.lastSent[partition] ?? -1, sha: self.sha, into: &request)
-                self.lastSent[partition] = run.last!.offset
-                runs.append((partition, run.count))
-            }
-        }
         do {
-            let replies = try self.sameConnection().pipeline(request, replies: checkpointCount + publishCount + runs.count)
-            // Sent checkpoints are not sent again; if they fail, the resync re-reads them anyway.
-            self.checkpoints = [:]
-            return InFlight(replies: replies, checkpointCount: checkpointCount, publishCount: publishCount, runs: runs, messages: messages)
+            try self.claim(order.filter { self.owners[$0] == nil })
+            var requests = NodeRequests()
+            try self.addCheckpointsAndPublishes(to: &requests)
+            for unit in order where !self.deposed.contains(unit.partition) {
+                guard let owner = self.owners[unit], let ops = ops[unit] else { continue }
+                let marker = self.markerKey(unit)
+                let node = try self.node(forKey: marker)
+                for start in stride(from: 0, to: ops.count, by: Self.opsPerScript) {
+                    let run = ops[start..<min(start + Self.opsPerScript, ops.count)]
+                    let previous = self.lastSent[unit] ?? -1
+                    requests.add(written: { AppliedOffsets.writeRequest(run, marker: marker, owner: owner, previous: previous, sha: self.sha, into: &$0) }, to: node, as: .run(unit, offsets: run.map(\.offset)))
+                    self.lastSent[unit] = run.last!.offset
+                }
+            }
+            return InFlight(requests: try self.transmit(requests), messages: messages)
         } catch {
             self.doubt("redis failed during a batch", error: error)
             return nil
@@ -454,39 +554,46 @@ private final class ApplierRun: @unchecked Sendable {
     /// replays it.
     func finishInFlight() {
         guard let batch = self.inFlight.take() else { return }
-        let replies: [RESPValue]
-        do { replies = try self.wait(batch.replies) } catch {
+        var replies: [(Entry, RESPValue)] = []
+        do {
+            for request in batch.requests { replies += zip(request.entries, try self.wait(request.replies)).map { ($0, $1) } }
+        } catch {
             if !self.needsResync { self.doubt("redis failed during a batch", error: error) }
             return
         }
         guard !self.needsResync else { return }
-        if let failed = replies.prefix(batch.checkpointCount).first(where: \.isError) {
-            self.doubt("redis refused a checkpoint", error: Doubt(description: "\(failed)"))
-            return
-        }
-        var outcomes: [Int32: [AppliedOffsets.Outcome]] = [:]
-        var stopped: (partition: Int32, reply: RESPValue)?
-        for (reply, run) in zip(replies.dropFirst(batch.checkpointCount + batch.publishCount), batch.runs) where run.partition != stopped?.partition && !self.deposed.contains(run.partition) {
-            let tried = (try? AppliedOffsets.outcomes(of: reply)) ?? []
-            if tried == [.deposed] {
-                self.depose(run.partition, epoch: self.owners[run.partition]?.epoch ?? 0)
-                continue
+        var outcomes: [Int32: [Int64: AppliedOffsets.Outcome]] = [:]
+        var stopped: RESPValue?
+        for (entry, reply) in replies {
+            switch entry {
+            case .checkpoint where reply.isError:
+                self.doubt("redis refused a checkpoint", error: Doubt(description: "\(reply)"))
+                return
+            case .run(let unit, let offsets) where !self.deposed.contains(unit.partition):
+                let tried = (try? AppliedOffsets.outcomes(of: reply)) ?? []
+                if tried == [.deposed] {
+                    self.depose(unit.partition, epoch: self.owners[unit]?.epoch ?? 0)
+                } else if tried.count == offsets.count, tried.first != .previousMissing {
+                    for (offset, outcome) in zip(offsets, tried) { outcomes[unit.partition, default: [:]][offset] = outcome }
+                } else {
+                    // A script error (OOM, LOADING, MOVED…) or a run whose predecessor did not
+                    // apply: the later runs under its marker did not apply either.
+                    if case .error(let message) = reply, ["MOVED", "ASK", "CLUSTERDOWN"].contains(where: { message.readableBytesView.starts(with: $0.utf8) }) {
+                        self.rack.slotsMoved()
+                    }
+                    stopped = stopped ?? reply
+                }
+            default:
+                break
             }
-            guard tried.count == run.count, tried.first != .previousMissing else {
-                // A script error (OOM, LOADING…) or a run whose predecessor did not apply: the
-                // partition's later runs did not apply either. Keep what surely applied.
-                stopped = (run.partition, reply)
-                continue
-            }
-            outcomes[run.partition, default: []] += tried
         }
         var counts = [ApplierStats.Outcome: Int]()
         for (partition, messages) in batch.messages {
-            self.record(outcomes[partition] ?? [], partition: partition, messages: messages, counts: &counts)
+            self.record(outcomes[partition] ?? [:], partition: partition, messages: messages, counts: &counts)
         }
         for (outcome, n) in counts { self.applier.count(outcome, n) }
         if let stopped {
-            self.doubt("redis could not apply a run of ops now", error: Doubt(description: "\(stopped.reply)".prefix(300).description))
+            self.doubt("redis could not apply a run of ops now", error: Doubt(description: "\(stopped)".prefix(300).description))
         } else {
             self.commitForMonitoring()
         }
@@ -495,15 +602,14 @@ private final class ApplierRun: @unchecked Sendable {
     /// Advances past each of a partition's messages whose outcome is known (unreadable ones
     /// count as passed), stopping at the first readable op without an outcome. Replies go to
     /// the sidecars that wait for them.
-    func record(_ outcomes: [AppliedOffsets.Outcome], partition: Int32, messages: [Message], counts: inout [ApplierStats.Outcome: Int]) {
-        var next = outcomes.makeIterator()
+    func record(_ outcomes: [Int64: AppliedOffsets.Outcome], partition: Int32, messages: [Message], counts: inout [ApplierStats.Outcome: Int]) {
         for message in messages {
             guard message.readable else {
                 counts[.undecodable, default: 0] += 1
                 self.advance(partition, past: message.offset)
                 continue
             }
-            guard let outcome = next.next() else { return }
+            guard let outcome = outcomes[message.offset] else { return }
             let position = AppliedReplies.Position(partition: partition, offset: message.offset)
             switch outcome {
             case .applied(let reply):
@@ -527,18 +633,7 @@ private final class ApplierRun: @unchecked Sendable {
             self.applier.replies.deliver(reply, for: position)
             return
         }
-        self.publishes.writeRESPCommand([ByteBuffer(string: "PUBLISH"), ByteBuffer(string: AppliedReplies.channel(for: origin)), AppliedReplies.message(reply, for: position)])
-        self.publishCount += 1
-    }
-
-    /// Moves the owed replies into a request; returns how many.
-    func takePublishes(into request: inout ByteBuffer) -> Int {
-        defer {
-            self.publishes.clear()
-            self.publishCount = 0
-        }
-        request.writeBuffer(&self.publishes)
-        return self.publishCount
+        self.publishes.append([ByteBuffer(string: "PUBLISH"), ByteBuffer(string: AppliedReplies.channel(for: origin)), AppliedReplies.message(reply, for: position)])
     }
 
     func advance(_ partition: Int32, past offset: Int64) {
@@ -554,26 +649,29 @@ private final class ApplierRun: @unchecked Sendable {
 
     // MARK: - Checkpoints and monitoring
 
-    /// Adds the earned checkpoints to a request; returns how many.
-    func writeCheckpointRequests(into request: inout ByteBuffer) -> Int {
+    /// Adds the earned checkpoints and the owed replies to a request (each checkpoint to the
+    /// node of its key; replies to any node: a Redis Cluster forwards a PUBLISH to every node).
+    func addCheckpointsAndPublishes(to requests: inout NodeRequests) throws {
         for (partition, offset) in self.checkpoints {
-            request.writeRESPCommand([
-                ByteBuffer(string: "SET"), ByteBuffer(string: AppliedOffsets.checkpointKey(topic: self.settings.topic, partition: partition)),
-                ByteBuffer(string: String(offset)),
-            ])
+            let key = AppliedOffsets.checkpointKey(topic: self.settings.topic, partition: partition)
+            try requests.add(["SET", key, String(offset)], to: self.node(forKey: key), as: .checkpoint(partition))
         }
-        return self.checkpoints.count
+        if !self.publishes.isEmpty, let node = self.connections.keys.first {
+            for publish in self.publishes { requests.add(publish, to: node, as: .publish) }
+        }
+        // Sent checkpoints are not sent again; if they fail, the resync re-reads them anyway.
+        self.checkpoints = [:]
+        self.publishes = []
     }
 
     /// Writes the earned checkpoints and owed replies now (the log is quiet); also notices,
     /// while idle, a Redis that restarted.
     func writeCheckpoints() throws {
-        let redis = try self.sameConnection()
-        guard !self.checkpoints.isEmpty || self.publishCount > 0 else { return }
-        var request = ByteBuffer()
-        let count = self.writeCheckpointRequests(into: &request) + self.takePublishes(into: &request)
-        self.checkpoints = [:]
-        _ = try self.wait(redis.pipeline(request, replies: count))
+        for node in self.connections.keys { _ = try self.sameConnection(to: node) }
+        guard !self.checkpoints.isEmpty || !self.publishes.isEmpty else { return }
+        var requests = NodeRequests()
+        try self.addCheckpointsAndPublishes(to: &requests)
+        _ = try self.exchange(requests)
         self.commitForMonitoring()
     }
 

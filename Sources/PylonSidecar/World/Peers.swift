@@ -161,7 +161,8 @@ final class Peers: Sendable {
     /// One probe: `PYLON PING` on the kept connection (made when missing); returns the
     /// connection to keep, nil when the peer did not answer in time.
     private func probe(_ address: HostPort, client: RedisClient?, on eventLoop: EventLoop) async -> RedisClient? {
-        let timeout = TimeAmount.milliseconds(self.settings.interval.milliseconds)
+        // A busy peer (or box) may miss one probe: it is marked down after two misses in a row.
+        let timeout = TimeAmount.milliseconds(max(self.settings.interval.milliseconds, 250))
         var peer = self.table.withLock { $0[address] } ?? Peer(address: address)
         var client = client
         do {
@@ -190,8 +191,10 @@ final class Peers: Sendable {
             client?.channel.close(promise: nil)
             client = nil
             peer.failures += 1
-            if peer.up { self.logger.warning("peer sidecar down", metadata: ["peer": "\(address)", "error": "\(error)"]) }
-            peer.up = false
+            if peer.up, peer.failures >= 2 {
+                self.logger.warning("peer sidecar down", metadata: ["peer": "\(address)", "error": "\(error)"])
+                peer.up = false
+            }
         }
         // A seed may be this sidecar itself (a headless Service lists every pod): never a peer.
         if peer.name == self.identity.name {

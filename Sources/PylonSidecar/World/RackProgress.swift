@@ -11,7 +11,7 @@ import Synchronization
 /// Refreshed every `interval` on a thread of its own (the broker calls block).
 final class RackProgress: Sendable {
     private let log: WorldLog
-    private let primary: @Sendable () -> HostPort?
+    private let rack: RackRedis
     private let eventLoop: EventLoop
     private let interval: Duration
     private let logger: Logger
@@ -20,9 +20,9 @@ final class RackProgress: Sendable {
     private let stopped = DispatchSemaphore(value: 0)
     private let running = Atomic<Bool>(false)
 
-    init(log: WorldLog, primary: @escaping @Sendable () -> HostPort?, eventLoop: EventLoop, interval: Duration, logger: Logger) {
+    init(log: WorldLog, rack: RackRedis, eventLoop: EventLoop, interval: Duration, logger: Logger) {
         self.log = log
-        self.primary = primary
+        self.rack = rack
         self.eventLoop = eventLoop
         self.interval = interval
         self.logger = logger
@@ -32,24 +32,25 @@ final class RackProgress: Sendable {
     /// broker or the rack's Redis cannot be read, or the last reading is stale).
     var lag: Int64? {
         let (lag, at) = self.latest.withLock { $0 }
-        return ContinuousClock.now - at < self.interval * 3 ? lag : nil
+        // A reading is good for a few rounds: one round may take long on a busy broker.
+        return ContinuousClock.now - at < max(self.interval * 5, .seconds(2)) ? lag : nil
     }
 
     func start() {
         self.running.store(true, ordering: .releasing)
         let thread = Thread { [self] in
-            var redis: RedisClient?
+            var clients: [HostPort: RedisClient] = [:]
             repeat {
                 let lag: Int64?
-                do { lag = try self.measure(&redis) } catch {
+                do { lag = try self.measure(&clients) } catch {
                     self.logger.debug("cannot measure this rack's lag", metadata: ["error": "\(error)"])
-                    redis?.channel.close(promise: nil)
-                    redis = nil
+                    for client in clients.values { client.channel.close(promise: nil) }
+                    clients = [:]
                     lag = nil
                 }
                 self.latest.withLock { $0 = (lag, .now) }
             } while self.stopping.wait(timeout: .now() + .milliseconds(Int(self.interval.milliseconds))) == .timedOut
-            redis?.channel.close(promise: nil)
+            for client in clients.values { client.channel.close(promise: nil) }
             self.stopped.signal()
         }
         thread.name = "pylon-rack-progress"
@@ -62,23 +63,35 @@ final class RackProgress: Sendable {
         self.stopped.wait()
     }
 
-    private func measure(_ redis: inout RedisClient?) throws -> Int64 {
+    private func measure(_ clients: inout [HostPort: RedisClient]) throws -> Int64 {
         let topic = self.log.topic
         let partitions = (0..<Int32(self.log.partitions))
         let ends = try partitions.map { try self.log.producer.watermarks(topic: topic, partition: $0, timeoutMilliseconds: 1000).high }
-        if redis == nil || redis?.channel.isActive != true {
-            guard let address = self.primary() else { throw RedisClient.Error(description: "the rack's redis master is not known yet") }
-            redis = try RedisClient.connecting(to: address, on: self.eventLoop, timeout: .seconds(1)).wait()
+        // Each partition's marker and checkpoint, read from the node holding each key.
+        var reads: [HostPort: [String]] = [:]
+        for partition in partitions {
+            for key in [AppliedOffsets.markerKey(topic: topic, partition: partition), AppliedOffsets.checkpointKey(topic: topic, partition: partition)] {
+                guard let node = self.rack.node(HashSlot.of(key)) else { throw RedisClient.Error(description: "the rack's redis node for \(key) is not known yet") }
+                reads[node, default: []].append(key)
+            }
         }
-        let keys = partitions.flatMap { [AppliedOffsets.markerKey(topic: topic, partition: $0), AppliedOffsets.checkpointKey(topic: topic, partition: $0)] }
-        let values = try redis!.pipeline(RedisRequest(strings: ["MGET"] + keys).raw, replies: 1).wait()[0].array ?? []
-        guard values.count == keys.count else { throw RedisClient.Error(description: "MGET answered \(values.count) values for \(keys.count) keys") }
+        var values: [String: Int64] = [:]
+        for (node, keys) in reads {
+            if clients[node]?.channel.isActive != true {
+                clients[node] = try RedisClient.connecting(to: node, on: self.eventLoop, timeout: .seconds(1)).wait()
+            }
+            var request = ByteBuffer()
+            for key in keys { request.writeRESPCommand([ByteBuffer(string: "GET"), ByteBuffer(string: key)]) }
+            for (key, value) in zip(keys, try clients[node]!.pipeline(request, replies: keys.count).wait()) {
+                if let number = value.string.flatMap({ Int64($0) }) { values[key] = number }
+            }
+        }
         // Next offset the rack needs: past its last applied op, or its checkpoint (which also
-        // passes unreadable messages), whichever is further.
+        // passes unreadable messages), whichever is further. On Redis Cluster the markers are
+        // per slot, and the checkpoint alone tells.
         return zip(partitions, ends).reduce(0) { total, entry in
-            let index = Int(entry.0) * 2
-            let marker = values[index].string.flatMap { Int64($0) }.map { $0 + 1 } ?? 0
-            let checkpoint = values[index + 1].string.flatMap { Int64($0) } ?? 0
+            let marker = values[AppliedOffsets.markerKey(topic: topic, partition: entry.0)].map { $0 + 1 } ?? 0
+            let checkpoint = values[AppliedOffsets.checkpointKey(topic: topic, partition: entry.0)] ?? 0
             return total + max(0, entry.1 - max(marker, checkpoint))
         }
     }
