@@ -19,6 +19,8 @@ let package = Package(
     targets: [
         // librdkafka (Kafka client), from Debian's librdkafka-dev.
         .systemLibrary(name: "CRdKafka", pkgConfig: "rdkafka", providers: [.apt(["librdkafka-dev"])]),
+        // libcurl (the operator's Kubernetes API client), from Debian's libcurl4-openssl-dev.
+        .systemLibrary(name: "CCurl", pkgConfig: "libcurl", providers: [.apt(["libcurl4-openssl-dev"])]),
         // What every Pylon executable shares: admin HTTP (metrics, health), logging, config files.
         .target(
             name: "Shared",
@@ -60,6 +62,27 @@ let package = Package(
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        // The operator: the Kubernetes API client (libcurl), CRD models, reconcilers.
+        .target(
+            name: "PylonOperator",
+            dependencies: [
+                "Shared",
+                "CCurl",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Yams", package: "Yams"),
+            ]
+        ),
+        .testTarget(
+            name: "OperatorTests",
+            dependencies: [
+                "PylonOperator",
+                "Shared",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Yams", package: "Yams"),
             ]
         ),
         .testTarget(

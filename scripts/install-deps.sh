@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages Pylon builds, tests and benchmarks with. Idempotent.
 set -euo pipefail
-packages=(redis-server redis-tools nutcracker librdkafka-dev libhiredis-dev curl)
+packages=(redis-server redis-tools nutcracker librdkafka-dev libhiredis-dev curl libcurl4-openssl-dev)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
