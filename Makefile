@@ -3,11 +3,16 @@ SHELL := /bin/bash
 SWIFT ?= swift
 CONFIG ?= debug
 
-.PHONY: deps build release test unit-test integration-test run bench clean
+.PHONY: deps kube build release test unit-test integration-test run bench clean
 
 ## deps: install the Debian packages Pylon needs (idempotent; skips what is installed)
 deps:
 	@scripts/install-deps.sh
+
+## kube: a real kube-apiserver + etcd for the operator's tests (built once from Debian's source
+## package into ~/.cache/pylon; ~5 minutes the first time)
+kube: deps
+	@scripts/install-kube.sh > /dev/null
 
 ## build: debug build of every target
 build: deps
@@ -16,8 +21,9 @@ build: deps
 release: deps
 	$(SWIFT) build -c release
 
-## test: the whole suite — unit tests and integration tests against real redis-server processes
-test: deps
+## test: the whole suite — unit tests and integration tests against real redis-server, broker and
+## kube-apiserver processes
+test: deps kube
 	$(SWIFT) build --build-tests
 	$(SWIFT) test --skip-build --no-parallel
 
@@ -26,7 +32,7 @@ run: release
 	@scripts/run-local.sh
 
 ## bench: redis-benchmark against direct Redis, twemproxy and pylon-sidecar, side by side:
-## the read path, then the write path (SET, replication lag, catch-up)
+## the read path, the write path (SET, replication lag, catch-up), the clustering layer
 bench: release
 	@scripts/bench.sh
 	@scripts/bench-writes.sh

@@ -99,6 +99,7 @@ let package = Package(
             name: "IntegrationTests",
             dependencies: [
                 "PylonSidecar",
+                "PylonOperator",
                 "Shared",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),

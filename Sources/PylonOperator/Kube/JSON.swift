@@ -1,4 +1,5 @@
 import Foundation
+import Yams
 
 /// A JSON value that keeps everything it was given: Kubernetes objects pass through the operator
 /// with their unknown fields intact.
@@ -52,7 +53,8 @@ public enum JSON: Sendable, Equatable, Codable, ExpressibleByDictionaryLiteral, 
 
     public var data: Data {
         let encoder = JSONEncoder()
-        encoder.outputFormatting = [.sortedKeys]
+        // No "\/" escapes: server-side apply reads the body as YAML, where that escape is an error.
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
         return (try? encoder.encode(self)) ?? Data("null".utf8)
     }
 
@@ -74,4 +76,28 @@ public enum JSON: Sendable, Equatable, Codable, ExpressibleByDictionaryLiteral, 
     public var int: Int? { if case .number(let value) = self { Int(exactly: value) } else { nil } }
     public var array: [JSON]? { if case .array(let value) = self { value } else { nil } }
     public var object: [String: JSON]? { if case .object(let value) = self { value } else { nil } }
+}
+
+extension JSON {
+    /// Every document of a YAML stream (a manifest file), as JSON.
+    public static func documents(yaml text: String) throws -> [JSON] {
+        try Yams.load_all(yaml: text).map(JSON.init(any:))
+    }
+
+    /// One YAML document as JSON.
+    public init(yaml text: String) throws {
+        self = JSON(any: try Yams.load(yaml: text) ?? NSNull())
+    }
+
+    init(any value: Any) {
+        switch value {
+        case let value as Bool: self = .bool(value)
+        case let value as Int: self = .number(Double(value))
+        case let value as Double: self = .number(value)
+        case let value as String: self = .string(value)
+        case let value as [Any]: self = .array(value.map(JSON.init(any:)))
+        case let value as [String: Any]: self = .object(value.mapValues(JSON.init(any:)))
+        default: self = .null
+        }
+    }
 }

@@ -4,7 +4,7 @@ import Synchronization
 
 /// Keeps an informed view of one resource: lists it, then watches from the list's
 /// resourceVersion with bookmarks; reconnects from the last version seen after a dropped
-/// connection (backing off up to 30 s), and lists again when the server says that version is
+/// connection (backing off up to 8 s), and lists again when the server says that version is
 /// gone (410) — so no change is missed, whatever happens to the connection or the server.
 /// Runs on a thread of its own; `handler` is called on it, one event at a time.
 public final class KubeWatch: Sendable {
@@ -70,7 +70,7 @@ public final class KubeWatch: Sendable {
                 guard self.isRunning else { break }
                 self.logger.warning("watch: connection lost, reconnecting", metadata: ["resource": "\(self.resource.plural)", "error": "\(error)", "backoff_s": "\(backoff)"])
                 Thread.sleep(forTimeInterval: backoff)
-                backoff = min(backoff * 2, 30)
+                backoff = min(backoff * 2, 8)
             }
         }
     }

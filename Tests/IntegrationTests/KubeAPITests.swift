@@ -1,0 +1,125 @@
+import Foundation
+import Logging
+import PylonOperator
+import Synchronization
+import Testing
+
+/// The operator's Kubernetes client and Pylon's CRDs against a real kube-apiserver and etcd.
+@Suite("Kubernetes API: client and CRDs", .serialized, .timeLimit(.minutes(5)))
+struct KubeAPITests {
+    static let manifests = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        .appendingPathComponent("manifests")
+
+    static func manifest(_ path: String) throws -> JSON {
+        try JSON(yaml: String(contentsOf: self.manifests.appendingPathComponent(path), encoding: .utf8))
+    }
+
+    static let worlds = KubeResource(group: "pylon.io", version: "v1alpha1", plural: "pylonworlds")
+    static let racks = KubeResource(group: "pylon.io", version: "v1alpha1", plural: "pylonracks")
+
+    /// Installs the CRDs and waits until the API server serves them.
+    static func installCRDs(_ client: KubeClient) async throws {
+        for file in ["crds/pylonworlds.yaml", "crds/pylonracks.yaml"] {
+            let crd = try self.manifest(file)
+            _ = try await client.apply(.customResourceDefinitions, name: crd[path: "metadata.name"]!.string!, crd)
+        }
+        for name in ["pylonworlds.pylon.io", "pylonracks.pylon.io"] {
+            #expect(try await eventually(timeout: .seconds(30)) {
+                let crd = try await client.get(.customResourceDefinitions, name: name)
+                return crd[path: "status.conditions"]?.array?.contains { $0["type"] == "Established" && $0["status"] == "True" } == true
+            })
+        }
+    }
+
+    /// The API server's refusal of `object`, or nil if it accepted it.
+    func refusal(_ client: KubeClient, _ resource: KubeResource, _ object: JSON) async -> KubeError? {
+        do {
+            _ = try await client.create(resource, namespace: "default", object)
+            return nil
+        } catch {
+            return error as? KubeError
+        }
+    }
+
+    @Test func theCRDsAcceptTheSamplesWithDefaultsAndRefuseBadSpecsWithClearMessages() async throws {
+        let api = try await KubeAPIServer()
+        defer { api.stop() }
+        let client = api.client()
+        try await Self.installCRDs(client)
+        let world = try await client.create(Self.worlds, namespace: "default", try Self.manifest("samples/world.yaml"))
+        #expect(world[path: "spec.consistency"] == "log")  // a default
+        let rack = try await client.create(Self.racks, namespace: "default", try Self.manifest("samples/rack-standalone.yaml"))
+        #expect(rack[path: "spec.redis.image"] == "redis:7.0")
+        #expect(rack[path: "spec.redis.shards"] == 3)
+        _ = try await client.create(Self.racks, namespace: "default", try Self.manifest("samples/rack-cluster.yaml"))
+
+        func rackObject(_ name: String, _ spec: JSON) -> JSON {
+            ["apiVersion": "pylon.io/v1alpha1", "kind": "PylonRack", "metadata": ["name": .string(name)], "spec": spec]
+        }
+        let badTopology = await self.refusal(client, Self.racks, rackObject("bad-1", ["world": "shop", "redis": ["topology": "mesh"]]))
+        #expect(badTopology?.status == 422)
+        #expect(badTopology?.message.contains("spec.redis.topology") == true && badTopology?.message.contains("standalone") == true, "\(String(describing: badTopology))")
+        let noWorld = await self.refusal(client, Self.racks, rackObject("bad-2", ["redis": ["topology": "standalone"]]))
+        #expect(noWorld?.message.contains("spec.world: Required value") == true, "\(String(describing: noWorld))")
+        let fewShards = await self.refusal(client, Self.racks, rackObject("bad-3", ["world": "shop", "redis": ["topology": "cluster", "shards": 2]]))
+        #expect(fewShards?.message.contains("spec.redis.shards") == true, "\(String(describing: fewShards))")
+        let badWorld: JSON = ["apiVersion": "pylon.io/v1alpha1", "kind": "PylonWorld", "metadata": ["name": "bad"], "spec": ["kafka": ["bootstrapServers": "nohost"], "partitions": 0]]
+        let refused = await self.refusal(client, Self.worlds, badWorld)
+        #expect(refused?.message.contains("spec.kafka.bootstrapServers") == true && refused?.message.contains("spec.partitions") == true, "\(String(describing: refused))")
+    }
+
+    @Test func serverSideApplyIsIdempotentAndStatusIsItsOwnSubresource() async throws {
+        let api = try await KubeAPIServer()
+        defer { api.stop() }
+        let client = api.client()
+        try await Self.installCRDs(client)
+        let config: JSON = ["apiVersion": "v1", "kind": "ConfigMap", "metadata": ["name": "sidecar"], "data": ["listen": "0.0.0.0:6380"]]
+        let first = try await client.apply(.configMaps, namespace: "default", name: "sidecar", config)
+        let second = try await client.apply(.configMaps, namespace: "default", name: "sidecar", config)
+        #expect(first[path: "metadata.resourceVersion"] == second[path: "metadata.resourceVersion"])
+        #expect(second[path: "metadata.managedFields"]?.array?.first?["manager"] == "pylon-operator")
+
+        _ = try await client.create(Self.racks, namespace: "default", try Self.manifest("samples/rack-standalone.yaml"))
+        let status: JSON = ["apiVersion": "pylon.io/v1alpha1", "kind": "PylonRack", "metadata": ["name": "shop-eu-1"], "status": ["phase": "Pending", "observedGeneration": 1, "lag": 7]]
+        let updated = try await client.apply(Self.racks, namespace: "default", name: "shop-eu-1", status, subresource: "status")
+        #expect(updated[path: "status.lag"] == 7)
+        #expect(updated[path: "metadata.generation"] == 1)  // status changes do not bump the generation
+        #expect(updated[path: "spec.redis.topology"] == "standalone")
+        #expect(try await client.delete(.configMaps, namespace: "default", name: "sidecar") != nil)
+        #expect(try await client.delete(.configMaps, namespace: "default", name: "sidecar") == nil)  // already gone: fine
+    }
+
+    @Test func aWatchMissesNothingAcrossAnAPIServerRestart() async throws {
+        let api = try await KubeAPIServer()
+        defer { api.stop() }
+        let client = api.client()
+        // The view an informer keeps: a relist replaces it, events update it.
+        let view = Mutex<[String: JSON]>([:])
+        let watch = KubeWatch(client: client, resource: .configMaps, namespace: "default", logger: Logger(label: "test")) { event in
+            view.withLock { view in
+                func name(_ object: JSON) -> String { object[path: "metadata.name"]?.string ?? "" }
+                switch event {
+                case .listed(let items): view = Dictionary(items.map { (name($0), $0) }) { $1 }
+                case .added(let object), .modified(let object): view[name(object)] = object
+                case .deleted(let object): view[name(object)] = nil
+                }
+            }
+        }
+        _ = try await client.create(.configMaps, namespace: "default", ["apiVersion": "v1", "kind": "ConfigMap", "metadata": ["name": "before"]])
+        watch.start()
+        defer { watch.stop() }
+        #expect(try await eventually { view.withLock { $0["before"] != nil } })
+        _ = try await client.create(.configMaps, namespace: "default", ["apiVersion": "v1", "kind": "ConfigMap", "metadata": ["name": "a"]])
+        #expect(try await eventually { view.withLock { $0["a"] != nil } })
+        // The watch drops with the server; the restarted server's watch cache starts afresh, so
+        // the old resourceVersion may be gone (410): either way the view must catch up.
+        try await api.restart()
+        _ = try await client.patch(.configMaps, namespace: "default", name: "a", merge: ["data": ["k": "v"]])
+        _ = try await client.create(.configMaps, namespace: "default", ["apiVersion": "v1", "kind": "ConfigMap", "metadata": ["name": "b"]])
+        try await client.delete(.configMaps, namespace: "default", name: "before")
+        #expect(try await eventually(timeout: .seconds(60)) {
+            view.withLock { $0["a"]?[path: "data.k"] == "v" && $0["b"] != nil && $0["before"] == nil }
+        }, "\(view.withLock { $0.keys.sorted() })")
+        #expect(watch.lists.load(ordering: .relaxed) >= 1)
+    }
+}

@@ -1,0 +1,108 @@
+import Foundation
+import PylonOperator
+import Synchronization
+
+/// A real Kubernetes control plane on loopback: etcd and kube-apiserver v1.20.2 (built from
+/// Debian's source package by `scripts/install-kube.sh`, which `make deps` runs), with a static
+/// admin token, RBAC and a self-signed serving certificate.
+final class KubeAPIServer: Sendable {
+    let port: Int
+    let directory: ScratchDirectory
+    let etcd: LocalProcess
+    private let apiserver: Mutex<LocalProcess>
+    private let arguments: [String]
+    /// The bearer token of `admin` (group system:masters).
+    let token = "pylon-test-admin-token"
+    let etcdPort: Int
+
+    /// Where install-kube.sh keeps the binaries.
+    static var binaries: URL {
+        let environment = ProcessInfo.processInfo.environment
+        let cache = environment["PYLON_CACHE"] ?? "\(NSHomeDirectory())/.cache/pylon"
+        return URL(fileURLWithPath: "\(cache)/kubernetes-v1.20.2")
+    }
+
+    init() async throws {
+        let directory = try ScratchDirectory()
+        self.directory = directory
+        let path = directory.url.path
+        let apiserverBinary = Self.binaries.appendingPathComponent("kube-apiserver").path
+        guard FileManager.default.isExecutableFile(atPath: apiserverBinary) else {
+            throw HarnessError("no kube-apiserver at \(apiserverBinary): run scripts/install-kube.sh (make deps does)")
+        }
+        let (etcdPort, peerPort) = (try Ports.free(), try Ports.free())
+        self.etcdPort = etcdPort
+        self.etcd = try LocalProcess("etcd", [
+            "--data-dir", "\(path)/etcd", "--listen-client-urls", "http://127.0.0.1:\(etcdPort)",
+            "--advertise-client-urls", "http://127.0.0.1:\(etcdPort)", "--listen-peer-urls", "http://127.0.0.1:\(peerPort)",
+            "--initial-advertise-peer-urls", "http://127.0.0.1:\(peerPort)", "--initial-cluster", "default=http://127.0.0.1:\(peerPort)",
+        ], name: "etcd", log: directory.url.appendingPathComponent("etcd.log"))
+        try Ports.waitUntilOpen(etcdPort)
+        try "\(self.token),admin,1,system:masters\n".write(toFile: "\(path)/tokens.csv", atomically: true, encoding: .utf8)
+        let keygen = Process()
+        keygen.executableURL = URL(fileURLWithPath: "/usr/bin/openssl")
+        keygen.arguments = ["genrsa", "-out", "\(path)/sa.key", "2048"]
+        keygen.standardError = FileHandle.nullDevice
+        try keygen.run()
+        keygen.waitUntilExit()
+        self.port = try Ports.free()
+        self.arguments = [
+            "--etcd-servers", "http://127.0.0.1:\(etcdPort)", "--bind-address", "127.0.0.1", "--advertise-address", "127.0.0.1",
+            "--secure-port", "\(self.port)", "--insecure-port", "0", "--cert-dir", "\(path)/certs",
+            "--token-auth-file", "\(path)/tokens.csv", "--authorization-mode", "RBAC",
+            "--service-account-issuer", "https://kubernetes.default.svc", "--service-account-key-file", "\(path)/sa.key",
+            "--service-account-signing-key-file", "\(path)/sa.key", "--service-cluster-ip-range", "10.96.0.0/16",
+        ]
+        self.apiserver = Mutex(try Self.launch(self.arguments, directory: directory))
+        try await self.waitUntilReady()
+    }
+
+    private static func launch(_ arguments: [String], directory: ScratchDirectory) throws -> LocalProcess {
+        try LocalProcess(Self.binaries.appendingPathComponent("kube-apiserver").path, arguments, name: "kube-apiserver", log: directory.url.appendingPathComponent("kube-apiserver.log"))
+    }
+
+    private func waitUntilReady() async throws {
+        // A new client each time: the serving certificate it must trust appears during start-up.
+        // Ready, and its `default` namespace made (the apiserver creates it just after start).
+        let ready = try await eventually(timeout: .seconds(60)) {
+            (try? await self.client().get(.namespaces, name: "default")) != nil
+        }
+        guard ready else { throw HarnessError("kube-apiserver did not become ready; see \(self.directory.url.path)/kube-apiserver.log") }
+    }
+
+    /// Stops the apiserver and starts it again on the same port and etcd (watches drop).
+    func restart() async throws {
+        self.apiserver.withLock { $0.stop() }
+        let fresh = try Self.launch(self.arguments, directory: self.directory)
+        self.apiserver.withLock { $0 = fresh }
+        try await self.waitUntilReady()
+    }
+
+    /// The serving certificate (and its CA) the apiserver generated.
+    var caPEM: Data? { FileManager.default.contents(atPath: self.directory.url.appendingPathComponent("certs/apiserver.crt").path) }
+
+    var config: KubeConfig {
+        KubeConfig(server: "https://127.0.0.1:\(self.port)", caPEM: self.caPEM, token: .fixed(self.token))
+    }
+
+    func client() -> KubeClient { KubeClient(config: self.config) }
+
+    /// A kubeconfig file for kubectl and for `--kubeconfig`.
+    func kubeconfig() throws -> String {
+        let file = self.directory.url.appendingPathComponent("kubeconfig").path
+        try """
+        apiVersion: v1
+        kind: Config
+        current-context: test
+        contexts: [{name: test, context: {cluster: test, user: admin, namespace: default}}]
+        clusters: [{name: test, cluster: {server: "https://127.0.0.1:\(self.port)", certificate-authority-data: \((self.caPEM ?? Data()).base64EncodedString())}}]
+        users: [{name: admin, user: {token: \(self.token)}}]
+        """.write(toFile: file, atomically: true, encoding: .utf8)
+        return file
+    }
+
+    func stop() {
+        self.apiserver.withLock { $0.stop() }
+        self.etcd.stop()
+    }
+}
