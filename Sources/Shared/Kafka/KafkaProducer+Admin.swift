@@ -32,6 +32,33 @@ extension KafkaProducer {
         }
     }
 
+    /// Deletes a consumer group (a retired rack's); a group that does not exist is fine. Blocks
+    /// up to `timeoutMilliseconds`. The group must have no live members.
+    public func deleteConsumerGroup(_ group: String, timeoutMilliseconds: Int32 = 10_000) throws {
+        guard let request = rd_kafka_DeleteGroup_new(group) else { throw KafkaError("consumer group '\(group)': cannot build the request") }
+        defer { rd_kafka_DeleteGroup_destroy(request) }
+        let queue = rd_kafka_queue_new(self.pointer)
+        defer { rd_kafka_queue_destroy(queue) }
+        var groups: [OpaquePointer?] = [request]
+        rd_kafka_DeleteGroups(self.pointer, &groups, 1, nil, queue)
+        guard let event = rd_kafka_queue_poll(queue, timeoutMilliseconds) else {
+            throw KafkaError("deleting consumer group '\(group)' timed out after \(timeoutMilliseconds) ms")
+        }
+        defer { rd_kafka_event_destroy(event) }
+        if rd_kafka_event_error(event) != RD_KAFKA_RESP_ERR_NO_ERROR {
+            throw KafkaError("deleting consumer group '\(group)': \(String(cString: rd_kafka_event_error_string(event)))")
+        }
+        guard let result = rd_kafka_event_DeleteGroups_result(event) else { throw KafkaError("deleting consumer group '\(group)': no result") }
+        var count = 0
+        guard let results = rd_kafka_DeleteGroups_result_groups(result, &count), count == 1, let first = results[0] else { return }
+        if let error = rd_kafka_group_result_error(first) {
+            let code = rd_kafka_error_code(error)
+            guard code == RD_KAFKA_RESP_ERR_GROUP_ID_NOT_FOUND else {
+                throw KafkaError("deleting consumer group '\(group)': \(String(cString: rd_kafka_error_string(error)))")
+            }
+        }
+    }
+
     /// The low and high watermark (log start and log end offsets) of a partition, from the broker.
     public func watermarks(topic: String, partition: Int32, timeoutMilliseconds: Int32 = 5_000) throws -> (low: Int64, high: Int64) {
         var low: Int64 = 0

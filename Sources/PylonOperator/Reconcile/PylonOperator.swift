@@ -1,0 +1,251 @@
+import Foundation
+import Logging
+import Synchronization
+
+/// What the operator reconciles.
+public enum ReconcileKey: Hashable, Sendable, CustomStringConvertible {
+    case world(namespace: String, name: String)
+    case rack(namespace: String, name: String)
+
+    public var description: String {
+        switch self {
+        case .world(let namespace, let name): "PylonWorld \(namespace)/\(name)"
+        case .rack(let namespace, let name): "PylonRack \(namespace)/\(name)"
+        }
+    }
+}
+
+/// Turns PylonWorlds and PylonRacks into running racks: watches both (and the StatefulSets it
+/// owns), queues what changed, and reconciles each key idempotently — render, server-side
+/// apply, truthful status — retrying failures with backoff.
+public final class PylonOperatorService: Sendable {
+    public struct Settings: Sendable {
+        /// The namespace to watch; nil: every namespace.
+        public var namespace: String?
+        public var renderer: RackRenderer.Settings
+        /// How a rack's consumer group is removed from Kafka when it is retired.
+        public var retireConsumerGroup: @Sendable (_ brokers: String, _ group: String) throws -> Void
+
+        public init(namespace: String? = nil, renderer: RackRenderer.Settings = .init(), retireConsumerGroup: @escaping @Sendable (String, String) throws -> Void) {
+            self.namespace = namespace
+            self.renderer = renderer
+            self.retireConsumerGroup = retireConsumerGroup
+        }
+    }
+
+    let client: KubeClient
+    let settings: Settings
+    let queue = WorkQueue<ReconcileKey>()
+    let renderer: RackRenderer
+    let logger: Logger
+    private let watches = Mutex<[KubeWatch]>([])
+    private let worker = Mutex<Task<Void, Never>?>(nil)
+    /// Reconciles done and failed, for metrics and tests.
+    public let reconciles = Atomic<Int>(0)
+    public let failures = Atomic<Int>(0)
+
+    public init(client: KubeClient, settings: Settings, logger: Logger) {
+        self.client = client
+        self.settings = settings
+        self.renderer = RackRenderer(settings: settings.renderer)
+        self.logger = logger
+    }
+
+    // MARK: - Running
+
+    public func start() {
+        let namespace = self.settings.namespace
+        let watches = [
+            KubeWatch(client: self.client, resource: Pylon.worlds, namespace: namespace, logger: self.logger) { [self] in self.observed($0, as: Pylon.worlds) },
+            KubeWatch(client: self.client, resource: Pylon.racks, namespace: namespace, logger: self.logger) { [self] in self.observed($0, as: Pylon.racks) },
+            KubeWatch(client: self.client, resource: .statefulSets, namespace: namespace, logger: self.logger) { [self] in self.observed($0, as: .statefulSets) },
+        ]
+        self.watches.withLock { $0 = watches }
+        for watch in watches { watch.start() }
+        self.worker.withLock {
+            $0 = Task { [self] in
+                while let key = await self.queue.next() {
+                    var failed = false
+                    do { try await self.reconcile(key) } catch {
+                        failed = true
+                        self.failures.add(1, ordering: .relaxed)
+                        self.logger.warning("reconcile failed; retrying with backoff", metadata: ["object": "\(key)", "error": "\(error)"])
+                    }
+                    self.reconciles.add(1, ordering: .relaxed)
+                    await self.queue.done(key, failed: failed)
+                }
+            }
+        }
+    }
+
+    public func stop() async {
+        for watch in self.watches.withLock({ $0 }) { watch.stop() }
+        await self.queue.close()
+        await self.worker.withLock { $0 }?.value
+    }
+
+    /// Queues what a watch event concerns: the object itself, the world of a rack (its rack
+    /// count), every rack of a world (their configuration), the rack owning a StatefulSet.
+    private func observed(_ event: KubeWatch.Event, as resource: KubeResource) {
+        let objects: [JSON]
+        switch event {
+        case .listed(let items): objects = items
+        case .added(let object), .modified(let object), .deleted(let object): objects = [object]
+        }
+        for object in objects {
+            guard let namespace = object[path: "metadata.namespace"]?.string, let name = object[path: "metadata.name"]?.string else { continue }
+            Task {
+                switch resource {
+                case Pylon.worlds:
+                    await self.queue.add(.world(namespace: namespace, name: name))
+                    for rack in (try? await self.racks(of: name, in: namespace)) ?? [] {
+                        if let rackName = rack[path: "metadata.name"]?.string { await self.queue.add(.rack(namespace: namespace, name: rackName)) }
+                    }
+                case Pylon.racks:
+                    await self.queue.add(.rack(namespace: namespace, name: name))
+                    if let world = object[path: "spec.world"]?.string { await self.queue.add(.world(namespace: namespace, name: world)) }
+                default:
+                    if let rack = object[path: "metadata.labels"]?["pylon.io/rack"]?.string { await self.queue.add(.rack(namespace: namespace, name: rack)) }
+                }
+            }
+        }
+    }
+
+    func racks(of world: String, in namespace: String) async throws -> [JSON] {
+        try await self.client.list(Pylon.racks, namespace: namespace).items.filter { $0[path: "spec.world"]?.string == world }
+    }
+
+    // MARK: - Reconciling
+
+    func reconcile(_ key: ReconcileKey) async throws {
+        switch key {
+        case .world(let namespace, let name): try await self.reconcileWorld(namespace: namespace, name: name)
+        case .rack(let namespace, let name): try await self.reconcileRack(namespace: namespace, name: name)
+        }
+    }
+
+    func reconcileRack(namespace: String, name: String) async throws {
+        let rack: JSON
+        do { rack = try await self.client.get(Pylon.racks, namespace: namespace, name: name) } catch let error as KubeError where error.isNotFound {
+            return
+        }
+        let finalizers = rack[path: "metadata.finalizers"]?.array?.compactMap(\.string) ?? []
+        if rack[path: "metadata.deletionTimestamp"] != nil {
+            guard finalizers.contains(Pylon.rackFinalizer) else { return }
+            try await self.retire(rack, namespace: namespace, name: name, finalizers: finalizers)
+            return
+        }
+        if !finalizers.contains(Pylon.rackFinalizer) {
+            _ = try await self.client.patch(Pylon.racks, namespace: namespace, name: name, merge: ["metadata": ["finalizers": .array((finalizers + [Pylon.rackFinalizer]).map { .string($0) })]])
+        }
+        let worldName = rack[path: "spec.world"]?.string ?? ""
+        let generation = rack[path: "metadata.generation"]?.int ?? 0
+        let world: JSON
+        do { world = try await self.client.get(Pylon.worlds, namespace: namespace, name: worldName) } catch let error as KubeError where error.isNotFound {
+            try await self.setStatus(Pylon.racks, rack, phase: "Pending", generation: generation, extra: ["ready": "0/0"], conditions: [
+                Condition(type: "Ready", status: false, reason: "WorldNotFound", message: "PylonWorld \(worldName) does not exist in \(namespace); create it"),
+            ])
+            return
+        }
+        let peers = try await self.racks(of: worldName, in: namespace).compactMap { $0[path: "metadata.name"]?.string }
+        let objects: [(KubeResource, JSON)]
+        do { objects = try self.renderer.render(rack: rack, world: world, peerRacks: peers) } catch let error as RackRenderer.RenderError {
+            try await self.setStatus(Pylon.racks, rack, phase: "Failed", generation: generation, extra: [:], conditions: [
+                Condition(type: "Ready", status: false, reason: "InvalidSpec", message: error.description),
+            ])
+            return
+        }
+        var statefulSet: JSON = [:]
+        for (resource, object) in objects {
+            let applied = try await self.client.apply(resource, namespace: namespace, name: object[path: "metadata.name"]!.string!, object)
+            if resource == .statefulSets { statefulSet = applied }
+        }
+        let wanted = statefulSet[path: "spec.replicas"]?.int ?? 0
+        let ready = statefulSet[path: "status.readyReplicas"]?.int ?? 0
+        try await self.setStatus(Pylon.racks, rack, phase: ready == wanted && wanted > 0 ? "Running" : "Pending", generation: generation, extra: ["ready": .string("\(ready)/\(wanted)")], conditions: [
+            Condition(type: "Reconciled", status: true, reason: "Applied", message: "\(objects.count) objects applied"),
+            Condition(type: "Ready", status: ready == wanted && wanted > 0, reason: ready == wanted ? "PodsReady" : "PodsNotReady", message: "\(ready) of \(wanted) pods ready"),
+        ])
+    }
+
+    /// A deleted rack: its consumer group leaves Kafka, its objects are deleted, then the
+    /// finalizer is released.
+    func retire(_ rack: JSON, namespace: String, name: String, finalizers: [String]) async throws {
+        let worldName = rack[path: "spec.world"]?.string ?? ""
+        if let world = try? await self.client.get(Pylon.worlds, namespace: namespace, name: worldName), let brokers = world[path: "spec.kafka.bootstrapServers"]?.string {
+            let group = "pylon.\(worldName).\(name)"
+            let retireGroup = self.settings.retireConsumerGroup
+            try await Task.detached { try retireGroup(brokers, group) }.value
+            self.logger.info("retired the rack's consumer group", metadata: ["rack": "\(namespace)/\(name)", "group": "\(group)"])
+        }
+        for (resource, suffix) in [(KubeResource.statefulSets, ""), (.podDisruptionBudgets, ""), (.services, ""), (.services, "-headless"), (.configMaps, "-sidecar")] {
+            try await self.client.delete(resource, namespace: namespace, name: name + suffix)
+        }
+        _ = try await self.client.patch(Pylon.racks, namespace: namespace, name: name, merge: [
+            "metadata": ["finalizers": .array(finalizers.filter { $0 != Pylon.rackFinalizer }.map { .string($0) })],
+        ])
+    }
+
+    func reconcileWorld(namespace: String, name: String) async throws {
+        let world: JSON
+        do { world = try await self.client.get(Pylon.worlds, namespace: namespace, name: name) } catch let error as KubeError where error.isNotFound {
+            return
+        }
+        let finalizers = world[path: "metadata.finalizers"]?.array?.compactMap(\.string) ?? []
+        let generation = world[path: "metadata.generation"]?.int ?? 0
+        let racks = try await self.racks(of: name, in: namespace).compactMap { $0[path: "metadata.name"]?.string }.sorted()
+        if world[path: "metadata.deletionTimestamp"] != nil {
+            guard finalizers.contains(Pylon.worldFinalizer) else { return }
+            guard racks.isEmpty else {
+                try await self.setStatus(Pylon.worlds, world, phase: "Terminating", generation: generation, extra: ["racks": .number(Double(racks.count))], conditions: [
+                    Condition(type: "DeletionBlocked", status: true, reason: "RacksRemain", message: "\(racks.count) racks still belong to this world (\(racks.joined(separator: ", "))); delete them first"),
+                ])
+                return
+            }
+            _ = try await self.client.patch(Pylon.worlds, namespace: namespace, name: name, merge: [
+                "metadata": ["finalizers": .array(finalizers.filter { $0 != Pylon.worldFinalizer }.map { .string($0) })],
+            ])
+            return
+        }
+        if !finalizers.contains(Pylon.worldFinalizer) {
+            _ = try await self.client.patch(Pylon.worlds, namespace: namespace, name: name, merge: ["metadata": ["finalizers": .array((finalizers + [Pylon.worldFinalizer]).map { .string($0) })]])
+        }
+        try await self.setStatus(Pylon.worlds, world, phase: "Ready", generation: generation, extra: [
+            "racks": .number(Double(racks.count)), "topic": world[path: "spec.topic"] ?? .string("pylon.\(name).ops"),
+        ], conditions: [Condition(type: "Ready", status: true, reason: "Reconciled", message: "\(racks.count) racks")])
+    }
+
+    // MARK: - Status
+
+    struct Condition {
+        var type: String
+        var status: Bool
+        var reason: String
+        var message: String
+    }
+
+    /// Applies the status subresource: phase, observedGeneration, extra fields and conditions;
+    /// a condition keeps its lastTransitionTime while its status does not change.
+    func setStatus(_ resource: KubeResource, _ object: JSON, phase: String, generation: Int, extra: [String: JSON], conditions: [Condition]) async throws {
+        let previous = Dictionary((object[path: "status.conditions"]?.array ?? []).compactMap { condition in
+            condition["type"]?.string.map { ($0, condition) }
+        }) { $1 }
+        let now = ISO8601DateFormatter().string(from: Date())
+        var status: [String: JSON] = extra
+        status["phase"] = .string(phase)
+        status["observedGeneration"] = .number(Double(generation))
+        status["conditions"] = .array(conditions.map { condition in
+            let value: JSON = condition.status ? "True" : "False"
+            let since = previous[condition.type].flatMap { $0["status"] == value ? $0["lastTransitionTime"] : nil } ?? .string(now)
+            return [
+                "type": .string(condition.type), "status": value, "reason": .string(condition.reason), "message": .string(condition.message),
+                "lastTransitionTime": since, "observedGeneration": .number(Double(generation)),
+            ]
+        })
+        let patch: JSON = [
+            "apiVersion": .string(Pylon.apiVersion), "kind": object["kind"] ?? "", "metadata": ["name": object[path: "metadata.name"] ?? "", "namespace": object[path: "metadata.namespace"] ?? ""],
+            "status": .object(status),
+        ]
+        _ = try await self.client.apply(resource, namespace: object[path: "metadata.namespace"]?.string, name: object[path: "metadata.name"]?.string ?? "", patch, subresource: "status")
+    }
+}

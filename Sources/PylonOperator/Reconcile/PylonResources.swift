@@ -1,0 +1,32 @@
+/// Pylon's custom resources and the names, labels and owner references of what the operator makes.
+public enum Pylon {
+    public static let worlds = KubeResource(group: "pylon.io", version: "v1alpha1", plural: "pylonworlds")
+    public static let racks = KubeResource(group: "pylon.io", version: "v1alpha1", plural: "pylonracks")
+    public static let apiVersion = "pylon.io/v1alpha1"
+
+    /// Keeps a rack until it is retired (its consumer group removed, its objects deleted).
+    public static let rackFinalizer = "pylon.io/retire-rack"
+    /// Keeps a world while racks still belong to it.
+    public static let worldFinalizer = "pylon.io/world-in-use"
+
+    /// The labels on everything made for a rack (and the selector of its pods).
+    public static func labels(world: String, rack: String) -> JSON {
+        [
+            "app.kubernetes.io/name": "pylon-rack", "app.kubernetes.io/instance": .string(rack),
+            "app.kubernetes.io/managed-by": "pylon-operator", "pylon.io/world": .string(world), "pylon.io/rack": .string(rack),
+        ]
+    }
+
+    public static func selector(rack: String) -> JSON {
+        ["app.kubernetes.io/name": "pylon-rack", "app.kubernetes.io/instance": .string(rack)]
+    }
+
+    /// The owner reference that makes an object the rack's (garbage-collected with it).
+    public static func ownerReference(to owner: JSON) -> JSON {
+        [
+            "apiVersion": owner["apiVersion"] ?? .string(Self.apiVersion), "kind": owner["kind"] ?? "PylonRack",
+            "name": owner[path: "metadata.name"] ?? "", "uid": owner[path: "metadata.uid"] ?? "",
+            "controller": true, "blockOwnerDeletion": true,
+        ]
+    }
+}

@@ -1,0 +1,173 @@
+import Foundation
+
+/// What a PylonRack becomes in Kubernetes, as a pure function of the rack, its world and the
+/// world's other racks: the sidecar's configuration (a ConfigMap), a headless Service (pod DNS,
+/// and the peers' address for the other racks), a client Service (port 6379 → the sidecars), the
+/// StatefulSet of Redis pods each with a pylon sidecar, and a PodDisruptionBudget. Every object
+/// is owned by the rack and applied with server-side apply, so re-applying is a no-op.
+public struct RackRenderer: Sendable {
+    public struct Settings: Sendable {
+        public var sidecarImage: String
+        public init(sidecarImage: String = "ghcr.io/pylon/pylon-sidecar:latest") { self.sidecarImage = sidecarImage }
+    }
+
+    public struct RenderError: Error, CustomStringConvertible {
+        public let description: String
+    }
+
+    public let settings: Settings
+
+    public init(settings: Settings = Settings()) { self.settings = settings }
+
+    /// The rendered objects, each with its resource type, in the order to apply them.
+    public func render(rack: JSON, world: JSON, peerRacks: [String]) throws -> [(KubeResource, JSON)] {
+        guard let name = rack[path: "metadata.name"]?.string, let namespace = rack[path: "metadata.namespace"]?.string else {
+            throw RenderError(description: "the rack has no name or namespace")
+        }
+        let spec = rack["spec"] ?? [:]
+        let worldName = spec["world"]?.string ?? ""
+        let topology = spec[path: "redis.topology"]?.string ?? "standalone"
+        guard topology != "sentinel" else {
+            throw RenderError(description: "spec.redis.topology: sentinel is not deployed by the operator yet; use standalone, cluster, or external with a redis-sentinel:// url")
+        }
+        let labels = Pylon.labels(world: worldName, rack: name)
+        let owner = Pylon.ownerReference(to: rack)
+        func metadata(_ objectName: String) -> JSON {
+            ["name": .string(objectName), "namespace": .string(namespace), "labels": labels, "ownerReferences": [owner]]
+        }
+        let headless = "\(name)-headless"
+        let configuration = try self.sidecarConfiguration(rack: rack, world: world, name: name, namespace: namespace, headless: headless, peerRacks: peerRacks)
+        let configText = configuration.sorted { $0.key < $1.key }.map { "\($0.key): \($0.value)" }.joined(separator: "\n") + "\n"
+
+        let configMap: JSON = ["apiVersion": "v1", "kind": "ConfigMap", "metadata": metadata("\(name)-sidecar"), "data": ["sidecar.yml": .string(configText)]]
+        let ports: JSON = [
+            // Every port names its protocol: server-side apply keys port lists by (port, protocol).
+            ["name": "pylon", "port": 6380, "targetPort": "pylon", "protocol": "TCP"],
+            ["name": "redis", "port": 6379, "targetPort": "redis", "protocol": "TCP"],
+        ]
+        let headlessService: JSON = [
+            "apiVersion": "v1", "kind": "Service", "metadata": metadata(headless),
+            "spec": ["clusterIP": "None", "publishNotReadyAddresses": true, "selector": Pylon.selector(rack: name), "ports": ports],
+        ]
+        // Clients speak to the sidecars on Redis's usual port.
+        let clientService: JSON = [
+            "apiVersion": "v1", "kind": "Service", "metadata": metadata(name),
+            "spec": ["selector": Pylon.selector(rack: name), "ports": [["name": "redis", "port": 6379, "targetPort": "pylon", "protocol": "TCP"]]],
+        ]
+        let replicas = topology == "cluster" ? (spec[path: "redis.shards"]?.int ?? 3) * (1 + (spec[path: "redis.replicas"]?.int ?? 1)) : 1
+        let statefulSet = self.statefulSet(
+            name: name, metadata: metadata(name), spec: spec, topology: topology, replicas: replicas, headless: headless,
+            configHash: Self.hash(configText)
+        )
+        let budget: JSON = [
+            "apiVersion": "policy/v1beta1", "kind": "PodDisruptionBudget", "metadata": metadata(name),
+            "spec": ["maxUnavailable": 1, "selector": ["matchLabels": Pylon.selector(rack: name)]],
+        ]
+        return [
+            (.configMaps, configMap), (.services, headlessService), (.services, clientService),
+            (.statefulSets, statefulSet), (.podDisruptionBudgets, budget),
+        ]
+    }
+
+    /// The sidecar's YAML keys: the rack's settings over what the world and the rack imply.
+    func sidecarConfiguration(rack: JSON, world: JSON, name: String, namespace: String, headless: String, peerRacks: [String]) throws -> [String: String] {
+        let spec = rack["spec"] ?? [:]
+        let worldSpec = world["spec"] ?? [:]
+        guard let brokers = worldSpec[path: "kafka.bootstrapServers"]?.string else {
+            throw RenderError(description: "world \(world[path: "metadata.name"]?.string ?? "?") has no spec.kafka.bootstrapServers")
+        }
+        let redis: String
+        switch spec[path: "redis.topology"]?.string ?? "standalone" {
+        case "cluster": redis = "redis-cluster://\(headless).\(namespace).svc:6379"
+        case "external":
+            guard let url = spec[path: "redis.external.url"]?.string else { throw RenderError(description: "spec.redis.external.url is required with the external topology") }
+            redis = url
+        default: redis = "redis://127.0.0.1:6379"  // the Redis container of the same pod
+        }
+        var keys: [String: String] = [
+            "listen": "0.0.0.0:6380", "admin": "0.0.0.0:9480", "redis": redis, "log-format": "json",
+            "world": world[path: "metadata.name"]?.string ?? "", "rack": name, "kafka-brokers": brokers,
+            "partitions": "\(worldSpec["partitions"]?.int ?? 8)", "replication-factor": "\(worldSpec["replicationFactor"]?.int ?? 3)",
+            "consistency": worldSpec["consistency"]?.string ?? "log",
+        ]
+        if let topic = worldSpec["topic"]?.string { keys["topic"] = topic }
+        let contentious = worldSpec["contentiousKeys"]?.array?.compactMap(\.string) ?? []
+        if !contentious.isEmpty { keys["contentious-keys"] = "[" + contentious.map { "\"\($0)\"" }.joined(separator: ", ") + "]" }
+        let peers = peerRacks.filter { $0 != name }.sorted().map { "\"\($0)-headless.\(namespace).svc:6380\"" }
+        if !peers.isEmpty { keys["peers"] = "[" + peers.joined(separator: ", ") + "]" }
+        let properties = worldSpec[path: "kafka.properties"]?.object ?? [:]
+        if !properties.isEmpty {
+            keys["kafka-properties"] = "{" + properties.sorted { $0.key < $1.key }.compactMap { key, value in value.string.map { "\"\(key)\": \"\($0)\"" } }.joined(separator: ", ") + "}"
+        }
+        for (key, value) in spec[path: "sidecar.settings"]?.object ?? [:] {
+            if let value = value.string { keys[key] = value }
+        }
+        return keys
+    }
+
+    private func statefulSet(name: String, metadata: JSON, spec: JSON, topology: String, replicas: Int, headless: String, configHash: String) -> JSON {
+        let sidecar: JSON = [
+            "name": "pylon-sidecar",
+            "image": spec[path: "sidecar.image"] ?? .string(self.settings.sidecarImage),
+            "args": ["--config", "/etc/pylon/sidecar.yml", "--sidecar-name", "$(POD_NAME)"],
+            "env": [["name": "POD_NAME", "valueFrom": ["fieldRef": ["fieldPath": "metadata.name"]]]],
+            "ports": [["name": "pylon", "containerPort": 6380, "protocol": "TCP"], ["name": "admin", "containerPort": 9480, "protocol": "TCP"]],
+            "readinessProbe": ["httpGet": ["path": "/readyz", "port": "admin"], "periodSeconds": 5],
+            "livenessProbe": ["httpGet": ["path": "/healthz", "port": "admin"], "periodSeconds": 10],
+            "resources": spec[path: "sidecar.resources"] ?? [:],
+            "volumeMounts": [["name": "sidecar-config", "mountPath": "/etc/pylon"]],
+        ]
+        var containers: [JSON] = [sidecar]
+        var claims: [JSON] = []
+        if topology != "external" {
+            var command: [JSON] = ["redis-server", "--port", "6379", "--appendonly", "yes", "--dir", "/data"]
+            if topology == "cluster" { command += ["--cluster-enabled", "yes", "--cluster-config-file", "/data/nodes.conf"] }
+            containers.insert([
+                "name": "redis",
+                "image": spec[path: "redis.image"] ?? "redis:7.0",
+                "command": .array(command),
+                "ports": [["name": "redis", "containerPort": 6379, "protocol": "TCP"]],
+                "readinessProbe": ["exec": ["command": ["redis-cli", "ping"]], "periodSeconds": 5],
+                "resources": spec[path: "redis.resources"] ?? [:],
+                "volumeMounts": [["name": "data", "mountPath": "/data"]],
+            ], at: 0)
+            if let size = spec[path: "redis.storage.size"]?.string {
+                var claimSpec: JSON = ["accessModes": ["ReadWriteOnce"], "resources": ["requests": ["storage": .string(size)]]]
+                if let storageClass = spec[path: "redis.storage.storageClassName"] { claimSpec["storageClassName"] = storageClass }
+                claims.append(["metadata": ["name": "data"], "spec": claimSpec])
+            }
+        }
+        var volumes: [JSON] = [["name": "sidecar-config", "configMap": ["name": .string("\(name)-sidecar")]]]
+        if topology != "external", claims.isEmpty { volumes.append(["name": "data", "emptyDir": [:]]) }
+        var statefulSetSpec: JSON = [
+            "serviceName": .string(headless),
+            "replicas": .number(Double(replicas)),
+            "podManagementPolicy": "Parallel",
+            "selector": ["matchLabels": Pylon.selector(rack: name)],
+            "template": [
+                "metadata": [
+                    "labels": metadata["labels"] ?? [:],
+                    // A new configuration rolls the pods.
+                    "annotations": ["pylon.io/config-hash": .string(configHash)],
+                ],
+                "spec": [
+                    "containers": .array(containers),
+                    "volumes": .array(volumes),
+                    "securityContext": ["runAsNonRoot": true, "runAsUser": 999, "fsGroup": 999],
+                ],
+            ],
+        ]
+        if !claims.isEmpty { statefulSetSpec["volumeClaimTemplates"] = .array(claims) }
+        return ["apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": metadata, "spec": statefulSetSpec]
+    }
+
+    /// A short stable digest of the configuration (FNV-1a, hex).
+    static func hash(_ text: String) -> String {
+        var hash: UInt64 = 0xcbf2_9ce4_8422_2325
+        for byte in text.utf8 {
+            hash ^= UInt64(byte)
+            hash &*= 0x100_0000_01b3
+        }
+        return String(hash, radix: 16)
+    }
+}

@@ -1,0 +1,105 @@
+import Foundation
+import Logging
+import PylonOperator
+import Shared
+import Testing
+
+/// The operator against a real kube-apiserver (and a real broker for retiring racks): worlds and
+/// racks become owned objects with truthful status; spec changes roll; deletion retires.
+@Suite("Operator: worlds and racks", .serialized, .timeLimit(.minutes(5)))
+struct OperatorTests {
+    @Test func aRackBecomesItsObjectsAndIsRetiredWhenDeleted() async throws {
+        let api = try await KubeAPIServer()
+        defer { api.stop() }
+        let broker = try KafkaBroker()
+        let client = api.client()
+        try await KubeAPITests.installCRDs(client)
+        let service = PylonOperatorService(client: client, settings: .init(namespace: "default", renderer: .init(sidecarImage: "pylon/sidecar:test")) { brokers, group in
+            let admin = try KafkaProducer(brokers: brokers)
+            defer { admin.close() }
+            try admin.deleteConsumerGroup(group)
+        }, logger: Logger(label: "test"))
+        service.start()
+        defer { Task { await service.stop() } }
+
+        var worldObject = try KubeAPITests.manifest("samples/world.yaml")
+        worldObject["spec"]?["kafka"]?["bootstrapServers"] = .string(broker.bootstrap)
+        _ = try await client.create(Pylon.worlds, namespace: "default", worldObject)
+        let rack = try await client.create(Pylon.racks, namespace: "default", try KubeAPITests.manifest("samples/rack-standalone.yaml"))
+        let uid = rack[path: "metadata.uid"]
+        // The rack's consumer group exists in Kafka (a sidecar committed progress).
+        let topic = "pylon.shop.ops"
+        let admin = try KafkaProducer(brokers: broker.bootstrap)
+        try admin.createTopic(topic, partitions: 8, replicationFactor: 1)
+        admin.close()
+        let member = try KafkaConsumer(brokers: broker.bootstrap, groupID: "pylon.shop.shop-eu-1")
+        try member.commit([(topic, 0, 5)])
+        member.close()
+
+        #expect(try await eventually(timeout: .seconds(30)) {
+            (try? await client.get(.statefulSets, namespace: "default", name: "shop-eu-1")) != nil
+        })
+        let statefulSet = try await client.get(.statefulSets, namespace: "default", name: "shop-eu-1")
+        #expect(statefulSet[path: "metadata.ownerReferences"]?.array?.first?["uid"] == uid)
+        #expect(statefulSet[path: "metadata.labels"]?["pylon.io/world"] == "shop")
+        let containers = statefulSet[path: "spec.template.spec.containers"]?.array ?? []
+        #expect(containers.map { $0["image"] } == ["redis:7.0", "pylon/sidecar:test"])
+        let config = try await client.get(.configMaps, namespace: "default", name: "shop-eu-1-sidecar")
+        let sidecarYAML = config[path: "data"]?["sidecar.yml"]?.string ?? ""
+        #expect(sidecarYAML.contains("kafka-brokers: \(broker.bootstrap)") && sidecarYAML.contains("rack: shop-eu-1") && sidecarYAML.contains("world: shop"), "\(sidecarYAML)")
+        #expect(sidecarYAML.contains("contentious-keys: [\"lock:*\"]"))
+        for (resource, name) in [(KubeResource.services, "shop-eu-1"), (.services, "shop-eu-1-headless"), (.podDisruptionBudgets, "shop-eu-1")] {
+            #expect(try await client.get(resource, namespace: "default", name: name)[path: "metadata.ownerReferences"]?.array?.first?["uid"] == uid)
+        }
+        // Truthful status: reconciled, not ready (no pods run on this test control plane).
+        #expect(try await eventually(timeout: .seconds(30)) {
+            let status = try await client.get(Pylon.racks, namespace: "default", name: "shop-eu-1")["status"]
+            let conditions = status?["conditions"]?.array ?? []
+            return status?["observedGeneration"] == 1 && status?["ready"] == "0/1"
+                && conditions.contains { $0["type"] == "Reconciled" && $0["status"] == "True" }
+                && conditions.contains { $0["type"] == "Ready" && $0["status"] == "False" && $0["reason"] == "PodsNotReady" }
+        })
+        #expect(try await eventually(timeout: .seconds(30)) {
+            try await client.get(Pylon.worlds, namespace: "default", name: "shop")[path: "status.racks"] == 1
+        })
+
+        // A spec change rolls the pods (a new config hash in the template) and is observed.
+        let hash = statefulSet[path: "spec.template.metadata.annotations"]?["pylon.io/config-hash"]
+        _ = try await client.patch(Pylon.racks, namespace: "default", name: "shop-eu-1", merge: ["spec": ["sidecar": ["settings": ["max-ready-lag": "100"]]]])
+        #expect(try await eventually(timeout: .seconds(30)) {
+            let rolled = try await client.get(.statefulSets, namespace: "default", name: "shop-eu-1")
+            let observed = try await client.get(Pylon.racks, namespace: "default", name: "shop-eu-1")[path: "status.observedGeneration"]
+            return rolled[path: "spec.template.metadata.annotations"]?["pylon.io/config-hash"] != hash && observed == 2
+        })
+        // A second rack of the world: each rack's sidecars list the other's as peers.
+        _ = try await client.create(Pylon.racks, namespace: "default", try KubeAPITests.manifest("samples/rack-cluster.yaml"))
+        #expect(try await eventually(timeout: .seconds(30)) {
+            let first = try await client.get(.configMaps, namespace: "default", name: "shop-eu-1-sidecar")
+            return first[path: "data"]?["sidecar.yml"]?.string?.contains("shop-eu-2-headless.default.svc:6380") == true
+        })
+        #expect(try await eventually(timeout: .seconds(30)) {  // 3 shards × (1 master + 1 replica)
+            try await client.get(.statefulSets, namespace: "default", name: "shop-eu-2")[path: "spec.replicas"] == 6
+        })
+
+        // Deleting the world while racks remain is refused with a clear condition.
+        try await client.delete(Pylon.worlds, namespace: "default", name: "shop")
+        #expect(try await eventually(timeout: .seconds(30)) {
+            let world = try await client.get(Pylon.worlds, namespace: "default", name: "shop")
+            return world[path: "status.conditions"]?.array?.contains { $0["type"] == "DeletionBlocked" && $0["message"]?.string?.contains("shop-eu-1") == true } == true
+        })
+        // Deleting the racks retires them: objects gone, consumer group gone; then the world goes.
+        try await client.delete(Pylon.racks, namespace: "default", name: "shop-eu-1")
+        try await client.delete(Pylon.racks, namespace: "default", name: "shop-eu-2")
+        #expect(try await eventually(timeout: .seconds(60)) {
+            let racks = try await client.list(Pylon.racks, namespace: "default").items
+            let worlds = try await client.list(Pylon.worlds, namespace: "default").items
+            return racks.isEmpty && worlds.isEmpty
+        })
+        for (resource, name) in [(KubeResource.statefulSets, "shop-eu-1"), (.configMaps, "shop-eu-1-sidecar"), (.services, "shop-eu-1-headless")] {
+            await #expect(throws: KubeError.self) { _ = try await client.get(resource, namespace: "default", name: name) }
+        }
+        let probe = try KafkaConsumer(brokers: broker.bootstrap, groupID: "pylon.shop.shop-eu-1")
+        #expect(try probe.committed(topic: topic, partition: 0) == nil)
+        probe.close()
+    }
+}
