@@ -1,4 +1,7 @@
 import Foundation
+#if canImport(FoundationNetworking)
+import FoundationNetworking
+#endif
 import Logging
 import PylonOperator
 import Shared
@@ -101,5 +104,56 @@ struct OperatorTests {
         let probe = try KafkaConsumer(brokers: broker.bootstrap, groupID: "pylon.shop.shop-eu-1")
         #expect(try probe.committed(topic: topic, partition: 0) == nil)
         probe.close()
+    }
+}
+
+/// The `pylon-operator` executable with leader election: two replicas, one leader.
+@Suite("Operator: the executable and leader election", .serialized, .timeLimit(.minutes(5)))
+struct OperatorExecutableTests {
+    static var executable: URL { ExecutableTests.executable.deletingLastPathComponent().appendingPathComponent("pylon-operator") }
+
+    func leaderGauge(_ port: Int) async -> Int? {
+        guard let (data, _) = try? await URLSession.shared.data(from: URL(string: "http://127.0.0.1:\(port)/metrics")!) else { return nil }
+        let line = String(decoding: data, as: UTF8.self).split(separator: "\n").first { $0.hasPrefix("pylon_operator_leader ") }
+        return line.flatMap { Int($0.split(separator: " ")[1]) }
+    }
+
+    @Test func onlyTheLeaseHolderReconcilesAndAnotherTakesOverWhenItDies() async throws {
+        let api = try await KubeAPIServer()
+        defer { api.stop() }
+        let client = api.client()
+        try await KubeAPITests.installCRDs(client)
+        let kubeconfig = try api.kubeconfig()
+        let scratch = try ScratchDirectory()
+        let ports = try [Ports.free(), Ports.free()]
+        let replicas = try (0..<2).map { index in
+            try LocalProcess(Self.executable.path, [
+                "--kubeconfig", kubeconfig, "--namespace", "default", "--leader-elect", "--identity", "replica-\(index)",
+                "--lease-duration-s", "3", "--admin", "127.0.0.1:\(ports[index])", "--sidecar-image", "pylon/sidecar:test",
+            ], name: "pylon-operator \(index)", log: scratch.url.appendingPathComponent("operator-\(index).log"))
+        }
+        defer { for replica in replicas { replica.stop() } }
+        var gauges: [Int?] = []
+        #expect(try await eventually(timeout: .seconds(20)) {
+            gauges = [await self.leaderGauge(ports[0]), await self.leaderGauge(ports[1])]
+            return gauges.compactMap { $0 }.sorted() == [0, 1]
+        }, "\(gauges)")
+        let leader = gauges[0] == 1 ? 0 : 1
+        let lease = try await client.get(.leases, namespace: "default", name: "pylon-operator")
+        #expect(lease[path: "spec.holderIdentity"] == .string("replica-\(leader)"))
+        // The leader reconciles.
+        _ = try await client.create(Pylon.worlds, namespace: "default", try KubeAPITests.manifest("samples/world.yaml"))
+        _ = try await client.create(Pylon.racks, namespace: "default", try KubeAPITests.manifest("samples/rack-standalone.yaml"))
+        #expect(try await eventually(timeout: .seconds(30)) {
+            (try? await client.get(.statefulSets, namespace: "default", name: "shop-eu-1")) != nil
+        })
+        // Killed, it is replaced once its Lease expires; the new leader reconciles what changes.
+        replicas[leader].stop(signal: SIGKILL)
+        #expect(try await eventually(timeout: .seconds(20)) { await self.leaderGauge(ports[1 - leader]) == 1 })
+        #expect(try await client.get(.leases, namespace: "default", name: "pylon-operator")[path: "spec.holderIdentity"] == .string("replica-\(1 - leader)"))
+        _ = try await client.create(Pylon.racks, namespace: "default", try KubeAPITests.manifest("samples/rack-cluster.yaml"))
+        #expect(try await eventually(timeout: .seconds(30)) {
+            (try? await client.get(.statefulSets, namespace: "default", name: "shop-eu-2")) != nil
+        })
     }
 }

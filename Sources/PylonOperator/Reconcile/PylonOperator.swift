@@ -43,6 +43,8 @@ public final class PylonOperatorService: Sendable {
     /// Reconciles done and failed, for metrics and tests.
     public let reconciles = Atomic<Int>(0)
     public let failures = Atomic<Int>(0)
+    /// Total time spent reconciling, in microseconds (with `reconciles`, the mean duration).
+    public let reconcileMicroseconds = Atomic<Int>(0)
 
     public init(client: KubeClient, settings: Settings, logger: Logger) {
         self.client = client
@@ -65,6 +67,11 @@ public final class PylonOperatorService: Sendable {
         self.worker.withLock {
             $0 = Task { [self] in
                 while let key = await self.queue.next() {
+                    let started = ContinuousClock.now
+                    defer {
+                        let elapsed = ContinuousClock.now - started
+                        self.reconcileMicroseconds.add(Int(elapsed.components.seconds) * 1_000_000 + Int(elapsed.components.attoseconds / 1_000_000_000_000), ordering: .relaxed)
+                    }
                     var failed = false
                     do { try await self.reconcile(key) } catch {
                         failed = true
@@ -76,6 +83,22 @@ public final class PylonOperatorService: Sendable {
                 }
             }
         }
+    }
+
+    /// Prometheus text: reconciles, failures, time spent, queue depth.
+    public var metrics: String {
+        let depth = self.queue.depth.load(ordering: .relaxed)
+        return """
+        # TYPE pylon_operator_reconciles_total counter
+        pylon_operator_reconciles_total \(self.reconciles.load(ordering: .relaxed))
+        # TYPE pylon_operator_reconcile_errors_total counter
+        pylon_operator_reconcile_errors_total \(self.failures.load(ordering: .relaxed))
+        # TYPE pylon_operator_reconcile_seconds_total counter
+        pylon_operator_reconcile_seconds_total \(Double(self.reconcileMicroseconds.load(ordering: .relaxed)) / 1e6)
+        # TYPE pylon_operator_queue_depth gauge
+        pylon_operator_queue_depth \(depth)
+
+        """
     }
 
     public func stop() async {

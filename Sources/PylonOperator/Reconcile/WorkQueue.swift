@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 
 /// The reconcilers' queue, as Kubernetes controllers keep one: a key is queued at most once
 /// however often it is added; a key being worked on is not handed out again until that work
@@ -13,9 +14,12 @@ public actor WorkQueue<Key: Hashable & Sendable> {
     private var waiters: [CheckedContinuation<Key?, Never>] = []
     private var closed = false
 
+    /// Keys waiting, readable from anywhere (metrics).
+    public nonisolated let depth = Atomic<Int>(0)
+
     public init() {}
 
-    public var depth: Int { self.queue.count }
+    private func updateDepth() { self.depth.store(self.queue.count, ordering: .relaxed) }
 
     public func add(_ key: Key) {
         guard !self.closed else { return }
@@ -31,6 +35,7 @@ public actor WorkQueue<Key: Hashable & Sendable> {
             waiter.resume(returning: key)
         } else {
             self.queue.append(key)
+            self.updateDepth()
         }
     }
 
@@ -44,6 +49,7 @@ public actor WorkQueue<Key: Hashable & Sendable> {
     private func take() -> Key? {
         guard !self.queue.isEmpty else { return nil }
         let key = self.queue.removeFirst()
+        self.updateDepth()
         self.queued.remove(key)
         self.processing.insert(key)
         return key

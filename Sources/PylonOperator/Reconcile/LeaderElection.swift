@@ -1,0 +1,123 @@
+import Foundation
+import Logging
+import Synchronization
+
+/// One active operator among many (`--leader-elect`), through a `coordination.k8s.io/v1` Lease
+/// as client-go's leader election uses it: the holder renews `renewTime` every `retryPeriod`;
+/// another candidate takes the Lease once `leaseDuration` passed without a renewal. Updates carry
+/// the Lease's resourceVersion, so two candidates can never both win (the API server refuses the
+/// stale write with 409). A leader that cannot renew within the duration steps down.
+public final class LeaderElection: Sendable {
+    public struct Settings: Sendable {
+        public var namespace: String
+        public var name: String
+        public var identity: String
+        public var leaseDuration: Duration
+        public var retryPeriod: Duration
+
+        public init(namespace: String, name: String = "pylon-operator", identity: String, leaseDuration: Duration = .seconds(15), retryPeriod: Duration = .seconds(2)) {
+            self.namespace = namespace
+            self.name = name
+            self.identity = identity
+            self.leaseDuration = leaseDuration
+            self.retryPeriod = retryPeriod
+        }
+    }
+
+    let client: KubeClient
+    let settings: Settings
+    let logger: Logger
+    private let leading = Atomic<Bool>(false)
+
+    public init(client: KubeClient, settings: Settings, logger: Logger) {
+        self.client = client
+        self.settings = settings
+        self.logger = logger
+    }
+
+    public var isLeader: Bool { self.leading.load(ordering: .acquiring) }
+
+    /// Campaigns until cancelled: `lead` runs while this candidate holds the Lease and is
+    /// cancelled when it loses it.
+    public func run(lead: @escaping @Sendable () async -> Void) async {
+        var leadership: Task<Void, Never>?
+        var lastRenewal = ContinuousClock.now
+        while !Task.isCancelled {
+            let held: Bool
+            do { held = try await self.tryAcquireOrRenew() } catch {
+                self.logger.warning("leader election: cannot read or write the lease", metadata: ["error": "\(error)"])
+                held = false
+            }
+            if held {
+                lastRenewal = .now
+                if leadership == nil {
+                    self.logger.info("became the leader", metadata: ["lease": "\(self.settings.namespace)/\(self.settings.name)", "identity": "\(self.settings.identity)"])
+                    self.leading.store(true, ordering: .releasing)
+                    leadership = Task { await lead() }
+                }
+            } else if leadership != nil, ContinuousClock.now - lastRenewal > self.settings.leaseDuration {
+                self.logger.warning("lost the lease: stepping down", metadata: ["lease": "\(self.settings.name)"])
+                self.leading.store(false, ordering: .releasing)
+                leadership?.cancel()
+                await leadership?.value
+                leadership = nil
+            }
+            try? await Task.sleep(for: self.settings.retryPeriod)
+        }
+        self.leading.store(false, ordering: .releasing)
+        leadership?.cancel()
+        await leadership?.value
+    }
+
+    /// Lease times are MicroTime: RFC 3339 with exactly six fractional digits.
+    static func microTime(_ date: Date) -> String {
+        let seconds = ISO8601DateFormatter().string(from: date).dropLast()  // "…:SS" without "Z"
+        let micros = Int((date.timeIntervalSince1970 - date.timeIntervalSince1970.rounded(.down)) * 1_000_000)
+        return "\(seconds).\(String(format: "%06d", micros))Z"
+    }
+
+    private static func formatter() -> ISO8601DateFormatter {
+        let formatter = ISO8601DateFormatter()
+        formatter.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
+        return formatter
+    }
+
+    /// Takes the Lease if it is free or expired, renews it if held; false when another holds it.
+    func tryAcquireOrRenew() async throws -> Bool {
+        let now = Date()
+        let stamp = Self.microTime(now)
+        let seconds = Int(self.settings.leaseDuration.components.seconds)
+        let lease: JSON
+        do {
+            lease = try await self.client.get(.leases, namespace: self.settings.namespace, name: self.settings.name)
+        } catch let error as KubeError where error.isNotFound {
+            _ = try await self.client.create(.leases, namespace: self.settings.namespace, [
+                "apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": ["name": .string(self.settings.name)],
+                "spec": ["holderIdentity": .string(self.settings.identity), "leaseDurationSeconds": .number(Double(seconds)),
+                         "acquireTime": .string(stamp), "renewTime": .string(stamp), "leaseTransitions": 0],
+            ])
+            return true
+        }
+        let holder = lease[path: "spec.holderIdentity"]?.string
+        let renewed = lease[path: "spec.renewTime"]?.string.flatMap { Self.formatter().date(from: $0) ?? ISO8601DateFormatter().date(from: $0) } ?? .distantPast
+        let duration = TimeInterval(lease[path: "spec.leaseDurationSeconds"]?.int ?? seconds)
+        if holder != self.settings.identity, holder != nil, holder != "", now.timeIntervalSince(renewed) < duration { return false }
+        var spec = lease["spec"] ?? [:]
+        if holder != self.settings.identity {
+            spec["holderIdentity"] = .string(self.settings.identity)
+            spec["acquireTime"] = .string(stamp)
+            spec["leaseTransitions"] = .number(Double((spec["leaseTransitions"]?.int ?? 0) + 1))
+        }
+        spec["renewTime"] = .string(stamp)
+        spec["leaseDurationSeconds"] = .number(Double(seconds))
+        var updated = lease
+        updated["spec"] = spec
+        do {
+            // A PUT with the resourceVersion read: whoever writes first wins, the other gets 409.
+            _ = try await self.client.call("PUT", KubeResource.leases.path(namespace: self.settings.namespace, name: self.settings.name), body: updated, contentType: "application/json")
+            return true
+        } catch let error as KubeError where error.isConflict {
+            return false
+        }
+    }
+}

@@ -1,0 +1,94 @@
+import ArgumentParser
+import Foundation
+import Logging
+import NIOPosix
+import PylonOperator
+import Shared
+import UnixSignals
+
+/// `pylon-operator`: turns PylonWorlds and PylonRacks into running racks.
+@main
+struct PylonOperatorCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "pylon-operator",
+        abstract: "Reconcile PylonWorld and PylonRack objects into running racks.",
+        version: Pylon.version
+    )
+
+    @Option(help: "A kubeconfig file (default: in-cluster service account, else KUBECONFIG, else ~/.kube/config).")
+    var kubeconfig: String?
+    @Option(help: "Watch only this namespace (default: every namespace).")
+    var namespace: String?
+    @Flag(name: .customLong("leader-elect"), help: "Run as one of several replicas: only the holder of the Lease reconciles.")
+    var leaderElect = false
+    @Option(name: .customLong("lease-namespace"), help: "Namespace of the leader-election Lease (default: the configuration's namespace).")
+    var leaseNamespace: String?
+    @Option(help: "This replica's identity in the Lease (default: the host name).")
+    var identity: String?
+    @Option(name: .customLong("lease-duration-s"), help: "A leader that has not renewed the Lease for this many seconds is replaced (default 15).")
+    var leaseDuration = 15
+    @Option(name: .customLong("sidecar-image"), help: "The pylon-sidecar image racks run unless they name one.")
+    var sidecarImage = "ghcr.io/pylon/pylon-sidecar:latest"
+    @Option(help: "Admin HTTP address for /healthz, /readyz and /metrics.")
+    var admin = "0.0.0.0:9490"
+    @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical.")
+    var logLevel = "info"
+    @Option(name: .customLong("log-format"), help: "text or json.")
+    var logFormat = "text"
+
+    func run() async throws {
+        guard let level = Logger.Level(rawValue: self.logLevel) else { throw ValidationError("--log-level: expected one of \(Logger.Level.allCases.map(\.rawValue).joined(separator: ", "))") }
+        guard let format = LogFormat(rawValue: self.logFormat) else { throw ValidationError("--log-format: expected text or json") }
+        let adminParts = self.admin.split(separator: ":")
+        guard adminParts.count == 2, let adminPort = Int(adminParts[1]) else { throw ValidationError("--admin: expected HOST:PORT, got '\(self.admin)'") }
+        PylonLogging.bootstrap(format: format, level: level)
+        let logger = Logger(label: "pylon.operator")
+        let config: KubeConfig
+        do {
+            config = try self.kubeconfig.map { try KubeConfig.kubeconfig(path: $0) } ?? ((try? KubeConfig.inCluster()) ?? KubeConfig.kubeconfig())
+        } catch {
+            throw ValidationError("\(error)")
+        }
+        let client = KubeClient(config: config)
+        let service = PylonOperatorService(client: client, settings: .init(namespace: self.namespace, renderer: .init(sidecarImage: self.sidecarImage)) { brokers, group in
+            let admin = try KafkaProducer(brokers: brokers)
+            defer { admin.close() }
+            try admin.deleteConsumerGroup(group)
+        }, logger: logger)
+        let election = LeaderElection(
+            client: client,
+            settings: .init(
+                namespace: self.leaseNamespace ?? config.namespace, identity: self.identity ?? ProcessInfo.processInfo.hostName,
+                leaseDuration: .seconds(self.leaseDuration), retryPeriod: .milliseconds(max(200, self.leaseDuration * 1000 / 7))
+            ),
+            logger: logger
+        )
+        let leaderElect = self.leaderElect
+        let server = try await AdminServer.start(host: String(adminParts[0]), port: adminPort, group: MultiThreadedEventLoopGroup.singleton, routes: [
+            "/healthz": { .init(body: "ok\n") },
+            "/readyz": { .init(body: "ready\n") },
+            "/metrics": {
+                .init(contentType: "text/plain; version=0.0.4; charset=utf-8",
+                      body: service.metrics + "# TYPE pylon_operator_leader gauge\npylon_operator_leader \(!leaderElect || election.isLeader ? 1 : 0)\n")
+            },
+        ])
+        logger.info("pylon-operator started", metadata: ["server": "\(config.server)", "namespace": "\(self.namespace ?? "*")", "leader_elect": "\(self.leaderElect)"])
+        let work = Task {
+            if leaderElect {
+                await election.run {
+                    service.start()
+                    while !Task.isCancelled { try? await Task.sleep(for: .seconds(1)) }
+                    await service.stop()
+                }
+            } else {
+                service.start()
+            }
+        }
+        for await _ in await UnixSignalsSequence(trapping: .sigterm, .sigint) { break }
+        logger.info("stopping")
+        work.cancel()
+        await work.value
+        await service.stop()
+        await server.close()
+    }
+}
