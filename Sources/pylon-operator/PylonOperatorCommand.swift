@@ -50,11 +50,7 @@ struct PylonOperatorCommand: AsyncParsableCommand {
             throw ValidationError("\(error)")
         }
         let client = KubeClient(config: config)
-        let service = PylonOperatorService(client: client, settings: .init(namespace: self.namespace, renderer: .init(sidecarImage: self.sidecarImage)) { brokers, group in
-            let admin = try KafkaProducer(brokers: brokers)
-            defer { admin.close() }
-            try admin.deleteConsumerGroup(group)
-        }, logger: logger)
+        let service = PylonOperatorService(client: client, settings: .init(namespace: self.namespace, renderer: .init(sidecarImage: self.sidecarImage)), logger: logger)
         let election = LeaderElection(
             client: client,
             settings: .init(

@@ -52,6 +52,10 @@ struct KubeAPITests {
         #expect(rack[path: "spec.redis.image"] == "redis:7.0")
         #expect(rack[path: "spec.redis.shards"] == 3)
         _ = try await client.create(Self.racks, namespace: "default", try Self.manifest("samples/rack-cluster.yaml"))
+        // What `kubectl get pylonracks` shows: the server's table of the printer columns.
+        let table = try await client.call("GET", Self.racks.path(namespace: "default"), accept: "application/json;as=Table;v=v1;g=meta.k8s.io")
+        #expect(table["columnDefinitions"]?.array?.compactMap { $0["name"]?.string } == ["Name", "World", "Topology", "Phase", "Lag", "Ready", "Age"])
+        #expect(table["rows"]?.array?.count == 2)
 
         func rackObject(_ name: String, _ spec: JSON) -> JSON {
             ["apiVersion": "pylon.io/v1alpha1", "kind": "PylonRack", "metadata": ["name": .string(name)], "spec": spec]

@@ -3,6 +3,8 @@ import Foundation
 import FoundationNetworking
 #endif
 import Logging
+import NIOCore
+import NIOPosix
 import PylonOperator
 import Shared
 import Testing
@@ -17,11 +19,10 @@ struct OperatorTests {
         let broker = try KafkaBroker()
         let client = api.client()
         try await KubeAPITests.installCRDs(client)
-        let service = PylonOperatorService(client: client, settings: .init(namespace: "default", renderer: .init(sidecarImage: "pylon/sidecar:test")) { brokers, group in
-            let admin = try KafkaProducer(brokers: brokers)
-            defer { admin.close() }
-            try admin.deleteConsumerGroup(group)
-        }, logger: Logger(label: "test"))
+        let service = PylonOperatorService(
+            client: client, settings: .init(namespace: "default", renderer: .init(sidecarImage: "pylon/sidecar:test"), caughtUpLag: 10, resync: .seconds(1)),
+            logger: Logger(label: "test")
+        )
         service.start()
         defer { Task { await service.stop() } }
 
@@ -65,6 +66,27 @@ struct OperatorTests {
         #expect(try await eventually(timeout: .seconds(30)) {
             try await client.get(Pylon.worlds, namespace: "default", name: "shop")[path: "status.racks"] == 1
         })
+        // Lag read from Kafka: 20 ops in partition 1 that the rack's group has not committed
+        // make it Behind; once committed, it is CaughtUp again (threshold 10).
+        let producer = try KafkaProducer(brokers: broker.bootstrap)
+        for _ in 0..<20 {
+            _ = try await producer.send(topic: topic, partition: 1, key: nil, value: ByteBuffer(string: "op"), on: MultiThreadedEventLoopGroup.singleton.any()).get()
+        }
+        producer.close()
+        func caughtUp(_ expected: String, lag: Int) async throws -> Bool {
+            let status = try await client.get(Pylon.racks, namespace: "default", name: "shop-eu-1")["status"]
+            return status?["lag"] == .number(Double(lag)) && status?["conditions"]?.array?.contains { $0["type"] == "CaughtUp" && $0["status"] == .string(expected) } == true
+        }
+        #expect(try await eventually(timeout: .seconds(30)) { try await caughtUp("False", lag: 20) })
+        let rackStatus = try await client.get(Pylon.racks, namespace: "default", name: "shop-eu-1")
+        #expect(rackStatus[path: "status.partitions"]?.array?[1]["lag"] == 20)
+        let progress = try KafkaConsumer(brokers: broker.bootstrap, groupID: "pylon.shop.shop-eu-1")
+        try progress.commit([(topic, 1, 20)])
+        progress.close()
+        #expect(try await eventually(timeout: .seconds(30)) { try await caughtUp("True", lag: 0) })
+        // Events tell what the operator did.
+        let events = try await client.list(.events, namespace: "default").items
+        #expect(events.contains { $0["reason"] == "Reconciled" && $0[path: "involvedObject.name"] == "shop-eu-1" })
 
         // A spec change rolls the pods (a new config hash in the template) and is observed.
         let hash = statefulSet[path: "spec.template.metadata.annotations"]?["pylon.io/config-hash"]

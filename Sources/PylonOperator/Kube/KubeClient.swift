@@ -103,14 +103,14 @@ public final class KubeClient: Sendable {
     }
 
     /// Any request: the decoded answer, or `KubeError` naming what the server refused.
-    public func call(_ method: String, _ path: String, body: JSON? = nil, contentType: String? = nil) async throws -> JSON {
-        let transfer = self.transfer(method, path, body: body?.data, contentType: contentType, timeoutSeconds: self.timeoutSeconds)
+    public func call(_ method: String, _ path: String, body: JSON? = nil, contentType: String? = nil, accept: String = "application/json") async throws -> JSON {
+        let transfer = self.transfer(method, path, body: body?.data, contentType: contentType, accept: accept, timeoutSeconds: self.timeoutSeconds)
         let response = try await NIOThreadPool.singleton.runIfActive { try transfer.perform() }
         return try Self.decode(response, method: method, path: path)
     }
 
-    func transfer(_ method: String, _ path: String, body: Data? = nil, contentType: String? = nil, timeoutSeconds: Int) -> CurlTransfer {
-        var headers = ["Accept: application/json", "User-Agent: pylon-operator"]
+    func transfer(_ method: String, _ path: String, body: Data? = nil, contentType: String? = nil, accept: String = "application/json", timeoutSeconds: Int) -> CurlTransfer {
+        var headers = ["Accept: \(accept)", "User-Agent: pylon-operator"]
         if let contentType { headers.append("Content-Type: \(contentType)") }
         if let token = self.config.token?.value { headers.append("Authorization: Bearer \(token)") }
         return CurlTransfer(method: method, url: self.config.server + path, headers: headers, body: body, tls: self.config.tls, timeoutSeconds: timeoutSeconds)

@@ -23,13 +23,19 @@ public final class PylonOperatorService: Sendable {
         /// The namespace to watch; nil: every namespace.
         public var namespace: String?
         public var renderer: RackRenderer.Settings
-        /// How a rack's consumer group is removed from Kafka when it is retired.
-        public var retireConsumerGroup: @Sendable (_ brokers: String, _ group: String) throws -> Void
+        /// The world's Kafka: retiring consumer groups, reading racks' lag.
+        public var kafka: WorldKafka
+        /// A rack is CaughtUp while its consumer group lags by at most this many ops in all.
+        public var caughtUpLag: Int64
+        /// Racks are reconciled again this often (their lag and readiness change without events).
+        public var resync: Duration
 
-        public init(namespace: String? = nil, renderer: RackRenderer.Settings = .init(), retireConsumerGroup: @escaping @Sendable (String, String) throws -> Void) {
+        public init(namespace: String? = nil, renderer: RackRenderer.Settings = .init(), kafka: WorldKafka = WorldKafka(), caughtUpLag: Int64 = 1000, resync: Duration = .seconds(15)) {
             self.namespace = namespace
             self.renderer = renderer
-            self.retireConsumerGroup = retireConsumerGroup
+            self.kafka = kafka
+            self.caughtUpLag = caughtUpLag
+            self.resync = resync
         }
     }
 
@@ -173,6 +179,7 @@ public final class PylonOperatorService: Sendable {
         let peers = try await self.racks(of: worldName, in: namespace).compactMap { $0[path: "metadata.name"]?.string }
         let objects: [(KubeResource, JSON)]
         do { objects = try self.renderer.render(rack: rack, world: world, peerRacks: peers) } catch let error as RackRenderer.RenderError {
+            await self.event(on: rack, type: "Warning", reason: "InvalidSpec", message: error.description)
             try await self.setStatus(Pylon.racks, rack, phase: "Failed", generation: generation, extra: [:], conditions: [
                 Condition(type: "Ready", status: false, reason: "InvalidSpec", message: error.description),
             ])
@@ -185,10 +192,56 @@ public final class PylonOperatorService: Sendable {
         }
         let wanted = statefulSet[path: "spec.replicas"]?.int ?? 0
         let ready = statefulSet[path: "status.readyReplicas"]?.int ?? 0
-        try await self.setStatus(Pylon.racks, rack, phase: ready == wanted && wanted > 0 ? "Running" : "Pending", generation: generation, extra: ["ready": .string("\(ready)/\(wanted)")], conditions: [
+        var extra: [String: JSON] = ["ready": .string("\(ready)/\(wanted)")]
+        let caughtUp: Condition
+        do {
+            let lags = try await self.lag(world: world, rack: name)
+            let total = lags.reduce(0, +)
+            extra["lag"] = .number(Double(total))
+            extra["partitions"] = .array(lags.enumerated().map { ["partition": .number(Double($0.offset)), "lag": .number(Double($0.element))] })
+            caughtUp = Condition(
+                type: "CaughtUp", status: total <= self.settings.caughtUpLag, reason: total <= self.settings.caughtUpLag ? "LagBelowThreshold" : "Behind",
+                message: "\(total) ops behind the world's log (threshold \(self.settings.caughtUpLag))"
+            )
+        } catch {
+            caughtUp = Condition(type: "CaughtUp", status: nil, reason: "KafkaUnreachable", message: "cannot read the rack's progress from Kafka: \(error)")
+        }
+        if rack[path: "status.observedGeneration"]?.int != generation {
+            await self.event(on: rack, reason: "Reconciled", message: "generation \(generation): \(objects.count) objects applied")
+        }
+        try await self.setStatus(Pylon.racks, rack, phase: ready == wanted && wanted > 0 ? "Running" : "Pending", generation: generation, extra: extra, conditions: [
             Condition(type: "Reconciled", status: true, reason: "Applied", message: "\(objects.count) objects applied"),
             Condition(type: "Ready", status: ready == wanted && wanted > 0, reason: ready == wanted ? "PodsReady" : "PodsNotReady", message: "\(ready) of \(wanted) pods ready"),
+            caughtUp,
         ])
+        // Lag and readiness change without events on the rack: look again later.
+        await self.queue.add(.rack(namespace: namespace, name: name), after: self.settings.resync)
+    }
+
+    /// The rack's lag per partition: its consumer group's committed offsets against the log end.
+    func lag(world: JSON, rack: String) async throws -> [Int64] {
+        guard let brokers = world[path: "spec.kafka.bootstrapServers"]?.string, let worldName = world[path: "metadata.name"]?.string else { return [] }
+        let topic = world[path: "spec.topic"]?.string ?? "pylon.\(worldName).ops"
+        let measure = self.settings.kafka.lag
+        return try await Task.detached { try measure(brokers, topic, "pylon.\(worldName).\(rack)") }.value
+    }
+
+    /// Records a Kubernetes Event on `object` (best effort: an Event that cannot be written is logged).
+    func event(on object: JSON, type: String = "Normal", reason: String, message: String) async {
+        guard let namespace = object[path: "metadata.namespace"]?.string, let name = object[path: "metadata.name"]?.string else { return }
+        let now = ISO8601DateFormatter().string(from: Date())
+        let event: JSON = [
+            "apiVersion": "v1", "kind": "Event", "metadata": ["generateName": .string("\(name)."), "namespace": .string(namespace)],
+            "involvedObject": [
+                "apiVersion": object["apiVersion"] ?? "", "kind": object["kind"] ?? "", "name": .string(name), "namespace": .string(namespace),
+                "uid": object[path: "metadata.uid"] ?? "", "resourceVersion": object[path: "metadata.resourceVersion"] ?? "",
+            ],
+            "reason": .string(reason), "message": .string(message), "type": .string(type), "count": 1,
+            "firstTimestamp": .string(now), "lastTimestamp": .string(now), "source": ["component": "pylon-operator"],
+        ]
+        do { _ = try await self.client.create(.events, namespace: namespace, event) } catch {
+            self.logger.debug("cannot record an event", metadata: ["object": "\(namespace)/\(name)", "reason": "\(reason)", "error": "\(error)"])
+        }
     }
 
     /// A deleted rack: its consumer group leaves Kafka, its objects are deleted, then the
@@ -197,10 +250,11 @@ public final class PylonOperatorService: Sendable {
         let worldName = rack[path: "spec.world"]?.string ?? ""
         if let world = try? await self.client.get(Pylon.worlds, namespace: namespace, name: worldName), let brokers = world[path: "spec.kafka.bootstrapServers"]?.string {
             let group = "pylon.\(worldName).\(name)"
-            let retireGroup = self.settings.retireConsumerGroup
+            let retireGroup = self.settings.kafka.retire
             try await Task.detached { try retireGroup(brokers, group) }.value
             self.logger.info("retired the rack's consumer group", metadata: ["rack": "\(namespace)/\(name)", "group": "\(group)"])
         }
+        await self.event(on: rack, reason: "Retired", message: "consumer group pylon.\(worldName).\(name) removed from Kafka and the rack's objects deleted")
         for (resource, suffix) in [(KubeResource.statefulSets, ""), (.podDisruptionBudgets, ""), (.services, ""), (.services, "-headless"), (.configMaps, "-sidecar")] {
             try await self.client.delete(resource, namespace: namespace, name: name + suffix)
         }
@@ -220,6 +274,9 @@ public final class PylonOperatorService: Sendable {
         if world[path: "metadata.deletionTimestamp"] != nil {
             guard finalizers.contains(Pylon.worldFinalizer) else { return }
             guard racks.isEmpty else {
+                if world[path: "status.phase"]?.string != "Terminating" {
+                    await self.event(on: world, type: "Warning", reason: "DeletionBlocked", message: "\(racks.count) racks still belong to this world; delete them first")
+                }
                 try await self.setStatus(Pylon.worlds, world, phase: "Terminating", generation: generation, extra: ["racks": .number(Double(racks.count))], conditions: [
                     Condition(type: "DeletionBlocked", status: true, reason: "RacksRemain", message: "\(racks.count) racks still belong to this world (\(racks.joined(separator: ", "))); delete them first"),
                 ])
@@ -242,7 +299,8 @@ public final class PylonOperatorService: Sendable {
 
     struct Condition {
         var type: String
-        var status: Bool
+        /// nil: Unknown.
+        var status: Bool?
         var reason: String
         var message: String
     }
@@ -258,7 +316,7 @@ public final class PylonOperatorService: Sendable {
         status["phase"] = .string(phase)
         status["observedGeneration"] = .number(Double(generation))
         status["conditions"] = .array(conditions.map { condition in
-            let value: JSON = condition.status ? "True" : "False"
+            let value: JSON = condition.status.map { $0 ? "True" : "False" } ?? "Unknown"
             let since = previous[condition.type].flatMap { $0["status"] == value ? $0["lastTransitionTime"] : nil } ?? .string(now)
             return [
                 "type": .string(condition.type), "status": value, "reason": .string(condition.reason), "message": .string(condition.message),

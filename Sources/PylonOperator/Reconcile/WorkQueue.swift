@@ -39,6 +39,14 @@ public actor WorkQueue<Key: Hashable & Sendable> {
         }
     }
 
+    /// Adds `key` once `delay` has passed (a periodic look at something that changes without events).
+    public func add(_ key: Key, after delay: Duration) {
+        Task {
+            try? await Task.sleep(for: delay)
+            self.add(key)
+        }
+    }
+
     /// The next key to work on; nil once the queue is closed.
     public func next() async -> Key? {
         if let key = self.take() { return key }
@@ -65,11 +73,7 @@ public actor WorkQueue<Key: Hashable & Sendable> {
         }
         let attempt = self.failures[key, default: 0]
         self.failures[key] = attempt + 1
-        let delay = min(0.1 * pow(2, Double(attempt)), 30)
-        Task {
-            try? await Task.sleep(for: .milliseconds(Int(delay * 1000)))
-            self.add(key)
-        }
+        self.add(key, after: .milliseconds(Int(min(0.1 * pow(2, Double(attempt)), 30) * 1000)))
     }
 
     public func close() {
