@@ -105,6 +105,12 @@ struct OperatorTests {
         #expect(try await eventually(timeout: .seconds(30)) {  // 3 shards × (1 master + 1 replica)
             try await client.get(.statefulSets, namespace: "default", name: "shop-eu-2")[path: "spec.replicas"] == 6
         })
+        // …and the Job that makes its six pods one Redis Cluster once they answer.
+        let jobs = try await client.list(.jobs, namespace: "default").items
+        let bootstrap = jobs.first { $0[path: "metadata.name"]?.string?.hasPrefix("shop-eu-2-bootstrap-") == true }
+        let script = bootstrap?[path: "spec.template.spec.containers"]?.array?.first?["command"]?.array?.last?.string ?? ""
+        #expect(script.contains("--cluster-replicas 1") && script.contains("shop-eu-2-5.shop-eu-2-headless.default.svc"), "\(script)")
+        #expect(bootstrap?[path: "metadata.ownerReferences"]?.array?.first?["name"] == "shop-eu-2")
 
         // Deleting the world while racks remain is refused with a clear condition.
         try await client.delete(Pylon.worlds, namespace: "default", name: "shop")
@@ -123,6 +129,7 @@ struct OperatorTests {
         for (resource, name) in [(KubeResource.statefulSets, "shop-eu-1"), (.configMaps, "shop-eu-1-sidecar"), (.services, "shop-eu-1-headless")] {
             await #expect(throws: KubeError.self) { _ = try await client.get(resource, namespace: "default", name: name) }
         }
+        #expect(try await client.list(.jobs, namespace: "default").items.isEmpty)
         let probe = try KafkaConsumer(brokers: broker.bootstrap, groupID: "pylon.shop.shop-eu-1")
         #expect(try probe.committed(topic: topic, partition: 0) == nil)
         probe.close()

@@ -31,6 +31,7 @@ public struct KubeResource: Sendable, Hashable {
     public static let events = KubeResource(group: "", version: "v1", plural: "events")
     public static let statefulSets = KubeResource(group: "apps", version: "v1", plural: "statefulsets")
     public static let podDisruptionBudgets = KubeResource(group: "policy", version: "v1beta1", plural: "poddisruptionbudgets")
+    public static let jobs = KubeResource(group: "batch", version: "v1", plural: "jobs")
     public static let leases = KubeResource(group: "coordination.k8s.io", version: "v1", plural: "leases")
     public static let customResourceDefinitions = KubeResource(group: "apiextensions.k8s.io", version: "v1", plural: "customresourcedefinitions", namespaced: false)
 }

@@ -29,13 +29,19 @@ public final class PylonOperatorService: Sendable {
         public var caughtUpLag: Int64
         /// Racks are reconciled again this often (their lag and readiness change without events).
         public var resync: Duration
+        /// Keys reconciled at the same time (never the same key twice at once).
+        public var workers: Int
 
-        public init(namespace: String? = nil, renderer: RackRenderer.Settings = .init(), kafka: WorldKafka = WorldKafka(), caughtUpLag: Int64 = 1000, resync: Duration = .seconds(15)) {
+        public init(
+            namespace: String? = nil, renderer: RackRenderer.Settings = .init(), kafka: WorldKafka = WorldKafka(), caughtUpLag: Int64 = 1000,
+            resync: Duration = .seconds(15), workers: Int = 4
+        ) {
             self.namespace = namespace
             self.renderer = renderer
             self.kafka = kafka
             self.caughtUpLag = caughtUpLag
             self.resync = resync
+            self.workers = workers
         }
     }
 
@@ -45,7 +51,7 @@ public final class PylonOperatorService: Sendable {
     let renderer: RackRenderer
     let logger: Logger
     private let watches = Mutex<[KubeWatch]>([])
-    private let worker = Mutex<Task<Void, Never>?>(nil)
+    private let workers = Mutex<[Task<Void, Never>]>([])
     /// Reconciles done and failed, for metrics and tests.
     public let reconciles = Atomic<Int>(0)
     public let failures = Atomic<Int>(0)
@@ -70,8 +76,8 @@ public final class PylonOperatorService: Sendable {
         ]
         self.watches.withLock { $0 = watches }
         for watch in watches { watch.start() }
-        self.worker.withLock {
-            $0 = Task { [self] in
+        self.workers.withLock {
+            $0 = (0..<max(1, self.settings.workers)).map { _ in Task { [self] in
                 while let key = await self.queue.next() {
                     let started = ContinuousClock.now
                     defer {
@@ -87,7 +93,7 @@ public final class PylonOperatorService: Sendable {
                     self.reconciles.add(1, ordering: .relaxed)
                     await self.queue.done(key, failed: failed)
                 }
-            }
+            } }
         }
     }
 
@@ -110,7 +116,7 @@ public final class PylonOperatorService: Sendable {
     public func stop() async {
         for watch in self.watches.withLock({ $0 }) { watch.stop() }
         await self.queue.close()
-        await self.worker.withLock { $0 }?.value
+        for worker in self.workers.withLock({ $0 }) { await worker.value }
     }
 
     /// Queues what a watch event concerns: the object itself, the world of a rack (its rack
@@ -255,8 +261,13 @@ public final class PylonOperatorService: Sendable {
             self.logger.info("retired the rack's consumer group", metadata: ["rack": "\(namespace)/\(name)", "group": "\(group)"])
         }
         await self.event(on: rack, reason: "Retired", message: "consumer group pylon.\(worldName).\(name) removed from Kafka and the rack's objects deleted")
-        for (resource, suffix) in [(KubeResource.statefulSets, ""), (.podDisruptionBudgets, ""), (.services, ""), (.services, "-headless"), (.configMaps, "-sidecar")] {
-            try await self.client.delete(resource, namespace: namespace, name: name + suffix)
+        // Everything made for the rack carries its labels (owner references would let the garbage
+        // collector do this too, where one runs).
+        let selector = "app.kubernetes.io/instance=\(name),app.kubernetes.io/managed-by=pylon-operator"
+        for resource in [KubeResource.statefulSets, .jobs, .podDisruptionBudgets, .services, .configMaps] {
+            for object in try await self.client.list(resource, namespace: namespace, labelSelector: selector).items {
+                if let objectName = object[path: "metadata.name"]?.string { try await self.client.delete(resource, namespace: namespace, name: objectName) }
+            }
         }
         _ = try await self.client.patch(Pylon.racks, namespace: namespace, name: name, merge: [
             "metadata": ["finalizers": .array(finalizers.filter { $0 != Pylon.rackFinalizer }.map { .string($0) })],

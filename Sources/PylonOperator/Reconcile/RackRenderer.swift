@@ -3,7 +3,8 @@ import Foundation
 /// What a PylonRack becomes in Kubernetes, as a pure function of the rack, its world and the
 /// world's other racks: the sidecar's configuration (a ConfigMap), a headless Service (pod DNS,
 /// and the peers' address for the other racks), a client Service (port 6379 → the sidecars), the
-/// StatefulSet of Redis pods each with a pylon sidecar, and a PodDisruptionBudget. Every object
+/// StatefulSet of Redis pods each with a pylon sidecar, a PodDisruptionBudget, and for a Redis
+/// Cluster rack the Job that creates the cluster once its pods are up. Every object
 /// is owned by the rack and applied with server-side apply, so re-applying is a no-op.
 public struct RackRenderer: Sendable {
     public struct Settings: Sendable {
@@ -63,9 +64,46 @@ public struct RackRenderer: Sendable {
             "apiVersion": "policy/v1beta1", "kind": "PodDisruptionBudget", "metadata": metadata(name),
             "spec": ["maxUnavailable": 1, "selector": ["matchLabels": Pylon.selector(rack: name)]],
         ]
-        return [
+        var objects: [(KubeResource, JSON)] = [
             (.configMaps, configMap), (.services, headlessService), (.services, clientService),
             (.statefulSets, statefulSet), (.podDisruptionBudgets, budget),
+        ]
+        if topology == "cluster" {
+            objects.append((.jobs, self.clusterBootstrap(name: name, namespace: namespace, metadata: metadata, spec: spec, replicas: replicas, headless: headless)))
+        }
+        return objects
+    }
+
+    /// A Job that makes the cluster rack's pods one Redis Cluster once they all answer (and does
+    /// nothing if they already form one). Its name carries the shape it creates: a Job's pod
+    /// template cannot change, and a new shape is a new bootstrap.
+    func clusterBootstrap(name: String, namespace: String, metadata: (String) -> JSON, spec: JSON, replicas: Int, headless: String) -> JSON {
+        let shardReplicas = spec[path: "redis.replicas"]?.int ?? 1
+        let image = spec[path: "redis.image"] ?? "redis:7.0"
+        let hosts = (0..<replicas).map { "\(name)-\($0).\(headless).\(namespace).svc" }.joined(separator: " ")
+        let script = """
+        set -e
+        addresses=""
+        for host in \(hosts); do
+          until redis-cli -h "$host" -p 6379 ping >/dev/null 2>&1; do sleep 2; done
+          addresses="$addresses $(getent hosts "$host" | awk '{print $1}'):6379"
+        done
+        if redis-cli -h \(name)-0.\(headless).\(namespace).svc -p 6379 cluster info | grep -q cluster_state:ok; then exit 0; fi
+        redis-cli --cluster create $addresses --cluster-replicas \(shardReplicas) --cluster-yes
+        """
+        let jobName = "\(name)-bootstrap-\(Self.hash("\(replicas)/\(shardReplicas)/\(image)").prefix(8))"
+        return [
+            "apiVersion": "batch/v1", "kind": "Job", "metadata": metadata(jobName),
+            "spec": [
+                "backoffLimit": 20,
+                "template": [
+                    "metadata": ["labels": ["app.kubernetes.io/name": "pylon-rack-bootstrap", "app.kubernetes.io/instance": .string(name)]],
+                    "spec": [
+                        "restartPolicy": "OnFailure",
+                        "containers": [["name": "bootstrap", "image": image, "command": ["sh", "-c", .string(script)]]],
+                    ],
+                ],
+            ],
         ]
     }
 

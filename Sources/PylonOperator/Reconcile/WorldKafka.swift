@@ -25,13 +25,14 @@ public struct WorldKafka: Sendable {
     public static func groupLag(brokers: String, topic: String, group: String) throws -> [Int64] {
         let admin = try KafkaProducer(brokers: brokers)
         defer { admin.close(timeout: .zero) }
-        guard let count = try admin.partitionCount(topic: topic) else { return [] }
+        // Short timeouts: an unreachable Kafka must not hold a reconcile worker for long.
+        guard let count = try admin.partitionCount(topic: topic, timeoutMilliseconds: 2000) else { return [] }
         let partitions = (0..<Int32(count)).map { $0 }
-        let ends = try partitions.map { try admin.watermarks(topic: topic, partition: $0).high }
+        let ends = try partitions.map { try admin.watermarks(topic: topic, partition: $0, timeoutMilliseconds: 2000).high }
         // A consumer handle of the group that never joins it: it only reads the committed offsets.
         let reader = try KafkaConsumer(brokers: brokers, groupID: group)
         defer { reader.close() }
-        let committed = try reader.committed(topic: topic, partitions: partitions)
+        let committed = try reader.committed(topic: topic, partitions: partitions, timeoutMilliseconds: 2000)
         return zip(ends, committed).map { end, committed in max(0, end - (committed ?? 0)) }
     }
 }
