@@ -37,6 +37,7 @@ bench: release
 	@scripts/bench.sh
 	@scripts/bench-writes.sh
 	@scripts/bench-world.sh
+	@scripts/bench-operator.sh
 
 clean:
 	rm -rf .build

@@ -57,3 +57,37 @@ start_broker() {  # port
   track $!
   wait_port "$1"
 }
+
+# A Kubernetes control plane on loopback: etcd and the kube-apiserver that install-kube.sh built.
+# Sets KUBE_PORT, KUBE_TOKEN, KUBE_CA (the serving certificate) and KUBECONFIG_FILE; waits for it.
+start_kube() {
+  local cache etcd_port peer_port
+  cache=$(scripts/install-kube.sh)
+  etcd_port=$(free_port); peer_port=$(free_port); KUBE_PORT=$(free_port); KUBE_TOKEN=pylon-admin-token
+  etcd --data-dir "$WORK/etcd" --listen-client-urls "http://127.0.0.1:$etcd_port" --advertise-client-urls "http://127.0.0.1:$etcd_port" \
+    --listen-peer-urls "http://127.0.0.1:$peer_port" --initial-advertise-peer-urls "http://127.0.0.1:$peer_port" \
+    --initial-cluster "default=http://127.0.0.1:$peer_port" > "$WORK/etcd.log" 2>&1 &
+  track $!
+  wait_port "$etcd_port"
+  echo "$KUBE_TOKEN,admin,1,system:masters" > "$WORK/tokens.csv"
+  openssl genrsa -out "$WORK/sa.key" 2048 2>/dev/null
+  "$cache/kube-apiserver" --etcd-servers "http://127.0.0.1:$etcd_port" --bind-address 127.0.0.1 --advertise-address 127.0.0.1 \
+    --secure-port "$KUBE_PORT" --insecure-port 0 --cert-dir "$WORK/kube-certs" --token-auth-file "$WORK/tokens.csv" \
+    --authorization-mode RBAC --service-account-issuer https://kubernetes.default.svc --service-account-key-file "$WORK/sa.key" \
+    --service-account-signing-key-file "$WORK/sa.key" --service-cluster-ip-range 10.96.0.0/16 > "$WORK/kube-apiserver.log" 2>&1 &
+  track $!
+  KUBE_CA=$WORK/kube-certs/apiserver.crt
+  for _ in $(seq 300); do
+    [ -f "$KUBE_CA" ] && curl -sf --cacert "$KUBE_CA" -H "Authorization: Bearer $KUBE_TOKEN" "https://127.0.0.1:$KUBE_PORT/api/v1/namespaces/default" > /dev/null && break
+    sleep 0.2
+  done
+  KUBECONFIG_FILE=$WORK/kubeconfig
+  cat > "$KUBECONFIG_FILE" <<KC
+apiVersion: v1
+kind: Config
+current-context: local
+contexts: [{name: local, context: {cluster: local, user: admin, namespace: default}}]
+clusters: [{name: local, cluster: {server: "https://127.0.0.1:$KUBE_PORT", certificate-authority-data: $(base64 -w0 "$KUBE_CA")}}]
+users: [{name: admin, user: {token: $KUBE_TOKEN}}]
+KC
+}

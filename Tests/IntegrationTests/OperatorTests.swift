@@ -96,12 +96,13 @@ struct OperatorTests {
             let observed = try await client.get(Pylon.racks, namespace: "default", name: "shop-eu-1")[path: "status.observedGeneration"]
             return rolled[path: "spec.template.metadata.annotations"]?["pylon.io/config-hash"] != hash && observed == 2
         })
-        // A second rack of the world: each rack's sidecars list the other's as peers.
+        // Peers: every sidecar of the world behind one headless Service, owned by the world.
+        #expect(sidecarYAML.contains("peers: shop-sidecars.default.svc:6380"), "\(sidecarYAML)")
+        let peers = try await client.get(.services, namespace: "default", name: "shop-sidecars")
+        #expect(peers[path: "spec.selector"]?["pylon.io/world"] == "shop" && peers[path: "spec.clusterIP"] == "None")
+        #expect(peers[path: "metadata.ownerReferences"]?.array?.first?["kind"] == "PylonWorld")
+        // A second rack of the world, a Redis Cluster.
         _ = try await client.create(Pylon.racks, namespace: "default", try KubeAPITests.manifest("samples/rack-cluster.yaml"))
-        #expect(try await eventually(timeout: .seconds(30)) {
-            let first = try await client.get(.configMaps, namespace: "default", name: "shop-eu-1-sidecar")
-            return first[path: "data"]?["sidecar.yml"]?.string?.contains("shop-eu-2-headless.default.svc:6380") == true
-        })
         #expect(try await eventually(timeout: .seconds(30)) {  // 3 shards × (1 master + 1 replica)
             try await client.get(.statefulSets, namespace: "default", name: "shop-eu-2")[path: "spec.replicas"] == 6
         })

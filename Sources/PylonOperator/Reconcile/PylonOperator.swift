@@ -52,6 +52,15 @@ public final class PylonOperatorService: Sendable {
     let logger: Logger
     private let watches = Mutex<[KubeWatch]>([])
     private let workers = Mutex<[Task<Void, Never>]>([])
+    /// The generation of each world last seen: its racks are re-rendered only when its spec
+    /// changed, not on each of its status updates.
+    private let worldGenerations = Mutex<[String: Int]>([:])
+    /// Every rack, as the watch last saw it (by "namespace/name"): who a world's racks are,
+    /// without listing them from the API server on each reconcile.
+    private let knownRacks = Mutex<[String: JSON]>([:])
+    /// Each rack's lag and when it was read: a rack re-rendered because a sibling came or went
+    /// does not ask Kafka again so soon.
+    private let lagCache = Mutex<[String: (lags: [Int64], at: ContinuousClock.Instant)]>([:])
     /// Reconciles done and failed, for metrics and tests.
     public let reconciles = Atomic<Int>(0)
     public let failures = Atomic<Int>(0)
@@ -119,23 +128,28 @@ public final class PylonOperatorService: Sendable {
         for worker in self.workers.withLock({ $0 }) { await worker.value }
     }
 
-    /// Queues what a watch event concerns: the object itself, the world of a rack (its rack
-    /// count), every rack of a world (their configuration), the rack owning a StatefulSet.
+    /// Queues what a watch event concerns: the object itself; for a rack, its world (its rack
+    /// count); for a world whose spec changed, every rack of it (their configuration); for a
+    /// StatefulSet, its rack.
     private func observed(_ event: KubeWatch.Event, as resource: KubeResource) {
         let objects: [JSON]
         switch event {
         case .listed(let items): objects = items
         case .added(let object), .modified(let object), .deleted(let object): objects = [object]
         }
+        if resource == Pylon.racks { self.remember(event) }
         for object in objects {
             guard let namespace = object[path: "metadata.namespace"]?.string, let name = object[path: "metadata.name"]?.string else { continue }
             Task {
                 switch resource {
                 case Pylon.worlds:
                     await self.queue.add(.world(namespace: namespace, name: name))
-                    for rack in (try? await self.racks(of: name, in: namespace)) ?? [] {
-                        if let rackName = rack[path: "metadata.name"]?.string { await self.queue.add(.rack(namespace: namespace, name: rackName)) }
+                    let generation = object[path: "metadata.generation"]?.int ?? 0
+                    let changed = self.worldGenerations.withLock { seen in
+                        defer { seen["\(namespace)/\(name)"] = generation }
+                        return seen["\(namespace)/\(name)"] != generation
                     }
+                    if changed { await self.queueRacks(of: name, in: namespace) }
                 case Pylon.racks:
                     await self.queue.add(.rack(namespace: namespace, name: name))
                     if let world = object[path: "spec.world"]?.string { await self.queue.add(.world(namespace: namespace, name: world)) }
@@ -146,8 +160,28 @@ public final class PylonOperatorService: Sendable {
         }
     }
 
+    private func queueRacks(of world: String, in namespace: String) async {
+        for rack in (try? await self.racks(of: world, in: namespace)) ?? [] {
+            if let name = rack[path: "metadata.name"]?.string { await self.queue.add(.rack(namespace: namespace, name: name)) }
+        }
+    }
+
+    private func remember(_ event: KubeWatch.Event) {
+        func key(_ object: JSON) -> String { "\(object[path: "metadata.namespace"]?.string ?? "")/\(object[path: "metadata.name"]?.string ?? "")" }
+        self.knownRacks.withLock { racks in
+            switch event {
+            case .listed(let items): racks = Dictionary(items.map { (key($0), $0) }) { $1 }
+            case .added(let object), .modified(let object): racks[key(object)] = object
+            case .deleted(let object): racks[key(object)] = nil
+            }
+        }
+    }
+
+    /// The racks of a world, as the watch knows them.
     func racks(of world: String, in namespace: String) async throws -> [JSON] {
-        try await self.client.list(Pylon.racks, namespace: namespace).items.filter { $0[path: "spec.world"]?.string == world }
+        self.knownRacks.withLock { racks in
+            racks.values.filter { $0[path: "metadata.namespace"]?.string == namespace && $0[path: "spec.world"]?.string == world }
+        }
     }
 
     // MARK: - Reconciling
@@ -182,9 +216,8 @@ public final class PylonOperatorService: Sendable {
             ])
             return
         }
-        let peers = try await self.racks(of: worldName, in: namespace).compactMap { $0[path: "metadata.name"]?.string }
         let objects: [(KubeResource, JSON)]
-        do { objects = try self.renderer.render(rack: rack, world: world, peerRacks: peers) } catch let error as RackRenderer.RenderError {
+        do { objects = try self.renderer.render(rack: rack, world: world) } catch let error as RackRenderer.RenderError {
             await self.event(on: rack, type: "Warning", reason: "InvalidSpec", message: error.description)
             try await self.setStatus(Pylon.racks, rack, phase: "Failed", generation: generation, extra: [:], conditions: [
                 Condition(type: "Ready", status: false, reason: "InvalidSpec", message: error.description),
@@ -228,8 +261,12 @@ public final class PylonOperatorService: Sendable {
     func lag(world: JSON, rack: String) async throws -> [Int64] {
         guard let brokers = world[path: "spec.kafka.bootstrapServers"]?.string, let worldName = world[path: "metadata.name"]?.string else { return [] }
         let topic = world[path: "spec.topic"]?.string ?? "pylon.\(worldName).ops"
+        let key = "\(world[path: "metadata.namespace"]?.string ?? "")/\(rack)"
+        if let cached = self.lagCache.withLock({ $0[key] }), ContinuousClock.now - cached.at < self.settings.resync / 2 { return cached.lags }
         let measure = self.settings.kafka.lag
-        return try await Task.detached { try measure(brokers, topic, "pylon.\(worldName).\(rack)") }.value
+        let lags = try await Task.detached { try measure(brokers, topic, "pylon.\(worldName).\(rack)") }.value
+        self.lagCache.withLock { $0[key] = (lags, .now) }
+        return lags
     }
 
     /// Records a Kubernetes Event on `object` (best effort: an Event that cannot be written is logged).
@@ -300,6 +337,9 @@ public final class PylonOperatorService: Sendable {
         }
         if !finalizers.contains(Pylon.worldFinalizer) {
             _ = try await self.client.patch(Pylon.worlds, namespace: namespace, name: name, merge: ["metadata": ["finalizers": .array((finalizers + [Pylon.worldFinalizer]).map { .string($0) })]])
+        }
+        for (resource, object) in self.renderer.worldObjects(world: world) {
+            _ = try await self.client.apply(resource, namespace: namespace, name: object[path: "metadata.name"]!.string!, object)
         }
         try await self.setStatus(Pylon.worlds, world, phase: "Ready", generation: generation, extra: [
             "racks": .number(Double(racks.count)), "topic": world[path: "spec.topic"] ?? .string("pylon.\(name).ops"),

@@ -21,7 +21,7 @@ public struct RackRenderer: Sendable {
     public init(settings: Settings = Settings()) { self.settings = settings }
 
     /// The rendered objects, each with its resource type, in the order to apply them.
-    public func render(rack: JSON, world: JSON, peerRacks: [String]) throws -> [(KubeResource, JSON)] {
+    public func render(rack: JSON, world: JSON) throws -> [(KubeResource, JSON)] {
         guard let name = rack[path: "metadata.name"]?.string, let namespace = rack[path: "metadata.namespace"]?.string else {
             throw RenderError(description: "the rack has no name or namespace")
         }
@@ -37,7 +37,7 @@ public struct RackRenderer: Sendable {
             ["name": .string(objectName), "namespace": .string(namespace), "labels": labels, "ownerReferences": [owner]]
         }
         let headless = "\(name)-headless"
-        let configuration = try self.sidecarConfiguration(rack: rack, world: world, name: name, namespace: namespace, headless: headless, peerRacks: peerRacks)
+        let configuration = try self.sidecarConfiguration(rack: rack, world: world, name: name, namespace: namespace, headless: headless)
         let configText = configuration.sorted { $0.key < $1.key }.map { "\($0.key): \($0.value)" }.joined(separator: "\n") + "\n"
 
         let configMap: JSON = ["apiVersion": "v1", "kind": "ConfigMap", "metadata": metadata("\(name)-sidecar"), "data": ["sidecar.yml": .string(configText)]]
@@ -108,7 +108,7 @@ public struct RackRenderer: Sendable {
     }
 
     /// The sidecar's YAML keys: the rack's settings over what the world and the rack imply.
-    func sidecarConfiguration(rack: JSON, world: JSON, name: String, namespace: String, headless: String, peerRacks: [String]) throws -> [String: String] {
+    func sidecarConfiguration(rack: JSON, world: JSON, name: String, namespace: String, headless: String) throws -> [String: String] {
         let spec = rack["spec"] ?? [:]
         let worldSpec = world["spec"] ?? [:]
         guard let brokers = worldSpec[path: "kafka.bootstrapServers"]?.string else {
@@ -131,8 +131,9 @@ public struct RackRenderer: Sendable {
         if let topic = worldSpec["topic"]?.string { keys["topic"] = topic }
         let contentious = worldSpec["contentiousKeys"]?.array?.compactMap(\.string) ?? []
         if !contentious.isEmpty { keys["contentious-keys"] = "[" + contentious.map { "\"\($0)\"" }.joined(separator: ", ") + "]" }
-        let peers = peerRacks.filter { $0 != name }.sorted().map { "\"\($0)-headless.\(namespace).svc:6380\"" }
-        if !peers.isEmpty { keys["peers"] = "[" + peers.joined(separator: ", ") + "]" }
+        // Every sidecar of the world, through the world's headless Service (`peersService`): racks
+        // come and go without a new configuration (nor rolled pods) for the others.
+        keys["peers"] = "\(Self.peersService(world: world[path: "metadata.name"]?.string ?? "")).\(namespace).svc:6380"
         let properties = worldSpec[path: "kafka.properties"]?.object ?? [:]
         if !properties.isEmpty {
             keys["kafka-properties"] = "{" + properties.sorted { $0.key < $1.key }.compactMap { key, value in value.string.map { "\"\(key)\": \"\($0)\"" } }.joined(separator: ", ") + "}"
@@ -197,6 +198,28 @@ public struct RackRenderer: Sendable {
         ]
         if !claims.isEmpty { statefulSetSpec["volumeClaimTemplates"] = .array(claims) }
         return ["apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": metadata, "spec": statefulSetSpec]
+    }
+
+    /// The headless Service of all the sidecars of a world, which each sidecar probes as its peers.
+    public static func peersService(world: String) -> String { "\(world)-sidecars" }
+
+    /// The world's peers Service, owned by the world.
+    public func worldObjects(world: JSON) -> [(KubeResource, JSON)] {
+        let name = world[path: "metadata.name"]?.string ?? ""
+        let service: JSON = [
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": [
+                "name": .string(Self.peersService(world: name)), "namespace": world[path: "metadata.namespace"] ?? "default",
+                "labels": ["app.kubernetes.io/name": "pylon-world", "app.kubernetes.io/instance": .string(name), "app.kubernetes.io/managed-by": "pylon-operator"],
+                "ownerReferences": [Pylon.ownerReference(to: world)],
+            ],
+            "spec": [
+                "clusterIP": "None", "publishNotReadyAddresses": true,
+                "selector": ["app.kubernetes.io/name": "pylon-rack", "pylon.io/world": .string(name)],
+                "ports": [["name": "pylon", "port": 6380, "targetPort": "pylon", "protocol": "TCP"]],
+            ],
+        ]
+        return [(.services, service)]
     }
 
     /// A short stable digest of the configuration (FNV-1a, hex).
