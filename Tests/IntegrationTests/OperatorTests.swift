@@ -106,9 +106,13 @@ struct OperatorTests {
         #expect(try await eventually(timeout: .seconds(30)) {  // 3 shards × (1 master + 1 replica)
             try await client.get(.statefulSets, namespace: "default", name: "shop-eu-2")[path: "spec.replicas"] == 6
         })
-        // …and the Job that makes its six pods one Redis Cluster once they answer.
-        let jobs = try await client.list(.jobs, namespace: "default").items
-        let bootstrap = jobs.first { $0[path: "metadata.name"]?.string?.hasPrefix("shop-eu-2-bootstrap-") == true }
+        // …and the Job that makes its six pods one Redis Cluster once they answer (applied last).
+        var bootstrap: JSON?
+        #expect(try await eventually(timeout: .seconds(30)) {
+            let jobs = try await client.list(.jobs, namespace: "default").items
+            bootstrap = jobs.first { $0[path: "metadata.name"]?.string?.hasPrefix("shop-eu-2-bootstrap-") == true }
+            return bootstrap != nil
+        })
         let script = bootstrap?[path: "spec.template.spec.containers"]?.array?.first?["command"]?.array?.last?.string ?? ""
         #expect(script.contains("--cluster-replicas 1") && script.contains("shop-eu-2-5.shop-eu-2-headless.default.svc"), "\(script)")
         #expect(bootstrap?[path: "metadata.ownerReferences"]?.array?.first?["name"] == "shop-eu-2")

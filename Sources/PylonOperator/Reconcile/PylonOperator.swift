@@ -161,7 +161,7 @@ public final class PylonOperatorService: Sendable {
     }
 
     private func queueRacks(of world: String, in namespace: String) async {
-        for rack in (try? await self.racks(of: world, in: namespace)) ?? [] {
+        for rack in self.racks(of: world, in: namespace) {
             if let name = rack[path: "metadata.name"]?.string { await self.queue.add(.rack(namespace: namespace, name: name)) }
         }
     }
@@ -178,7 +178,7 @@ public final class PylonOperatorService: Sendable {
     }
 
     /// The racks of a world, as the watch knows them.
-    func racks(of world: String, in namespace: String) async throws -> [JSON] {
+    func racks(of world: String, in namespace: String) -> [JSON] {
         self.knownRacks.withLock { racks in
             racks.values.filter { $0[path: "metadata.namespace"]?.string == namespace && $0[path: "spec.world"]?.string == world }
         }
@@ -318,7 +318,7 @@ public final class PylonOperatorService: Sendable {
         }
         let finalizers = world[path: "metadata.finalizers"]?.array?.compactMap(\.string) ?? []
         let generation = world[path: "metadata.generation"]?.int ?? 0
-        let racks = try await self.racks(of: name, in: namespace).compactMap { $0[path: "metadata.name"]?.string }.sorted()
+        let racks = self.racks(of: name, in: namespace).compactMap { $0[path: "metadata.name"]?.string }.sorted()
         if world[path: "metadata.deletionTimestamp"] != nil {
             guard finalizers.contains(Pylon.worldFinalizer) else { return }
             guard racks.isEmpty else {
