@@ -43,6 +43,8 @@ struct PylonSidecarCommand: AsyncParsableCommand {
     var replicationFactor: String?
     @Option(name: .customLong("kafka-property"), help: "A librdkafka property KEY=VALUE (TLS, SASL, tuning); repeatable.")
     var kafkaProperty: [String] = []
+    @Option(name: .customLong("kafka-property-file"), help: "A librdkafka property KEY=FILE whose value is read from FILE (a mounted secret); repeatable.")
+    var kafkaPropertyFile: [String] = []
     @Option(name: .customLong("write-timeout-ms"), help: "Fail a write Kafka has not taken in this many ms (default 5000).")
     var writeTimeout: String?
     @Option(name: .customLong("max-ready-lag"), help: "/readyz fails while the applier lags by more ops than this.")
@@ -94,7 +96,7 @@ struct PylonSidecarCommand: AsyncParsableCommand {
                 ("max-inline-length", self.maxInlineLength), ("connect-timeout-ms", self.connectTimeout),
                 ("shutdown-grace-ms", self.shutdownGrace), ("consistency", self.consistency), ("applied-timeout-ms", self.appliedTimeout),
                 ("peer-probe-interval-ms", self.peerProbeInterval), ("max-peer-lag", self.maxPeerLag), ("max-local-lag", self.maxLocalLag),
-            ] + self.kafkaProperty.map { ("kafka-property", $0) } + self.contentiousKeys.map { ("contentious-keys", $0) }
+            ] + self.kafkaProperty.map { ("kafka-property", $0) } + self.kafkaPropertyFile.map { ("kafka-property-file", $0) } + self.contentiousKeys.map { ("contentious-keys", $0) }
               + self.peers.map { ("peers", $0) })
         } catch {
             throw ValidationError("\(error)")

@@ -1,3 +1,4 @@
+import Foundation
 import Testing
 
 @testable import PylonSidecar
@@ -151,5 +152,15 @@ struct ConfigurationTests {
         var alone = SidecarConfiguration()
         try alone.set("peers", "10.0.0.7:6380")
         #expect(throws: SidecarConfiguration.Error.self) { try alone.validated() }
+    }
+
+    @Test func readsSecretKafkaPropertiesFromFiles() throws {
+        let file = FileManager.default.temporaryDirectory.appendingPathComponent("pylon-password-\(UUID().uuidString)")
+        try "s3cret\n".write(to: file, atomically: true, encoding: .utf8)
+        defer { try? FileManager.default.removeItem(at: file) }
+        var configuration = SidecarConfiguration()
+        try configuration.apply(yaml: "kafka-property-file: [\"sasl.password=\(file.path)\"]")
+        #expect(configuration.kafkaProperties["sasl.password"] == "s3cret")
+        #expect(throws: SidecarConfiguration.Error.self) { try configuration.set("kafka-property-file", "sasl.username=/nonexistent/file") }
     }
 }

@@ -56,9 +56,11 @@ public struct RackRenderer: Sendable {
             "spec": ["selector": Pylon.selector(rack: name), "ports": [["name": "redis", "port": 6379, "targetPort": "pylon", "protocol": "TCP"]]],
         ]
         let replicas = topology == "cluster" ? (spec[path: "redis.shards"]?.int ?? 3) * (1 + (spec[path: "redis.replicas"]?.int ?? 1)) : 1
+        let secrets = [("kafka-tls", world[path: "spec.kafka.tls.secretName"]?.string, Self.kafkaTLSPath), ("kafka-sasl", world[path: "spec.kafka.sasl.secretName"]?.string, Self.kafkaSASLPath)]
+            .compactMap { volume, secret, path in secret.map { (volume: volume, secret: $0, path: path) } }
         let statefulSet = self.statefulSet(
             name: name, metadata: metadata(name), spec: spec, topology: topology, replicas: replicas, headless: headless,
-            configHash: Self.hash(configText)
+            configHash: Self.hash(configText), secrets: secrets
         )
         let budget: JSON = [
             "apiVersion": "policy/v1beta1", "kind": "PodDisruptionBudget", "metadata": metadata(name),
@@ -134,27 +136,48 @@ public struct RackRenderer: Sendable {
         // Every sidecar of the world, through the world's headless Service (`peersService`): racks
         // come and go without a new configuration (nor rolled pods) for the others.
         keys["peers"] = "\(Self.peersService(world: world[path: "metadata.name"]?.string ?? "")).\(namespace).svc:6380"
-        let properties = worldSpec[path: "kafka.properties"]?.object ?? [:]
-        if !properties.isEmpty {
-            keys["kafka-properties"] = "{" + properties.sorted { $0.key < $1.key }.compactMap { key, value in value.string.map { "\"\(key)\": \"\($0)\"" } }.joined(separator: ", ") + "}"
+        var properties = (worldSpec[path: "kafka.properties"]?.object ?? [:]).compactMapValues(\.string)
+        var secretFiles: [String] = []
+        let tls = worldSpec[path: "kafka.tls.secretName"]?.string != nil
+        if tls {
+            properties["ssl.ca.location"] = "\(Self.kafkaTLSPath)/ca.crt"
+            if worldSpec[path: "kafka.tls.clientCertificate"] == .bool(true) {
+                properties["ssl.certificate.location"] = "\(Self.kafkaTLSPath)/tls.crt"
+                properties["ssl.key.location"] = "\(Self.kafkaTLSPath)/tls.key"
+            }
         }
+        if let mechanism = worldSpec[path: "kafka.sasl.mechanism"]?.string {
+            properties["sasl.mechanism"] = mechanism
+            // Credentials stay in the Secret: the sidecar reads them from the mounted files.
+            secretFiles = ["sasl.username=\(Self.kafkaSASLPath)/username", "sasl.password=\(Self.kafkaSASLPath)/password"]
+        }
+        if tls || !secretFiles.isEmpty {
+            properties["security.protocol"] = secretFiles.isEmpty ? "SSL" : tls ? "SASL_SSL" : "SASL_PLAINTEXT"
+        }
+        if !properties.isEmpty {
+            keys["kafka-properties"] = "{" + properties.sorted { $0.key < $1.key }.map { "\"\($0.key)\": \"\($0.value)\"" }.joined(separator: ", ") + "}"
+        }
+        if !secretFiles.isEmpty { keys["kafka-property-file"] = "[" + secretFiles.map { "\"\($0)\"" }.joined(separator: ", ") + "]" }
         for (key, value) in spec[path: "sidecar.settings"]?.object ?? [:] {
             if let value = value.string { keys[key] = value }
         }
         return keys
     }
 
-    private func statefulSet(name: String, metadata: JSON, spec: JSON, topology: String, replicas: Int, headless: String, configHash: String) -> JSON {
+    private func statefulSet(
+        name: String, metadata: JSON, spec: JSON, topology: String, replicas: Int, headless: String, configHash: String,
+        secrets: [(volume: String, secret: String, path: String)]
+    ) -> JSON {
         let sidecar: JSON = [
             "name": "pylon-sidecar",
             "image": spec[path: "sidecar.image"] ?? .string(self.settings.sidecarImage),
-            "args": ["--config", "/etc/pylon/sidecar.yml", "--sidecar-name", "$(POD_NAME)"],
+            "args": ["--config", "/etc/pylon/config/sidecar.yml", "--sidecar-name", "$(POD_NAME)"],
             "env": [["name": "POD_NAME", "valueFrom": ["fieldRef": ["fieldPath": "metadata.name"]]]],
             "ports": [["name": "pylon", "containerPort": 6380, "protocol": "TCP"], ["name": "admin", "containerPort": 9480, "protocol": "TCP"]],
             "readinessProbe": ["httpGet": ["path": "/readyz", "port": "admin"], "periodSeconds": 5],
             "livenessProbe": ["httpGet": ["path": "/healthz", "port": "admin"], "periodSeconds": 10],
             "resources": spec[path: "sidecar.resources"] ?? [:],
-            "volumeMounts": [["name": "sidecar-config", "mountPath": "/etc/pylon"]],
+            "volumeMounts": .array([["name": "sidecar-config", "mountPath": "/etc/pylon/config"]] + secrets.map { ["name": .string($0.volume), "mountPath": .string($0.path), "readOnly": true] }),
         ]
         var containers: [JSON] = [sidecar]
         var claims: [JSON] = []
@@ -177,6 +200,7 @@ public struct RackRenderer: Sendable {
             }
         }
         var volumes: [JSON] = [["name": "sidecar-config", "configMap": ["name": .string("\(name)-sidecar")]]]
+        volumes += secrets.map { ["name": .string($0.volume), "secret": ["secretName": .string($0.secret)]] }
         if topology != "external", claims.isEmpty { volumes.append(["name": "data", "emptyDir": [:]]) }
         var statefulSetSpec: JSON = [
             "serviceName": .string(headless),
@@ -199,6 +223,10 @@ public struct RackRenderer: Sendable {
         if !claims.isEmpty { statefulSetSpec["volumeClaimTemplates"] = .array(claims) }
         return ["apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": metadata, "spec": statefulSetSpec]
     }
+
+    /// Where the world's Kafka TLS and SASL Secrets are mounted in the sidecar.
+    static let kafkaTLSPath = "/etc/pylon/kafka-tls"
+    static let kafkaSASLPath = "/etc/pylon/kafka-sasl"
 
     /// The headless Service of all the sidecars of a world, which each sidecar probes as its peers.
     public static func peersService(world: String) -> String { "\(world)-sidecars" }

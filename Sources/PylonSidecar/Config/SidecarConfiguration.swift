@@ -124,11 +124,11 @@ public struct SidecarConfiguration: Sendable, Equatable {
         "max-arguments", "max-inline-length", "shutdown-grace-ms", "threads",
         "kafka-brokers", "topic", "partitions", "replication-factor", "kafka-property", "write-timeout-ms",
         "max-ready-lag", "sidecar-name", "consistency", "contentious-keys", "applied-timeout-ms",
-        "peers", "peer-probe-interval-ms", "max-peer-lag", "max-local-lag",
+        "peers", "peer-probe-interval-ms", "max-peer-lag", "max-local-lag", "kafka-property-file",
     ]
 
     /// Keys that may be given many times (flags repeated, YAML lists); each value adds one.
-    static let listKeys: Set<String> = ["kafka-property", "contentious-keys", "peers"]
+    static let listKeys: Set<String> = ["kafka-property", "kafka-property-file", "contentious-keys", "peers"]
 
     /// Sets one key from its textual value, validating it.
     public mutating func set(_ key: String, _ value: String) throws {
@@ -185,6 +185,14 @@ public struct SidecarConfiguration: Sendable, Equatable {
         case "kafka-property":
             guard let equals = value.firstIndex(of: "="), equals != value.startIndex else { throw bad("KEY=VALUE") }
             self.kafkaProperties[String(value[..<equals])] = String(value[value.index(after: equals)...])
+        case "kafka-property-file":
+            // A secret (a SASL password) read from a file, e.g. a mounted Kubernetes Secret.
+            guard let equals = value.firstIndex(of: "="), equals != value.startIndex else { throw bad("KEY=FILE") }
+            let path = String(value[value.index(after: equals)...])
+            guard let secret = try? String(contentsOfFile: path, encoding: .utf8) else {
+                throw Error(key: key, problem: "cannot read '\(path)' for \(value[..<equals])")
+            }
+            self.kafkaProperties[String(value[..<equals])] = secret.trimmingCharacters(in: .newlines)
         case "write-timeout-ms": self.writeTimeoutMilliseconds = try integer(100...3_600_000)
         case "max-ready-lag": self.maxReadyLag = Int64(try integer(0...Int(Int32.max)))
         case "consistency":

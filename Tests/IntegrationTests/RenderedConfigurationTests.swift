@@ -1,0 +1,32 @@
+import Foundation
+import PylonOperator
+import Testing
+
+@testable import PylonSidecar
+
+/// What the operator writes into a rack's ConfigMap is a configuration the sidecar accepts.
+@Suite("Rendered sidecar configuration")
+struct RenderedConfigurationTests {
+    @Test func theSidecarReadsWhatTheOperatorRenders() throws {
+        let rack: JSON = [
+            "apiVersion": "pylon.io/v1alpha1", "kind": "PylonRack", "metadata": ["name": "eu-1", "namespace": "shop", "uid": "u"],
+            "spec": ["world": "w", "redis": ["topology": "cluster"], "sidecar": ["settings": ["max-ready-lag": "5"]]],
+        ]
+        let world: JSON = [
+            "metadata": ["name": "w", "namespace": "shop"],
+            "spec": ["kafka": ["bootstrapServers": "k-0:9093,k-1:9093", "properties": ["linger.ms": "0"], "tls": ["secretName": "ca"]],
+                     "partitions": 16, "replicationFactor": 3, "consistency": "applied", "contentiousKeys": ["lock:*", "seat:[0-9]*"]],
+        ]
+        let objects = try RackRenderer().render(rack: rack, world: world)
+        let text = objects.first { $0.0 == .configMaps }?.1[path: "data"]?["sidecar.yml"]?.string ?? ""
+        var configuration = SidecarConfiguration()
+        try configuration.apply(yaml: text)
+        let valid = try configuration.validated()
+        #expect(valid.redis == .cluster([HostPort(host: "eu-1-headless.shop.svc", port: 6379)]))
+        #expect(valid.kafkaBrokers == "k-0:9093,k-1:9093" && valid.world == "w" && valid.rack == "eu-1" && valid.partitions == 16)
+        #expect(valid.consistency == .applied && valid.contentiousKeys == ["lock:*", "seat:[0-9]*"])
+        #expect(valid.peers == [HostPort(host: "w-sidecars.shop.svc", port: 6380)])
+        #expect(valid.kafkaProperties == ["linger.ms": "0", "security.protocol": "SSL", "ssl.ca.location": "/etc/pylon/kafka-tls/ca.crt"])
+        #expect(valid.maxReadyLag == 5)
+    }
+}
