@@ -1,6 +1,10 @@
+import Foundation
 import Shared
+import Synchronization
 
 /// What the operator asks of a world's Kafka (blocking calls: run them off the cooperative pool).
+/// One admin client per bootstrap string is kept: a probe of 100 racks' lag every few seconds
+/// costs requests, not 100 new clients.
 public struct WorldKafka: Sendable {
     /// Removes a retired rack's consumer group.
     public var retire: @Sendable (_ brokers: String, _ group: String) throws -> Void
@@ -8,31 +12,35 @@ public struct WorldKafka: Sendable {
     /// committed offset; the whole log for a partition it never committed).
     public var lag: @Sendable (_ brokers: String, _ topic: String, _ group: String) throws -> [Int64]
 
-    public init(
-        retire: @escaping @Sendable (String, String) throws -> Void = WorldKafka.deleteGroup,
-        lag: @escaping @Sendable (String, String, String) throws -> [Int64] = WorldKafka.groupLag
-    ) {
-        self.retire = retire
-        self.lag = lag
+    public init() {
+        let clients = Clients()
+        self.retire = { brokers, group in try clients.admin(brokers).deleteConsumerGroup(group) }
+        self.lag = { brokers, topic, group in
+            let admin = try clients.admin(brokers)
+            // Short timeouts: an unreachable Kafka must not hold a reconcile worker for long.
+            guard let count = try admin.partitionCount(topic: topic, timeoutMilliseconds: 2000) else { return [] }
+            let partitions = (0..<Int32(count)).map { $0 }
+            let ends = try partitions.map { try admin.watermarks(topic: topic, partition: $0, timeoutMilliseconds: 2000).high }
+            let committed = try admin.committedOffsets(group: group, topic: topic, partitions: partitions, timeoutMilliseconds: 2000)
+            return zip(ends, committed).map { end, committed in max(0, end - (committed ?? 0)) }
+        }
     }
 
-    public static func deleteGroup(brokers: String, group: String) throws {
-        let admin = try KafkaProducer(brokers: brokers)
-        defer { admin.close(timeout: .zero) }
-        try admin.deleteConsumerGroup(group)
-    }
+    /// The kept admin clients, by bootstrap string.
+    private final class Clients: Sendable {
+        private let clients = Mutex<[String: KafkaProducer]>([:])
 
-    public static func groupLag(brokers: String, topic: String, group: String) throws -> [Int64] {
-        let admin = try KafkaProducer(brokers: brokers)
-        defer { admin.close(timeout: .zero) }
-        // Short timeouts: an unreachable Kafka must not hold a reconcile worker for long.
-        guard let count = try admin.partitionCount(topic: topic, timeoutMilliseconds: 2000) else { return [] }
-        let partitions = (0..<Int32(count)).map { $0 }
-        let ends = try partitions.map { try admin.watermarks(topic: topic, partition: $0, timeoutMilliseconds: 2000).high }
-        // A consumer handle of the group that never joins it: it only reads the committed offsets.
-        let reader = try KafkaConsumer(brokers: brokers, groupID: group)
-        defer { reader.close() }
-        let committed = try reader.committed(topic: topic, partitions: partitions, timeoutMilliseconds: 2000)
-        return zip(ends, committed).map { end, committed in max(0, end - (committed ?? 0)) }
+        func admin(_ brokers: String) throws -> KafkaProducer {
+            if let client = self.clients.withLock({ $0[brokers] }) { return client }
+            let client = try KafkaProducer(brokers: brokers)
+            return self.clients.withLock { clients in
+                if let existing = clients[brokers] {
+                    client.close(timeout: .zero)
+                    return existing
+                }
+                clients[brokers] = client
+                return client
+            }
+        }
     }
 }

@@ -59,6 +59,43 @@ extension KafkaProducer {
         }
     }
 
+    /// A consumer group's committed offsets of a topic's partitions (nil where it has none),
+    /// through the admin API: no consumer handle per group. Blocks up to `timeoutMilliseconds`.
+    public func committedOffsets(group: String, topic: String, partitions: [Int32], timeoutMilliseconds: Int32 = 5_000) throws -> [Int64?] {
+        let list = rd_kafka_topic_partition_list_new(Int32(partitions.count))!
+        defer { rd_kafka_topic_partition_list_destroy(list) }
+        for partition in partitions { rd_kafka_topic_partition_list_add(list, topic, partition) }
+        guard let request = rd_kafka_ListConsumerGroupOffsets_new(group, list) else { throw KafkaError("consumer group '\(group)': cannot build the request") }
+        defer { rd_kafka_ListConsumerGroupOffsets_destroy(request) }
+        let queue = rd_kafka_queue_new(self.pointer)
+        defer { rd_kafka_queue_destroy(queue) }
+        var requests: [OpaquePointer?] = [request]
+        rd_kafka_ListConsumerGroupOffsets(self.pointer, &requests, 1, nil, queue)
+        guard let event = rd_kafka_queue_poll(queue, timeoutMilliseconds) else {
+            throw KafkaError("committed offsets of '\(group)' timed out after \(timeoutMilliseconds) ms")
+        }
+        defer { rd_kafka_event_destroy(event) }
+        if rd_kafka_event_error(event) != RD_KAFKA_RESP_ERR_NO_ERROR {
+            throw KafkaError("committed offsets of '\(group)': \(String(cString: rd_kafka_event_error_string(event)))")
+        }
+        guard let result = rd_kafka_event_ListConsumerGroupOffsets_result(event) else { throw KafkaError("committed offsets of '\(group)': no result") }
+        var count = 0
+        guard let groups = rd_kafka_ListConsumerGroupOffsets_result_groups(result, &count), count == 1, let first = groups[0] else {
+            throw KafkaError("committed offsets of '\(group)': no result")
+        }
+        if let error = rd_kafka_group_result_error(first) {
+            throw KafkaError("committed offsets of '\(group)': \(String(cString: rd_kafka_error_string(error)))")
+        }
+        var offsets: [Int32: Int64] = [:]
+        if let answered = rd_kafka_group_result_partitions(first) {
+            for index in 0..<Int(answered.pointee.cnt) {
+                let entry = answered.pointee.elems[index]
+                if entry.err == RD_KAFKA_RESP_ERR_NO_ERROR, entry.offset >= 0 { offsets[entry.partition] = entry.offset }
+            }
+        }
+        return partitions.map { offsets[$0] }
+    }
+
     /// The low and high watermark (log start and log end offsets) of a partition, from the broker.
     public func watermarks(topic: String, partition: Int32, timeoutMilliseconds: Int32 = 5_000) throws -> (low: Int64, high: Int64) {
         var low: Int64 = 0
