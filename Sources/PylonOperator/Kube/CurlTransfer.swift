@@ -1,5 +1,6 @@
 import CCurl
 import Foundation
+import Synchronization
 
 /// One HTTP exchange over libcurl, run on the calling thread (blocking): the Kubernetes client
 /// runs these on a thread pool, and watches on threads of their own. libcurl rather than
@@ -37,12 +38,34 @@ struct CurlTransfer {
 
     static let initialized: Void = { curl_global_init(Int(CURL_GLOBAL_DEFAULT)) }()
 
+    /// Easy handles kept between requests: a handle keeps its connections (and TLS sessions)
+    /// open, so a request to the same API server does not pay a new TLS handshake.
+    private struct Handle: @unchecked Sendable { let curl: UnsafeMutableRawPointer }
+    private static let idle = Mutex<[Handle]>([])
+
+    private static func borrow() -> UnsafeMutableRawPointer? {
+        if let handle = self.idle.withLock({ $0.popLast() }) { return handle.curl }
+        return curl_easy_init()
+    }
+
+    private static func giveBack(_ curl: UnsafeMutableRawPointer) {
+        curl_easy_reset(curl)  // options go, connections stay
+        let kept = self.idle.withLock { idle -> Bool in
+            guard idle.count < 8 else { return false }
+            idle.append(Handle(curl: curl))
+            return true
+        }
+        if !kept { curl_easy_cleanup(curl) }
+    }
+
     /// Performs the exchange; the body is collected, or handed to `onData` chunk by chunk (then
     /// `Response.body` is empty). `onData` returning false aborts the transfer.
     func perform(onData: ((Data) -> Bool)? = nil) throws -> Response {
         _ = Self.initialized
-        guard let curl = curl_easy_init() else { throw Failure(description: "curl_easy_init failed") }
-        defer { curl_easy_cleanup(curl) }
+        // A watch holds its connection for minutes: it gets a handle of its own.
+        let keep = self.timeoutSeconds > 0
+        guard let curl = keep ? Self.borrow() : curl_easy_init() else { throw Failure(description: "curl_easy_init failed") }
+        defer { if keep { Self.giveBack(curl) } else { curl_easy_cleanup(curl) } }
         let sink = Sink(onData: onData, isCancelled: self.isCancelled)
         let context = Unmanaged.passRetained(sink)
         defer { context.release() }
