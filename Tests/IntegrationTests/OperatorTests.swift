@@ -135,8 +135,8 @@ struct OperatorTests {
             await #expect(throws: KubeError.self) { _ = try await client.get(resource, namespace: "default", name: name) }
         }
         #expect(try await client.list(.jobs, namespace: "default").items.isEmpty)
-        let probe = try KafkaConsumer(brokers: broker.bootstrap, groupID: "pylon.shop.shop-eu-1")
-        #expect(try probe.committed(topic: topic, partition: 0) == nil)
+        let probe = try KafkaProducer(brokers: broker.bootstrap)
+        #expect(try probe.committedOffsets(group: "pylon.shop.shop-eu-1", topic: topic, partitions: [0]) == [nil])
         probe.close()
     }
 }

@@ -122,23 +122,6 @@ public final class KafkaConsumer: @unchecked Sendable {
         guard error == RD_KAFKA_RESP_ERR_NO_ERROR else { throw KafkaError("commit: \(String(cString: rd_kafka_err2str(error)))") }
     }
 
-    /// The group's committed offset of a partition, from the broker; nil when it has none.
-    public func committed(topic: String, partition: Int32, timeoutMilliseconds: Int32 = 5_000) throws -> Int64? {
-        try self.committed(topic: topic, partitions: [partition], timeoutMilliseconds: timeoutMilliseconds)[0]
-    }
-
-    /// The group's committed offsets of several partitions, in one request.
-    public func committed(topic: String, partitions: [Int32], timeoutMilliseconds: Int32 = 5_000) throws -> [Int64?] {
-        let list = Self.list(partitions.map { (topic, $0, Int64(RD_KAFKA_OFFSET_INVALID)) })
-        defer { rd_kafka_topic_partition_list_destroy(list) }
-        let error = rd_kafka_committed(self.handle, list, timeoutMilliseconds)
-        guard error == RD_KAFKA_RESP_ERR_NO_ERROR else { throw KafkaError("committed offsets: \(String(cString: rd_kafka_err2str(error)))") }
-        return (0..<Int(list.pointee.cnt)).map { index in
-            let offset = list.pointee.elems[index].offset
-            return offset >= 0 ? offset : nil
-        }
-    }
-
     /// Leaves the group (revoking through the handler) and releases the consumer.
     public func close() {
         rd_kafka_consumer_close(self.handle)

@@ -9,27 +9,40 @@ extension KafkaProducer {
             throw KafkaError("topic '\(name)': \(KafkaClient.text(errorText))")
         }
         defer { rd_kafka_NewTopic_destroy(topic) }
+        let what = "creating topic '\(name)'"
+        try self.adminRequest(what, timeoutMilliseconds: timeoutMilliseconds, advice: "; create it with \(partitions) partitions by hand, or check the brokers") { queue in
+            var topics: [OpaquePointer?] = [topic]
+            rd_kafka_CreateTopics(self.pointer, &topics, 1, nil, queue)
+        } read: { event in
+            var count = 0
+            guard let result = rd_kafka_event_CreateTopics_result(event), let results = rd_kafka_CreateTopics_result_topics(result, &count),
+                  count == 1, let first = results[0] else {
+                throw KafkaError("\(what): no result")
+            }
+            let error = rd_kafka_topic_result_error(first)
+            guard error == RD_KAFKA_RESP_ERR_NO_ERROR || error == RD_KAFKA_RESP_ERR_TOPIC_ALREADY_EXISTS else {
+                let message = rd_kafka_topic_result_error_string(first).map { String(cString: $0) } ?? String(cString: rd_kafka_err2str(error))
+                throw KafkaError("\(what): \(message)")
+            }
+        }
+    }
+
+    /// Runs one admin request: `start` sends it to `queue`, `read` reads the result event.
+    /// Errors and the timeout name `what`.
+    private func adminRequest<Result>(
+        _ what: String, timeoutMilliseconds: Int32, advice: String = "", start: (OpaquePointer?) -> Void, read: (OpaquePointer) throws -> Result
+    ) throws -> Result {
         let queue = rd_kafka_queue_new(self.pointer)
         defer { rd_kafka_queue_destroy(queue) }
-        var topics: [OpaquePointer?] = [topic]
-        rd_kafka_CreateTopics(self.pointer, &topics, 1, nil, queue)
+        start(queue)
         guard let event = rd_kafka_queue_poll(queue, timeoutMilliseconds) else {
-            throw KafkaError("creating topic '\(name)' timed out after \(timeoutMilliseconds) ms; create it with \(partitions) partitions by hand, or check the brokers")
+            throw KafkaError("\(what) timed out after \(timeoutMilliseconds) ms\(advice)")
         }
         defer { rd_kafka_event_destroy(event) }
         if rd_kafka_event_error(event) != RD_KAFKA_RESP_ERR_NO_ERROR {
-            throw KafkaError("creating topic '\(name)': \(String(cString: rd_kafka_event_error_string(event)))")
+            throw KafkaError("\(what): \(String(cString: rd_kafka_event_error_string(event)))")
         }
-        guard let result = rd_kafka_event_CreateTopics_result(event) else { throw KafkaError("creating topic '\(name)': no result") }
-        var count = 0
-        guard let results = rd_kafka_CreateTopics_result_topics(result, &count), count == 1, let first = results[0] else {
-            throw KafkaError("creating topic '\(name)': no result")
-        }
-        let error = rd_kafka_topic_result_error(first)
-        guard error == RD_KAFKA_RESP_ERR_NO_ERROR || error == RD_KAFKA_RESP_ERR_TOPIC_ALREADY_EXISTS else {
-            let message = rd_kafka_topic_result_error_string(first).map { String(cString: $0) } ?? String(cString: rd_kafka_err2str(error))
-            throw KafkaError("creating topic '\(name)': \(message)")
-        }
+        return try read(event)
     }
 
     /// Deletes a consumer group (a retired rack's); a group that does not exist is fine. Blocks
@@ -37,24 +50,16 @@ extension KafkaProducer {
     public func deleteConsumerGroup(_ group: String, timeoutMilliseconds: Int32 = 10_000) throws {
         guard let request = rd_kafka_DeleteGroup_new(group) else { throw KafkaError("consumer group '\(group)': cannot build the request") }
         defer { rd_kafka_DeleteGroup_destroy(request) }
-        let queue = rd_kafka_queue_new(self.pointer)
-        defer { rd_kafka_queue_destroy(queue) }
-        var groups: [OpaquePointer?] = [request]
-        rd_kafka_DeleteGroups(self.pointer, &groups, 1, nil, queue)
-        guard let event = rd_kafka_queue_poll(queue, timeoutMilliseconds) else {
-            throw KafkaError("deleting consumer group '\(group)' timed out after \(timeoutMilliseconds) ms")
-        }
-        defer { rd_kafka_event_destroy(event) }
-        if rd_kafka_event_error(event) != RD_KAFKA_RESP_ERR_NO_ERROR {
-            throw KafkaError("deleting consumer group '\(group)': \(String(cString: rd_kafka_event_error_string(event)))")
-        }
-        guard let result = rd_kafka_event_DeleteGroups_result(event) else { throw KafkaError("deleting consumer group '\(group)': no result") }
-        var count = 0
-        guard let results = rd_kafka_DeleteGroups_result_groups(result, &count), count == 1, let first = results[0] else { return }
-        if let error = rd_kafka_group_result_error(first) {
-            let code = rd_kafka_error_code(error)
-            guard code == RD_KAFKA_RESP_ERR_GROUP_ID_NOT_FOUND else {
-                throw KafkaError("deleting consumer group '\(group)': \(String(cString: rd_kafka_error_string(error)))")
+        let what = "deleting consumer group '\(group)'"
+        try self.adminRequest(what, timeoutMilliseconds: timeoutMilliseconds) { queue in
+            var groups: [OpaquePointer?] = [request]
+            rd_kafka_DeleteGroups(self.pointer, &groups, 1, nil, queue)
+        } read: { event in
+            guard let result = rd_kafka_event_DeleteGroups_result(event) else { throw KafkaError("\(what): no result") }
+            var count = 0
+            guard let results = rd_kafka_DeleteGroups_result_groups(result, &count), count == 1, let first = results[0] else { return }
+            if let error = rd_kafka_group_result_error(first), rd_kafka_error_code(error) != RD_KAFKA_RESP_ERR_GROUP_ID_NOT_FOUND {
+                throw KafkaError("\(what): \(String(cString: rd_kafka_error_string(error)))")
             }
         }
     }
@@ -67,31 +72,25 @@ extension KafkaProducer {
         for partition in partitions { rd_kafka_topic_partition_list_add(list, topic, partition) }
         guard let request = rd_kafka_ListConsumerGroupOffsets_new(group, list) else { throw KafkaError("consumer group '\(group)': cannot build the request") }
         defer { rd_kafka_ListConsumerGroupOffsets_destroy(request) }
-        let queue = rd_kafka_queue_new(self.pointer)
-        defer { rd_kafka_queue_destroy(queue) }
-        var requests: [OpaquePointer?] = [request]
-        rd_kafka_ListConsumerGroupOffsets(self.pointer, &requests, 1, nil, queue)
-        guard let event = rd_kafka_queue_poll(queue, timeoutMilliseconds) else {
-            throw KafkaError("committed offsets of '\(group)' timed out after \(timeoutMilliseconds) ms")
-        }
-        defer { rd_kafka_event_destroy(event) }
-        if rd_kafka_event_error(event) != RD_KAFKA_RESP_ERR_NO_ERROR {
-            throw KafkaError("committed offsets of '\(group)': \(String(cString: rd_kafka_event_error_string(event)))")
-        }
-        guard let result = rd_kafka_event_ListConsumerGroupOffsets_result(event) else { throw KafkaError("committed offsets of '\(group)': no result") }
-        var count = 0
-        guard let groups = rd_kafka_ListConsumerGroupOffsets_result_groups(result, &count), count == 1, let first = groups[0] else {
-            throw KafkaError("committed offsets of '\(group)': no result")
-        }
-        if let error = rd_kafka_group_result_error(first) {
-            throw KafkaError("committed offsets of '\(group)': \(String(cString: rd_kafka_error_string(error)))")
-        }
-        var offsets: [Int32: Int64] = [:]
-        if let answered = rd_kafka_group_result_partitions(first) {
-            for index in 0..<Int(answered.pointee.cnt) {
-                let entry = answered.pointee.elems[index]
-                if entry.err == RD_KAFKA_RESP_ERR_NO_ERROR, entry.offset >= 0 { offsets[entry.partition] = entry.offset }
+        let what = "committed offsets of '\(group)'"
+        let offsets = try self.adminRequest(what, timeoutMilliseconds: timeoutMilliseconds) { queue in
+            var requests: [OpaquePointer?] = [request]
+            rd_kafka_ListConsumerGroupOffsets(self.pointer, &requests, 1, nil, queue)
+        } read: { event -> [Int32: Int64] in
+            var count = 0
+            guard let result = rd_kafka_event_ListConsumerGroupOffsets_result(event), let groups = rd_kafka_ListConsumerGroupOffsets_result_groups(result, &count),
+                  count == 1, let first = groups[0] else {
+                throw KafkaError("\(what): no result")
             }
+            if let error = rd_kafka_group_result_error(first) { throw KafkaError("\(what): \(String(cString: rd_kafka_error_string(error)))") }
+            var offsets: [Int32: Int64] = [:]
+            if let answered = rd_kafka_group_result_partitions(first) {
+                for index in 0..<Int(answered.pointee.cnt) {
+                    let entry = answered.pointee.elems[index]
+                    if entry.err == RD_KAFKA_RESP_ERR_NO_ERROR, entry.offset >= 0 { offsets[entry.partition] = entry.offset }
+                }
+            }
+            return offsets
         }
         return partitions.map { offsets[$0] }
     }
