@@ -205,7 +205,7 @@ public final class PylonOperatorService: Sendable {
             return
         }
         if !finalizers.contains(Pylon.rackFinalizer) {
-            _ = try await self.client.patch(Pylon.racks, namespace: namespace, name: name, merge: ["metadata": ["finalizers": .array((finalizers + [Pylon.rackFinalizer]).map { .string($0) })]])
+            try await self.setFinalizers(Pylon.racks, namespace: namespace, name: name, finalizers + [Pylon.rackFinalizer])
         }
         let worldName = rack[path: "spec.world"]?.string ?? ""
         let generation = rack[path: "metadata.generation"]?.int ?? 0
@@ -226,7 +226,7 @@ public final class PylonOperatorService: Sendable {
         }
         var statefulSet: JSON = [:]
         for (resource, object) in objects {
-            let applied = try await self.client.apply(resource, namespace: namespace, name: object[path: "metadata.name"]!.string!, object)
+            let applied = try await self.apply(resource, object)
             if resource == .statefulSets { statefulSet = applied }
         }
         let wanted = statefulSet[path: "spec.replicas"]?.int ?? 0
@@ -306,9 +306,7 @@ public final class PylonOperatorService: Sendable {
                 if let objectName = object[path: "metadata.name"]?.string { try await self.client.delete(resource, namespace: namespace, name: objectName) }
             }
         }
-        _ = try await self.client.patch(Pylon.racks, namespace: namespace, name: name, merge: [
-            "metadata": ["finalizers": .array(finalizers.filter { $0 != Pylon.rackFinalizer }.map { .string($0) })],
-        ])
+        try await self.setFinalizers(Pylon.racks, namespace: namespace, name: name, finalizers.filter { $0 != Pylon.rackFinalizer })
     }
 
     func reconcileWorld(namespace: String, name: String) async throws {
@@ -330,20 +328,26 @@ public final class PylonOperatorService: Sendable {
                 ])
                 return
             }
-            _ = try await self.client.patch(Pylon.worlds, namespace: namespace, name: name, merge: [
-                "metadata": ["finalizers": .array(finalizers.filter { $0 != Pylon.worldFinalizer }.map { .string($0) })],
-            ])
+            try await self.setFinalizers(Pylon.worlds, namespace: namespace, name: name, finalizers.filter { $0 != Pylon.worldFinalizer })
             return
         }
         if !finalizers.contains(Pylon.worldFinalizer) {
-            _ = try await self.client.patch(Pylon.worlds, namespace: namespace, name: name, merge: ["metadata": ["finalizers": .array((finalizers + [Pylon.worldFinalizer]).map { .string($0) })]])
+            try await self.setFinalizers(Pylon.worlds, namespace: namespace, name: name, finalizers + [Pylon.worldFinalizer])
         }
-        for (resource, object) in self.renderer.worldObjects(world: world) {
-            _ = try await self.client.apply(resource, namespace: namespace, name: object[path: "metadata.name"]!.string!, object)
-        }
+        for (resource, object) in self.renderer.worldObjects(world: world) { _ = try await self.apply(resource, object) }
         try await self.setStatus(Pylon.worlds, world, phase: "Ready", generation: generation, extra: [
             "racks": .number(Double(racks.count)), "topic": world[path: "spec.topic"] ?? .string("pylon.\(name).ops"),
         ], conditions: [Condition(type: "Ready", status: true, reason: "Reconciled", message: "\(racks.count) racks")])
+    }
+
+    /// Server-side applies a rendered object (it names its namespace and name).
+    func apply(_ resource: KubeResource, _ object: JSON) async throws -> JSON {
+        try await self.client.apply(resource, namespace: object[path: "metadata.namespace"]?.string, name: object[path: "metadata.name"]?.string ?? "", object)
+    }
+
+    /// Replaces an object's finalizers (a merge patch replaces the whole list).
+    func setFinalizers(_ resource: KubeResource, namespace: String, name: String, _ finalizers: [String]) async throws {
+        _ = try await self.client.patch(resource, namespace: namespace, name: name, merge: ["metadata": ["finalizers": .array(finalizers.map { .string($0) })]])
     }
 
     // MARK: - Status

@@ -72,6 +72,13 @@ public enum AppliedOffsets {
         "pylon:checkpoint:\(topic):\(partition)"
     }
 
+    /// The next offset a rack needs in a partition, from its marker (the last op applied) and its
+    /// checkpoint (which also passes unreadable messages; on Redis Cluster, where markers are per
+    /// slot, it alone tells): every offset below it is done.
+    public static func nextOffset(marker: Int64?, checkpoint: Int64?) -> Int64 {
+        max(marker.map { $0 + 1 } ?? 0, checkpoint ?? 0)
+    }
+
     /// The most arguments an op may have: Lua's `unpack` in the script takes at most about 8000
     /// values. The gateway refuses longer writes; the applier skips longer ops as unreadable.
     public static let maxArguments = 7000

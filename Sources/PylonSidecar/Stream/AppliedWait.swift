@@ -63,8 +63,8 @@ final class AppliedWait: ReplySink {
             return
         }
         let applied = self.positions.enumerated().allSatisfy { index, position in
-            let (marker, checkpoint) = (values[2 * index].string.flatMap { Int64($0) }, values[2 * index + 1].string.flatMap { Int64($0) })
-            return (marker ?? -1) >= position.offset || (checkpoint ?? 0) > position.offset
+            let next = AppliedOffsets.nextOffset(marker: values[2 * index].string.flatMap { Int64($0) }, checkpoint: values[2 * index + 1].string.flatMap { Int64($0) })
+            return next > position.offset
         }
         if applied || NIODeadline.now() >= self.deadline {
             self.finish(.success(applied))

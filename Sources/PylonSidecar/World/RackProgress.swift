@@ -86,13 +86,12 @@ final class RackProgress: Sendable {
                 if let number = value.string.flatMap({ Int64($0) }) { values[key] = number }
             }
         }
-        // Next offset the rack needs: past its last applied op, or its checkpoint (which also
-        // passes unreadable messages), whichever is further. On Redis Cluster the markers are
-        // per slot, and the checkpoint alone tells.
         return zip(partitions, ends).reduce(0) { total, entry in
-            let marker = values[AppliedOffsets.markerKey(topic: topic, partition: entry.0)].map { $0 + 1 } ?? 0
-            let checkpoint = values[AppliedOffsets.checkpointKey(topic: topic, partition: entry.0)] ?? 0
-            return total + max(0, entry.1 - max(marker, checkpoint))
+            let next = AppliedOffsets.nextOffset(
+                marker: values[AppliedOffsets.markerKey(topic: topic, partition: entry.0)],
+                checkpoint: values[AppliedOffsets.checkpointKey(topic: topic, partition: entry.0)]
+            )
+            return total + max(0, entry.1 - next)
         }
     }
 }
