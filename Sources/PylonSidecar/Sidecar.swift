@@ -73,7 +73,7 @@ public final class Sidecar: Service, Sendable {
                     // member does not leave the group when it stops, so its partitions would wait
                     // for the session to expire: it joins as a dynamic member instead.
                     properties: (configuration.hasStableName ? ["group.instance.id": log.sidecar] : [:]).merging(configuration.kafkaProperties) { $1 },
-                    redisTimeout: settings.requestTimeout, sidecarName: log.sidecar
+                    redisTimeout: settings.requestTimeout, sidecarName: log.sidecar, catchUpOffsets: configuration.catchUpOffsets
                 ),
                 replies: replies, rack: rack, group: group, metrics: metrics, logger: logger
             )

@@ -65,7 +65,7 @@ struct PylonOperatorCommand: AsyncParsableCommand {
             "/readyz": { .init(body: "ready\n") },
             "/metrics": {
                 .init(contentType: "text/plain; version=0.0.4; charset=utf-8",
-                      body: service.metrics + "# TYPE pylon_operator_leader gauge\npylon_operator_leader \(!leaderElect || election.isLeader ? 1 : 0)\n")
+                      body: service.metrics.render() + "# TYPE pylon_operator_leader gauge\npylon_operator_leader \(!leaderElect || election.isLeader ? 1 : 0)\n")
             },
         ])
         logger.info("pylon-operator started", metadata: ["server": "\(config.server)", "namespace": "\(self.namespace ?? "*")", "leader_elect": "\(self.leaderElect)"])

@@ -45,6 +45,8 @@ struct PylonSidecarCommand: AsyncParsableCommand {
     var kafkaProperty: [String] = []
     @Option(name: .customLong("kafka-property-file"), help: "A librdkafka property KEY=FILE whose value is read from FILE (a mounted secret); repeatable.")
     var kafkaPropertyFile: [String] = []
+    @Option(name: .customLong("catch-up-offsets"), help: "PARTITION=OFFSET: where to start applying a partition this rack's Redis has no checkpoint for (it was loaded up to there); repeatable. Default: the log's start.")
+    var catchUpOffsets: [String] = []
     @Option(name: .customLong("write-timeout-ms"), help: "Fail a write Kafka has not taken in this many ms (default 5000).")
     var writeTimeout: String?
     @Option(name: .customLong("max-ready-lag"), help: "/readyz fails while the applier lags by more ops than this.")
@@ -97,7 +99,7 @@ struct PylonSidecarCommand: AsyncParsableCommand {
                 ("shutdown-grace-ms", self.shutdownGrace), ("consistency", self.consistency), ("applied-timeout-ms", self.appliedTimeout),
                 ("peer-probe-interval-ms", self.peerProbeInterval), ("max-peer-lag", self.maxPeerLag), ("max-local-lag", self.maxLocalLag),
             ] + self.kafkaProperty.map { ("kafka-property", $0) } + self.kafkaPropertyFile.map { ("kafka-property-file", $0) } + self.contentiousKeys.map { ("contentious-keys", $0) }
-              + self.peers.map { ("peers", $0) })
+              + self.peers.map { ("peers", $0) } + self.catchUpOffsets.map { ("catch-up-offsets", $0) })
         } catch {
             throw ValidationError("\(error)")
         }

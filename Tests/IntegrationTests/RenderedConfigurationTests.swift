@@ -8,17 +8,17 @@ import Testing
 @Suite("Rendered sidecar configuration")
 struct RenderedConfigurationTests {
     @Test func theSidecarReadsWhatTheOperatorRenders() throws {
-        let rack: JSON = [
+        let rack = try PylonRack(json: [
             "apiVersion": "pylon.io/v1alpha1", "kind": "PylonRack", "metadata": ["name": "eu-1", "namespace": "shop", "uid": "u"],
-            "spec": ["world": "w", "redis": ["topology": "cluster"], "sidecar": ["settings": ["max-ready-lag": "5"]]],
-        ]
-        let world: JSON = [
-            "metadata": ["name": "w", "namespace": "shop"],
+            "spec": ["world": "w", "redis": ["topology": "cluster"], "sidecar": ["settings": ["max-ready-lag": "5"]], "catchUp": ["from": "offsets", "offsets": ["2": 40]]],
+        ])
+        let world = try PylonWorld(json: [
+            "apiVersion": "pylon.io/v1alpha1", "kind": "PylonWorld", "metadata": ["name": "w", "namespace": "shop"],
             "spec": ["kafka": ["bootstrapServers": "k-0:9093,k-1:9093", "properties": ["linger.ms": "0"], "tls": ["secretName": "ca"]],
                      "partitions": 16, "replicationFactor": 3, "consistency": "applied", "contentiousKeys": ["lock:*", "seat:[0-9]*"]],
-        ]
+        ])
         let objects = try RackRenderer().render(rack: rack, world: world)
-        let text = objects.first { $0.0 == .configMaps }?.1[path: "data"]?["sidecar.yml"]?.string ?? ""
+        let text = objects.compactMap { $0 as? ConfigMap }.first?.data?["sidecar.yml"] ?? ""
         var configuration = SidecarConfiguration()
         try configuration.apply(yaml: text)
         let valid = try configuration.validated()
@@ -27,6 +27,6 @@ struct RenderedConfigurationTests {
         #expect(valid.consistency == .applied && valid.contentiousKeys == ["lock:*", "seat:[0-9]*"])
         #expect(valid.peers == [HostPort(host: "w-sidecars.shop.svc", port: 6380)])
         #expect(valid.kafkaProperties == ["linger.ms": "0", "security.protocol": "SSL", "ssl.ca.location": "/etc/pylon/kafka-tls/ca.crt"])
-        #expect(valid.maxReadyLag == 5)
+        #expect(valid.maxReadyLag == 5 && valid.catchUpOffsets == [2: 40])
     }
 }

@@ -133,6 +133,39 @@ struct WritePathFaultTests {
         #expect(metrics.contains(#"pylon_applier_events_total{outcome="replay"}"#))
     }
 
+    @Test func aRackLoadedUpToItsCatchUpOffsetsAppliesOnlyWhatFollows() async throws {
+        let world = try await WorldFixture(racks: 1, partitions: 1)
+        defer { Task { await world.stop() } }
+        let client = try await world.racks[0].sidecar.client()
+        for _ in 0..<10 { _ = try await client.send("INCR", "counter") }  // offsets 0…9
+        #expect(try await world.waitUntilApplied())
+        // A new rack whose Redis was loaded by other means with the first 6 ops (counter = 6):
+        // it starts applying at offset 6, not at the log's start.
+        let loaded = try RedisServer()
+        _ = try await loaded.client().send("SET", "counter", "6")
+        let late = try await SidecarFixture(redis: .standalone(loaded.address)) { configuration in
+            WorldFixture.join(&configuration, world: world.name, rack: "late", broker: world.broker, partitions: 1)
+            configuration.catchUpOffsets = [0: 6]
+        }
+        defer { Task { await late.stop() } }
+        #expect(try await eventually { try await loaded.client().send("GET", "counter") == .bulk("10") })
+        _ = try await client.send("INCR", "counter")
+        #expect(try await eventually { try await loaded.client().send("GET", "counter") == .bulk("11") })
+        #expect(try await world.racks[0].redis.client().send("GET", "counter") == .bulk("11"))
+        #expect(late.sidecar.applier!.stats[.replay] == 0)
+        // Restarted, the rack resumes from its own checkpoint: nothing is applied twice.
+        await late.stop()
+        let again = try await SidecarFixture(redis: .standalone(loaded.address)) { configuration in
+            WorldFixture.join(&configuration, world: world.name, rack: "late", broker: world.broker, partitions: 1)
+            configuration.catchUpOffsets = [0: 6]
+        }
+        defer { Task { await again.stop() } }
+        _ = try await client.send("INCR", "counter")
+        #expect(try await eventually { try await loaded.client().send("GET", "counter") == .bulk("12") })
+        try await Task.sleep(for: .milliseconds(300))
+        #expect(try await loaded.client().send("GET", "counter") == .bulk("12"))
+    }
+
     @Test func lagIsReportedAndReadinessCanRequireIt() async throws {
         let world = try await WorldFixture(racks: 2) { $0.maxReadyLag = 0; $0.redisTimeoutMilliseconds = 500 }
         defer { Task { await world.stop() } }

@@ -1,40 +1,93 @@
+import Foundation
 import Testing
 
 @testable import PylonOperator
 
 @Suite("Rack renderer")
 struct RackRendererTests {
-    let rack: JSON = [
-        "apiVersion": "pylon.io/v1alpha1", "kind": "PylonRack",
-        "metadata": ["name": "eu-1", "namespace": "shop", "uid": "u-1"],
-        "spec": ["world": "w", "redis": ["topology": "standalone"], "sidecar": ["settings": ["max-ready-lag": "5"]]],
-    ]
+    func rack(_ spec: String) throws -> PylonRack {
+        try PylonRack(json: JSON(yaml: """
+        apiVersion: pylon.io/v1alpha1
+        kind: PylonRack
+        metadata: {name: eu-1, namespace: shop, uid: u-1}
+        spec:
+        \(spec.split(separator: "\n").map { "  \($0)" }.joined(separator: "\n"))
+        """))
+    }
 
-    func world(_ kafka: JSON) -> JSON {
-        ["metadata": ["name": "w", "namespace": "shop"], "spec": ["kafka": kafka, "partitions": 4]]
+    func world(_ kafka: JSON) throws -> PylonWorld {
+        try PylonWorld(json: ["apiVersion": "pylon.io/v1alpha1", "kind": "PylonWorld", "metadata": ["name": "w", "namespace": "shop", "uid": "w-1"], "spec": ["kafka": kafka, "partitions": 4]])
+    }
+
+    func sidecarYAML(_ objects: [any KubeObject]) -> String {
+        objects.compactMap { $0 as? ConfigMap }.first?.data?["sidecar.yml"] ?? ""
     }
 
     @Test func mountsTheWorldsKafkaSecretsAndKeepsCredentialsOutOfTheConfigMap() throws {
-        let objects = try RackRenderer().render(rack: self.rack, world: self.world([
+        let objects = try RackRenderer().render(rack: self.rack("world: w\nredis: {topology: standalone}\nsidecar: {settings: {max-ready-lag: '5'}}"), world: self.world([
             "bootstrapServers": "k:9093", "tls": ["secretName": "kafka-ca", "clientCertificate": true],
             "sasl": ["mechanism": "SCRAM-SHA-512", "secretName": "kafka-user"],
         ]))
-        let config = objects.first { $0.0 == .configMaps }?.1[path: "data"]?["sidecar.yml"]?.string ?? ""
+        let config = self.sidecarYAML(objects)
         #expect(config.contains("\"security.protocol\": \"SASL_SSL\"") && config.contains("\"sasl.mechanism\": \"SCRAM-SHA-512\""), "\(config)")
         #expect(config.contains("\"ssl.ca.location\": \"/etc/pylon/kafka-tls/ca.crt\"") && config.contains("ssl.key.location"))
         #expect(config.contains("kafka-property-file: [\"sasl.username=/etc/pylon/kafka-sasl/username\", \"sasl.password=/etc/pylon/kafka-sasl/password\"]"))
         #expect(config.contains("max-ready-lag: 5") && config.contains("partitions: 4") && config.contains("peers: w-sidecars.shop.svc:6380"))
-        let pod = objects.first { $0.0 == .statefulSets }?.1[path: "spec.template.spec"]
-        let volumes = pod?["volumes"]?.array?.compactMap { $0[path: "secret.secretName"]?.string } ?? []
-        #expect(volumes == ["kafka-ca", "kafka-user"])
-        let mounts = pod?["containers"]?.array?.last?["volumeMounts"]?.array?.compactMap { $0["mountPath"]?.string } ?? []
-        #expect(mounts == ["/etc/pylon/config", "/etc/pylon/kafka-tls", "/etc/pylon/kafka-sasl"])
+        let pod = try #require(objects.compactMap { $0 as? StatefulSet }.first).spec.template.spec
+        #expect(pod.volumes?.compactMap(\.secret?.secretName) == ["kafka-ca", "kafka-user"])
+        #expect(pod.containers.last?.volumeMounts?.map(\.mountPath) == ["/etc/pylon/config", "/etc/pylon/kafka-tls", "/etc/pylon/kafka-sasl"])
+        // Everything is the rack's.
+        #expect(objects.allSatisfy { $0.metadata.ownerReferences == [OwnerReference(apiVersion: "pylon.io/v1alpha1", kind: "PylonRack", name: "eu-1", uid: "u-1", controller: true, blockOwnerDeletion: true)] })
     }
 
-    @Test func refusesWhatItCannotDeploy() {
-        var sentinel = self.rack
-        sentinel["spec"]?["redis"] = ["topology": "sentinel"]
-        #expect(throws: RackRenderer.RenderError.self) { try RackRenderer().render(rack: sentinel, world: self.world(["bootstrapServers": "k:9092"])) }
-        #expect(throws: RackRenderer.RenderError.self) { try RackRenderer().render(rack: self.rack, world: ["metadata": ["name": "w"], "spec": [:]]) }
+    @Test func aSentinelRackIsRedisAndASentinelInEachOfItsPods() throws {
+        let objects = try RackRenderer().render(rack: self.rack("world: w\nredis: {topology: sentinel, replicas: 2}"), world: self.world(["bootstrapServers": "k:9092"]))
+        let statefulSet = try #require(objects.compactMap { $0 as? StatefulSet }.first)
+        #expect(statefulSet.spec.replicas == 3)
+        #expect(statefulSet.spec.template.spec.containers.map(\.name) == ["redis", "sentinel", "pylon-sidecar"])
+        let sentinel = try #require(statefulSet.spec.template.spec.containers.first { $0.name == "sentinel" })
+        #expect(sentinel.command?.last?.contains("sentinel monitor eu-1 eu-1-0.eu-1-headless.shop.svc 6379 2") == true)
+        let redis = try #require(statefulSet.spec.template.spec.containers.first)
+        #expect(redis.command?.last?.contains("sentinel get-master-addr-by-name eu-1") == true && redis.command?.last?.contains("--replicaof") == true)
+        let headless = try #require(objects.compactMap { $0 as? Service }.first { $0.metadata.name == "eu-1-headless" })
+        #expect(headless.spec.ports.map(\.port) == [6380, 6379, 26379])
+        #expect(self.sidecarYAML(objects).contains(
+            "redis: redis-sentinel://eu-1-0.eu-1-headless.shop.svc:26379,eu-1-1.eu-1-headless.shop.svc:26379,eu-1-2.eu-1-headless.shop.svc:26379/eu-1"
+        ))
+        // Two Sentinels cannot outvote a partition: refused, naming the field.
+        let error = #expect(throws: RackRenderer.RenderError.self) {
+            try RackRenderer().render(rack: self.rack("world: w\nredis: {topology: sentinel, replicas: 1}"), world: self.world(["bootstrapServers": "k:9092"]))
+        }
+        #expect(error?.description.contains("spec.redis.replicas") == true)
+    }
+
+    @Test func catchUpOffsetsReachTheSidecarAndSnapshotsAreRefusedForNow() throws {
+        let world = try self.world(["bootstrapServers": "k:9092"])
+        let objects = try RackRenderer().render(rack: self.rack("world: w\nredis: {topology: standalone}\ncatchUp: {from: offsets, offsets: {'0': 120, '3': 7}}"), world: world)
+        #expect(self.sidecarYAML(objects).contains("catch-up-offsets: [\"0=120\", \"3=7\"]"))
+        #expect(!self.sidecarYAML(try RackRenderer().render(rack: self.rack("world: w\nredis: {topology: standalone}"), world: world)).contains("catch-up"))
+        for (spec, names) in [
+            ("catchUp: {from: snapshot}", "snapshot"),
+            ("catchUp: {from: offsets, offsets: {'4': 1}}", "'4' is not a partition"),
+            ("catchUp: {from: offsets}", "spec.catchUp.offsets"),
+        ] {
+            let error = #expect(throws: RackRenderer.RenderError.self) { try RackRenderer().render(rack: self.rack("world: w\nredis: {topology: standalone}\n\(spec)"), world: world) }
+            #expect(error?.description.contains(names) == true, "\(String(describing: error))")
+        }
+    }
+
+    @Test func theSamplesAreReadAsTypedObjects() throws {
+        let directory = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("../../manifests/samples").standardized
+        var kinds: [String] = []
+        for file in try FileManager.default.contentsOfDirectory(atPath: directory.path).sorted() {
+            for document in try JSON.documents(yaml: String(contentsOf: directory.appendingPathComponent(file), encoding: .utf8)) {
+                switch document["kind"]?.string {
+                case "PylonWorld": kinds.append(try PylonWorld(json: document).kind)
+                case "PylonRack": kinds.append(try PylonRack(json: document).kind)
+                default: continue
+                }
+            }
+        }
+        #expect(kinds.contains("PylonWorld") && kinds.contains("PylonRack"))
     }
 }

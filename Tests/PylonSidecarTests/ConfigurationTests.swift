@@ -43,6 +43,8 @@ struct ConfigurationTests {
         ("listen: [1, 2]", "'listen'", "a single value"),
         ("- a\n- b", "'config'", "a mapping"),
         ("listen: \"unterminated", "'config'", "not valid YAML"),
+        ("catch-up-offsets: [\"0:5\"]", "'catch-up-offsets'", "PARTITION=OFFSET"),
+        ("catch-up-offsets: [\"0=-5\"]", "'catch-up-offsets'", "PARTITION=OFFSET"),
     ])
     func namesTheKeyAtFault(yaml: String, key: String, problem: String) {
         var configuration = SidecarConfiguration()
@@ -54,6 +56,14 @@ struct ConfigurationTests {
             #expect(message.contains(key), "\(message)")
             #expect(message.contains(problem), "\(message)")
         }
+    }
+
+    @Test func readsCatchUpOffsetsWithinTheTopicsPartitions() throws {
+        var configuration = SidecarConfiguration()
+        try configuration.apply(yaml: "partitions: 4\ncatch-up-offsets: [\"0=100\", \"3=7\"]")
+        #expect(configuration.catchUpOffsets == [0: 100, 3: 7])
+        try configuration.set("catch-up-offsets", "4=1")
+        #expect(throws: SidecarConfiguration.Error(key: "catch-up-offsets", problem: "partition 4 is not one of the topic's 4")) { try configuration.validated() }
     }
 
     @Test func readsTheWritePathKeys() throws {

@@ -1,5 +1,6 @@
 import Foundation
 import NIOPosix
+import Synchronization
 
 /// A resource type of the Kubernetes API: where its objects live.
 public struct KubeResource: Sendable, Hashable {
@@ -57,6 +58,9 @@ public final class KubeClient: Sendable {
     public let config: KubeConfig
     public let fieldManager: String
     let timeoutSeconds: Int
+    /// Requests sent, by verb (GET, POST, PATCH, PUT, DELETE, WATCH): what each reconcile costs
+    /// the API server.
+    public let requests = Mutex<[String: Int]>([:])
 
     public init(config: KubeConfig, fieldManager: String = "pylon-operator", timeoutSeconds: Int = 30) {
         self.config = config
@@ -111,6 +115,7 @@ public final class KubeClient: Sendable {
     }
 
     func transfer(_ method: String, _ path: String, body: Data? = nil, contentType: String? = nil, accept: String = "application/json", timeoutSeconds: Int) -> CurlTransfer {
+        self.requests.withLock { $0[path.contains("watch=1") ? "WATCH" : method, default: 0] += 1 }
         var headers = ["Accept: \(accept)", "User-Agent: pylon-operator"]
         if let contentType { headers.append("Content-Type: \(contentType)") }
         if let token = self.config.token?.value { headers.append("Authorization: Bearer \(token)") }
@@ -130,5 +135,25 @@ public final class KubeClient: Sendable {
 
     static func escape(_ text: String) -> String {
         text.addingPercentEncoding(withAllowedCharacters: .alphanumerics.union(CharacterSet(charactersIn: "-._~"))) ?? text
+    }
+}
+
+/// Typed requests: the object's resource comes from its type.
+extension KubeClient {
+    /// The object, or nil when it does not exist.
+    public func get<Object: KubeObject>(_ type: Object.Type, namespace: String?, name: String) async throws -> Object? {
+        do { return try Object(json: try await self.get(Object.resource, namespace: namespace, name: name)) } catch let error as KubeError where error.isNotFound {
+            return nil
+        }
+    }
+
+    public func create<Object: KubeObject>(_ object: Object) async throws -> Object {
+        try Object(json: try await self.create(Object.resource, namespace: object.metadata.namespace, object.json))
+    }
+
+    /// Server-side applies `object` (which holds only the fields Pylon owns) and answers the
+    /// whole object as stored.
+    public func apply<Object: KubeObject>(_ object: Object) async throws -> Object {
+        try Object(json: try await self.apply(Object.resource, namespace: object.metadata.namespace, name: object.metadata.name ?? "", object.json))
     }
 }

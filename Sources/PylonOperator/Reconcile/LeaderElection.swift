@@ -87,34 +87,31 @@ public final class LeaderElection: Sendable {
         let now = Date()
         let stamp = Self.microTime(now)
         let seconds = Int(self.settings.leaseDuration.components.seconds)
-        let lease: JSON
-        do {
-            lease = try await self.client.get(.leases, namespace: self.settings.namespace, name: self.settings.name)
-        } catch let error as KubeError where error.isNotFound {
-            _ = try await self.client.create(.leases, namespace: self.settings.namespace, [
-                "apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": ["name": .string(self.settings.name)],
-                "spec": ["holderIdentity": .string(self.settings.identity), "leaseDurationSeconds": .number(Double(seconds)),
-                         "acquireTime": .string(stamp), "renewTime": .string(stamp), "leaseTransitions": 0],
-            ])
+        guard let lease = try await self.client.get(Lease.self, namespace: self.settings.namespace, name: self.settings.name) else {
+            let lease = Lease(metadata: ObjectMeta(name: self.settings.name, namespace: self.settings.namespace), spec: .init(
+                holderIdentity: self.settings.identity, leaseDurationSeconds: seconds, acquireTime: stamp, renewTime: stamp, leaseTransitions: 0
+            ))
+            do { _ = try await self.client.create(lease) } catch let error as KubeError where error.isConflict {
+                return false  // another candidate created it first
+            }
             return true
         }
-        let holder = lease[path: "spec.holderIdentity"]?.string
-        let renewed = lease[path: "spec.renewTime"]?.string.flatMap { Self.formatter().date(from: $0) ?? ISO8601DateFormatter().date(from: $0) } ?? .distantPast
-        let duration = TimeInterval(lease[path: "spec.leaseDurationSeconds"]?.int ?? seconds)
-        if holder != self.settings.identity, holder != nil, holder != "", now.timeIntervalSince(renewed) < duration { return false }
-        var spec = lease["spec"] ?? [:]
+        let holder = lease.spec.holderIdentity ?? ""
+        let renewed = lease.spec.renewTime.flatMap { Self.formatter().date(from: $0) ?? ISO8601DateFormatter().date(from: $0) } ?? .distantPast
+        let duration = TimeInterval(lease.spec.leaseDurationSeconds ?? seconds)
+        if holder != self.settings.identity, !holder.isEmpty, now.timeIntervalSince(renewed) < duration { return false }
+        var spec: JSON = ["renewTime": .string(stamp), "leaseDurationSeconds": .number(Double(seconds))]
         if holder != self.settings.identity {
             spec["holderIdentity"] = .string(self.settings.identity)
             spec["acquireTime"] = .string(stamp)
-            spec["leaseTransitions"] = .number(Double((spec["leaseTransitions"]?.int ?? 0) + 1))
+            spec["leaseTransitions"] = .number(Double((lease.spec.leaseTransitions ?? 0) + 1))
         }
-        spec["renewTime"] = .string(stamp)
-        spec["leaseDurationSeconds"] = .number(Double(seconds))
-        var updated = lease
-        updated["spec"] = spec
         do {
-            // A PUT with the resourceVersion read: whoever writes first wins, the other gets 409.
-            _ = try await self.client.call("PUT", KubeResource.leases.path(namespace: self.settings.namespace, name: self.settings.name), body: updated, contentType: "application/json")
+            // The resourceVersion read is a precondition of the patch: whoever writes first
+            // wins, the other gets 409. A merge patch leaves the Lease's other fields as they are.
+            _ = try await self.client.patch(Lease.resource, namespace: self.settings.namespace, name: self.settings.name, merge: [
+                "metadata": ["resourceVersion": .string(lease.metadata.resourceVersion ?? "")], "spec": spec,
+            ])
             return true
         } catch let error as KubeError where error.isConflict {
             return false

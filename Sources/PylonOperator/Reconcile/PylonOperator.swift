@@ -50,6 +50,7 @@ public final class PylonOperatorService: Sendable {
     let queue = WorkQueue<ReconcileKey>()
     let renderer: RackRenderer
     let logger: Logger
+    public let metrics: OperatorMetrics
     private let watches = Mutex<[KubeWatch]>([])
     private let workers = Mutex<[Task<Void, Never>]>([])
     /// The generation of each world last seen: its racks are re-rendered only when its spec
@@ -57,21 +58,21 @@ public final class PylonOperatorService: Sendable {
     private let worldGenerations = Mutex<[String: Int]>([:])
     /// Every rack, as the watch last saw it (by "namespace/name"): who a world's racks are,
     /// without listing them from the API server on each reconcile.
-    private let knownRacks = Mutex<[String: JSON]>([:])
+    private let knownRacks = Mutex<[String: PylonRack]>([:])
     /// Each rack's lag and when it was read: a rack re-rendered because a sibling came or went
     /// does not ask Kafka again so soon.
     private let lagCache = Mutex<[String: (lags: [Int64], at: ContinuousClock.Instant)]>([:])
-    /// Reconciles done and failed, for metrics and tests.
-    public let reconciles = Atomic<Int>(0)
-    public let failures = Atomic<Int>(0)
-    /// Total time spent reconciling, in microseconds (with `reconciles`, the mean duration).
-    public let reconcileMicroseconds = Atomic<Int>(0)
+    /// What the operator last applied to each object and the resourceVersion that left it with
+    /// (by "plural/namespace/name"): the same rendering onto an object nobody changed since is
+    /// not sent again, so a periodic reconcile of a settled rack writes nothing.
+    private let applied = Mutex<[String: (rendering: JSON, resourceVersion: String)]>([:])
 
     public init(client: KubeClient, settings: Settings, logger: Logger) {
         self.client = client
         self.settings = settings
         self.renderer = RackRenderer(settings: settings.renderer)
         self.logger = logger
+        self.metrics = OperatorMetrics(client: client, queue: self.queue)
     }
 
     // MARK: - Running
@@ -89,37 +90,16 @@ public final class PylonOperatorService: Sendable {
             $0 = (0..<max(1, self.settings.workers)).map { _ in Task { [self] in
                 while let key = await self.queue.next() {
                     let started = ContinuousClock.now
-                    defer {
-                        let elapsed = ContinuousClock.now - started
-                        self.reconcileMicroseconds.add(Int(elapsed.components.seconds) * 1_000_000 + Int(elapsed.components.attoseconds / 1_000_000_000_000), ordering: .relaxed)
-                    }
                     var failed = false
                     do { try await self.reconcile(key) } catch {
                         failed = true
-                        self.failures.add(1, ordering: .relaxed)
                         self.logger.warning("reconcile failed; retrying with backoff", metadata: ["object": "\(key)", "error": "\(error)"])
                     }
-                    self.reconciles.add(1, ordering: .relaxed)
+                    self.metrics.reconciled(key, failed: failed, in: .now - started)
                     await self.queue.done(key, failed: failed)
                 }
             } }
         }
-    }
-
-    /// Prometheus text: reconciles, failures, time spent, queue depth.
-    public var metrics: String {
-        let depth = self.queue.depth.load(ordering: .relaxed)
-        return """
-        # TYPE pylon_operator_reconciles_total counter
-        pylon_operator_reconciles_total \(self.reconciles.load(ordering: .relaxed))
-        # TYPE pylon_operator_reconcile_errors_total counter
-        pylon_operator_reconcile_errors_total \(self.failures.load(ordering: .relaxed))
-        # TYPE pylon_operator_reconcile_seconds_total counter
-        pylon_operator_reconcile_seconds_total \(Double(self.reconcileMicroseconds.load(ordering: .relaxed)) / 1e6)
-        # TYPE pylon_operator_queue_depth gauge
-        pylon_operator_queue_depth \(depth)
-
-        """
     }
 
     public func stop() async {
@@ -139,49 +119,51 @@ public final class PylonOperatorService: Sendable {
         }
         if resource == Pylon.racks { self.remember(event) }
         for object in objects {
-            guard let namespace = object[path: "metadata.namespace"]?.string, let name = object[path: "metadata.name"]?.string else { continue }
+            guard let metadata = try? object["metadata"]?.decode(ObjectMeta.self), let namespace = metadata.namespace, let name = metadata.name else { continue }
             Task {
                 switch resource {
                 case Pylon.worlds:
                     await self.queue.add(.world(namespace: namespace, name: name))
-                    let generation = object[path: "metadata.generation"]?.int ?? 0
                     let changed = self.worldGenerations.withLock { seen in
-                        defer { seen["\(namespace)/\(name)"] = generation }
-                        return seen["\(namespace)/\(name)"] != generation
+                        defer { seen["\(namespace)/\(name)"] = metadata.generation }
+                        return seen["\(namespace)/\(name)"] != metadata.generation
                     }
                     if changed { await self.queueRacks(of: name, in: namespace) }
                 case Pylon.racks:
                     await self.queue.add(.rack(namespace: namespace, name: name))
                     if let world = object[path: "spec.world"]?.string { await self.queue.add(.world(namespace: namespace, name: world)) }
                 default:
-                    if let rack = object[path: "metadata.labels"]?["pylon.io/rack"]?.string { await self.queue.add(.rack(namespace: namespace, name: rack)) }
+                    if let rack = metadata.labels?["pylon.io/rack"] { await self.queue.add(.rack(namespace: namespace, name: rack)) }
                 }
             }
         }
     }
 
     private func queueRacks(of world: String, in namespace: String) async {
-        for rack in self.racks(of: world, in: namespace) {
-            if let name = rack[path: "metadata.name"]?.string { await self.queue.add(.rack(namespace: namespace, name: name)) }
-        }
+        for rack in self.racks(of: world, in: namespace) { await self.queue.add(.rack(namespace: namespace, name: rack.name)) }
     }
 
     private func remember(_ event: KubeWatch.Event) {
-        func key(_ object: JSON) -> String { "\(object[path: "metadata.namespace"]?.string ?? "")/\(object[path: "metadata.name"]?.string ?? "")" }
+        func decoded(_ objects: [JSON]) -> [PylonRack] {
+            objects.compactMap { object in
+                do { return try PylonRack(json: object) } catch {
+                    self.logger.warning("cannot read a PylonRack", metadata: ["object": "\(object[path: "metadata.name"]?.string ?? "?")", "error": "\(error)"])
+                    return nil
+                }
+            }
+        }
         self.knownRacks.withLock { racks in
             switch event {
-            case .listed(let items): racks = Dictionary(items.map { (key($0), $0) }) { $1 }
-            case .added(let object), .modified(let object): racks[key(object)] = object
-            case .deleted(let object): racks[key(object)] = nil
+            case .listed(let items): racks = Dictionary(decoded(items).map { ($0.key, $0) }) { $1 }
+            case .added(let object), .modified(let object): for rack in decoded([object]) { racks[rack.key] = rack }
+            case .deleted(let object): for rack in decoded([object]) { racks[rack.key] = nil }
             }
         }
     }
 
     /// The racks of a world, as the watch knows them.
-    func racks(of world: String, in namespace: String) -> [JSON] {
-        self.knownRacks.withLock { racks in
-            racks.values.filter { $0[path: "metadata.namespace"]?.string == namespace && $0[path: "spec.world"]?.string == world }
-        }
+    func racks(of world: String, in namespace: String) -> [PylonRack] {
+        self.knownRacks.withLock { racks in racks.values.filter { $0.metadata.namespace == namespace && $0.spec.world == world } }
     }
 
     // MARK: - Reconciling
@@ -194,50 +176,50 @@ public final class PylonOperatorService: Sendable {
     }
 
     func reconcileRack(namespace: String, name: String) async throws {
-        let rack: JSON
-        do { rack = try await self.client.get(Pylon.racks, namespace: namespace, name: name) } catch let error as KubeError where error.isNotFound {
-            return
-        }
-        let finalizers = rack[path: "metadata.finalizers"]?.array?.compactMap(\.string) ?? []
-        if rack[path: "metadata.deletionTimestamp"] != nil {
+        guard let rack = try await self.client.get(PylonRack.self, namespace: namespace, name: name) else { return }
+        let finalizers = rack.metadata.finalizers ?? []
+        if rack.metadata.deletionTimestamp != nil {
             guard finalizers.contains(Pylon.rackFinalizer) else { return }
-            try await self.retire(rack, namespace: namespace, name: name, finalizers: finalizers)
+            try await self.retire(rack, finalizers: finalizers)
             return
         }
         if !finalizers.contains(Pylon.rackFinalizer) {
-            try await self.setFinalizers(Pylon.racks, namespace: namespace, name: name, finalizers + [Pylon.rackFinalizer])
+            try await self.setFinalizers(rack, finalizers + [Pylon.rackFinalizer])
         }
-        let worldName = rack[path: "spec.world"]?.string ?? ""
-        let generation = rack[path: "metadata.generation"]?.int ?? 0
-        let world: JSON
-        do { world = try await self.client.get(Pylon.worlds, namespace: namespace, name: worldName) } catch let error as KubeError where error.isNotFound {
-            try await self.setStatus(Pylon.racks, rack, phase: "Pending", generation: generation, extra: ["ready": "0/0"], conditions: [
-                Condition(type: "Ready", status: false, reason: "WorldNotFound", message: "PylonWorld \(worldName) does not exist in \(namespace); create it"),
+        let generation = rack.metadata.generation ?? 0
+        var status = PylonRack.Status(observedGeneration: generation)
+        guard let world = try await self.client.get(PylonWorld.self, namespace: namespace, name: rack.spec.world) else {
+            status.phase = "Pending"
+            status.ready = "0/0"
+            try await self.setStatus(of: rack, status, conditions: [
+                Condition(type: "Ready", status: false, reason: "WorldNotFound", message: "PylonWorld \(rack.spec.world) does not exist in \(namespace); create it"),
             ])
             return
         }
-        let objects: [(KubeResource, JSON)]
+        let objects: [any KubeObject]
         do { objects = try self.renderer.render(rack: rack, world: world) } catch let error as RackRenderer.RenderError {
-            await self.event(on: rack, type: "Warning", reason: "InvalidSpec", message: error.description)
-            try await self.setStatus(Pylon.racks, rack, phase: "Failed", generation: generation, extra: [:], conditions: [
-                Condition(type: "Ready", status: false, reason: "InvalidSpec", message: error.description),
-            ])
+            if rack.status?.phase != "Failed" || rack.status?.observedGeneration != generation {
+                await self.event(on: rack, type: "Warning", reason: "InvalidSpec", message: error.description)
+            }
+            status.phase = "Failed"
+            try await self.setStatus(of: rack, status, conditions: [Condition(type: "Ready", status: false, reason: "InvalidSpec", message: error.description)])
             return
         }
-        var statefulSet: JSON = [:]
-        for (resource, object) in objects {
-            let applied = try await self.apply(resource, object)
-            if resource == .statefulSets { statefulSet = applied }
+        var statefulSet: StatefulSet?
+        for object in objects {
+            let current = try await self.apply(object)
+            if let current = current as? StatefulSet { statefulSet = current }
         }
-        let wanted = statefulSet[path: "spec.replicas"]?.int ?? 0
-        let ready = statefulSet[path: "status.readyReplicas"]?.int ?? 0
-        var extra: [String: JSON] = ["ready": .string("\(ready)/\(wanted)")]
+        let wanted = statefulSet?.spec.replicas ?? 0
+        let ready = statefulSet?.status?.readyReplicas ?? 0
+        status.ready = "\(ready)/\(wanted)"
+        status.phase = ready == wanted && wanted > 0 ? "Running" : "Pending"
         let caughtUp: Condition
         do {
-            let lags = try await self.lag(world: world, rack: name)
+            let lags = try await self.lag(world: world, rack: rack)
             let total = lags.reduce(0, +)
-            extra["lag"] = .number(Double(total))
-            extra["partitions"] = .array(lags.enumerated().map { ["partition": .number(Double($0.offset)), "lag": .number(Double($0.element))] })
+            status.lag = total
+            status.partitions = lags.enumerated().map { PylonRack.PartitionLag(partition: $0.offset, lag: $0.element) }
             caughtUp = Condition(
                 type: "CaughtUp", status: total <= self.settings.caughtUpLag, reason: total <= self.settings.caughtUpLag ? "LagBelowThreshold" : "Behind",
                 message: "\(total) ops behind the world's log (threshold \(self.settings.caughtUpLag))"
@@ -245,10 +227,10 @@ public final class PylonOperatorService: Sendable {
         } catch {
             caughtUp = Condition(type: "CaughtUp", status: nil, reason: "KafkaUnreachable", message: "cannot read the rack's progress from Kafka: \(error)")
         }
-        if rack[path: "status.observedGeneration"]?.int != generation {
+        if rack.status?.observedGeneration != generation {
             await self.event(on: rack, reason: "Reconciled", message: "generation \(generation): \(objects.count) objects applied")
         }
-        try await self.setStatus(Pylon.racks, rack, phase: ready == wanted && wanted > 0 ? "Running" : "Pending", generation: generation, extra: extra, conditions: [
+        try await self.setStatus(of: rack, status, conditions: [
             Condition(type: "Reconciled", status: true, reason: "Applied", message: "\(objects.count) objects applied"),
             Condition(type: "Ready", status: ready == wanted && wanted > 0, reason: ready == wanted ? "PodsReady" : "PodsNotReady", message: "\(ready) of \(wanted) pods ready"),
             caughtUp,
@@ -258,130 +240,132 @@ public final class PylonOperatorService: Sendable {
     }
 
     /// The rack's lag per partition: its consumer group's committed offsets against the log end.
-    func lag(world: JSON, rack: String) async throws -> [Int64] {
-        guard let brokers = world[path: "spec.kafka.bootstrapServers"]?.string, let worldName = world[path: "metadata.name"]?.string else { return [] }
-        let topic = world[path: "spec.topic"]?.string ?? "pylon.\(worldName).ops"
-        let key = "\(world[path: "metadata.namespace"]?.string ?? "")/\(rack)"
-        if let cached = self.lagCache.withLock({ $0[key] }), ContinuousClock.now - cached.at < self.settings.resync / 2 { return cached.lags }
-        let measure = self.settings.kafka.lag
-        let lags = try await Task.detached { try measure(brokers, topic, "pylon.\(worldName).\(rack)") }.value
-        self.lagCache.withLock { $0[key] = (lags, .now) }
+    func lag(world: PylonWorld, rack: PylonRack) async throws -> [Int64] {
+        if let cached = self.lagCache.withLock({ $0[rack.key] }), ContinuousClock.now - cached.at < self.settings.resync / 2 { return cached.lags }
+        let (measure, brokers, topic, group) = (self.settings.kafka.lag, world.spec.kafka.bootstrapServers, world.topic, world.consumerGroup(rack: rack.name))
+        let lags = try await Task.detached { try measure(brokers, topic, group) }.value
+        self.lagCache.withLock { $0[rack.key] = (lags, .now) }
         return lags
     }
 
     /// Records a Kubernetes Event on `object` (best effort: an Event that cannot be written is logged).
-    func event(on object: JSON, type: String = "Normal", reason: String, message: String) async {
-        guard let namespace = object[path: "metadata.namespace"]?.string, let name = object[path: "metadata.name"]?.string else { return }
+    func event(on object: some KubeObject, type: String = "Normal", reason: String, message: String) async {
+        guard let namespace = object.metadata.namespace, let name = object.metadata.name else { return }
         let now = ISO8601DateFormatter().string(from: Date())
-        let event: JSON = [
-            "apiVersion": "v1", "kind": "Event", "metadata": ["generateName": .string("\(name)."), "namespace": .string(namespace)],
-            "involvedObject": [
-                "apiVersion": object["apiVersion"] ?? "", "kind": object["kind"] ?? "", "name": .string(name), "namespace": .string(namespace),
-                "uid": object[path: "metadata.uid"] ?? "", "resourceVersion": object[path: "metadata.resourceVersion"] ?? "",
-            ],
-            "reason": .string(reason), "message": .string(message), "type": .string(type), "count": 1,
-            "firstTimestamp": .string(now), "lastTimestamp": .string(now), "source": ["component": "pylon-operator"],
-        ]
-        do { _ = try await self.client.create(.events, namespace: namespace, event) } catch {
+        var metadata = ObjectMeta(namespace: namespace)
+        metadata.generateName = "\(name)."
+        let event = Event(
+            metadata: metadata,
+            involvedObject: .init(apiVersion: object.apiVersion, kind: object.kind, name: name, namespace: namespace, uid: object.metadata.uid, resourceVersion: object.metadata.resourceVersion),
+            reason: reason, message: message, type: type, count: 1, firstTimestamp: now, lastTimestamp: now, source: .init(component: "pylon-operator")
+        )
+        do { _ = try await self.client.create(event) } catch {
             self.logger.debug("cannot record an event", metadata: ["object": "\(namespace)/\(name)", "reason": "\(reason)", "error": "\(error)"])
         }
     }
 
     /// A deleted rack: its consumer group leaves Kafka, its objects are deleted, then the
     /// finalizer is released.
-    func retire(_ rack: JSON, namespace: String, name: String, finalizers: [String]) async throws {
-        let worldName = rack[path: "spec.world"]?.string ?? ""
-        if let world = try? await self.client.get(Pylon.worlds, namespace: namespace, name: worldName), let brokers = world[path: "spec.kafka.bootstrapServers"]?.string {
-            let group = "pylon.\(worldName).\(name)"
-            let retireGroup = self.settings.kafka.retire
+    func retire(_ rack: PylonRack, finalizers: [String]) async throws {
+        let namespace = rack.metadata.namespace ?? ""
+        if let world = try await self.client.get(PylonWorld.self, namespace: namespace, name: rack.spec.world) {
+            let (retireGroup, brokers, group) = (self.settings.kafka.retire, world.spec.kafka.bootstrapServers, world.consumerGroup(rack: rack.name))
             try await Task.detached { try retireGroup(brokers, group) }.value
-            self.logger.info("retired the rack's consumer group", metadata: ["rack": "\(namespace)/\(name)", "group": "\(group)"])
+            self.logger.info("retired the rack's consumer group", metadata: ["rack": "\(rack.key)", "group": "\(group)"])
         }
-        await self.event(on: rack, reason: "Retired", message: "consumer group pylon.\(worldName).\(name) removed from Kafka and the rack's objects deleted")
-        // Everything made for the rack carries its labels (owner references would let the garbage
-        // collector do this too, where one runs).
-        let selector = "app.kubernetes.io/instance=\(name),app.kubernetes.io/managed-by=pylon-operator"
+        await self.event(on: rack, reason: "Retired", message: "consumer group pylon.\(rack.spec.world).\(rack.name) removed from Kafka and the rack's objects deleted")
+        // Everything made for the rack carries its labels (owner references let the garbage
+        // collector do this too, where one runs — not before the finalizer is released, though).
+        let selector = "app.kubernetes.io/instance=\(rack.name),app.kubernetes.io/managed-by=pylon-operator"
         for resource in [KubeResource.statefulSets, .jobs, .podDisruptionBudgets, .services, .configMaps] {
             for object in try await self.client.list(resource, namespace: namespace, labelSelector: selector).items {
                 if let objectName = object[path: "metadata.name"]?.string { try await self.client.delete(resource, namespace: namespace, name: objectName) }
             }
         }
-        try await self.setFinalizers(Pylon.racks, namespace: namespace, name: name, finalizers.filter { $0 != Pylon.rackFinalizer })
+        try await self.setFinalizers(rack, finalizers.filter { $0 != Pylon.rackFinalizer })
     }
 
     func reconcileWorld(namespace: String, name: String) async throws {
-        let world: JSON
-        do { world = try await self.client.get(Pylon.worlds, namespace: namespace, name: name) } catch let error as KubeError where error.isNotFound {
-            return
-        }
-        let finalizers = world[path: "metadata.finalizers"]?.array?.compactMap(\.string) ?? []
-        let generation = world[path: "metadata.generation"]?.int ?? 0
-        let racks = self.racks(of: name, in: namespace).compactMap { $0[path: "metadata.name"]?.string }.sorted()
-        if world[path: "metadata.deletionTimestamp"] != nil {
+        guard let world = try await self.client.get(PylonWorld.self, namespace: namespace, name: name) else { return }
+        let finalizers = world.metadata.finalizers ?? []
+        let generation = world.metadata.generation ?? 0
+        let racks = self.racks(of: name, in: namespace).map(\.name).sorted()
+        var status = PylonWorld.Status(observedGeneration: generation, topic: world.topic, racks: racks.count)
+        if world.metadata.deletionTimestamp != nil {
             guard finalizers.contains(Pylon.worldFinalizer) else { return }
             guard racks.isEmpty else {
-                if world[path: "status.phase"]?.string != "Terminating" {
+                if world.status?.phase != "Terminating" {
                     await self.event(on: world, type: "Warning", reason: "DeletionBlocked", message: "\(racks.count) racks still belong to this world; delete them first")
                 }
-                try await self.setStatus(Pylon.worlds, world, phase: "Terminating", generation: generation, extra: ["racks": .number(Double(racks.count))], conditions: [
+                status.phase = "Terminating"
+                try await self.setStatus(of: world, status, conditions: [
                     Condition(type: "DeletionBlocked", status: true, reason: "RacksRemain", message: "\(racks.count) racks still belong to this world (\(racks.joined(separator: ", "))); delete them first"),
                 ])
                 return
             }
-            try await self.setFinalizers(Pylon.worlds, namespace: namespace, name: name, finalizers.filter { $0 != Pylon.worldFinalizer })
+            try await self.setFinalizers(world, finalizers.filter { $0 != Pylon.worldFinalizer })
             return
         }
         if !finalizers.contains(Pylon.worldFinalizer) {
-            try await self.setFinalizers(Pylon.worlds, namespace: namespace, name: name, finalizers + [Pylon.worldFinalizer])
+            try await self.setFinalizers(world, finalizers + [Pylon.worldFinalizer])
         }
-        for (resource, object) in self.renderer.worldObjects(world: world) { _ = try await self.apply(resource, object) }
-        try await self.setStatus(Pylon.worlds, world, phase: "Ready", generation: generation, extra: [
-            "racks": .number(Double(racks.count)), "topic": world[path: "spec.topic"] ?? .string("pylon.\(name).ops"),
-        ], conditions: [Condition(type: "Ready", status: true, reason: "Reconciled", message: "\(racks.count) racks")])
+        for object in self.renderer.worldObjects(world: world) { _ = try await self.apply(object) }
+        status.phase = "Ready"
+        try await self.setStatus(of: world, status, conditions: [Condition(type: "Ready", status: true, reason: "Reconciled", message: "\(racks.count) racks")])
     }
 
-    /// Server-side applies a rendered object (it names its namespace and name).
-    func apply(_ resource: KubeResource, _ object: JSON) async throws -> JSON {
-        try await self.client.apply(resource, namespace: object[path: "metadata.namespace"]?.string, name: object[path: "metadata.name"]?.string ?? "", object)
+    /// Server-side applies a rendered object and answers the object as it is now — without a
+    /// write when the same rendering was applied before and nobody changed the object since.
+    func apply<Object: KubeObject>(_ object: Object) async throws -> Object {
+        let key = "\(Object.resource.plural)/\(object.key)"
+        let rendering = object.json
+        if let last = self.applied.withLock({ $0[key] }), last.rendering == rendering,
+           let current = try await self.client.get(Object.self, namespace: object.metadata.namespace, name: object.metadata.name ?? ""),
+           current.metadata.resourceVersion == last.resourceVersion {
+            return current
+        }
+        let current = try await self.client.apply(object)
+        self.applied.withLock { $0[key] = (rendering, current.metadata.resourceVersion ?? "") }
+        return current
     }
 
     /// Replaces an object's finalizers (a merge patch replaces the whole list).
-    func setFinalizers(_ resource: KubeResource, namespace: String, name: String, _ finalizers: [String]) async throws {
-        _ = try await self.client.patch(resource, namespace: namespace, name: name, merge: ["metadata": ["finalizers": .array(finalizers.map { .string($0) })]])
+    func setFinalizers(_ object: some KubeObject, _ finalizers: [String]) async throws {
+        _ = try await self.client.patch(
+            type(of: object).resource, namespace: object.metadata.namespace, name: object.metadata.name ?? "", merge: ["metadata": ["finalizers": .array(finalizers.map { .string($0) })]]
+        )
     }
 
     // MARK: - Status
 
-    struct Condition {
-        var type: String
-        /// nil: Unknown.
-        var status: Bool?
-        var reason: String
-        var message: String
+    /// Applies the status subresource when it changed: `status` with these conditions, each
+    /// keeping its lastTransitionTime while its status does not change.
+    func setStatus(of rack: PylonRack, _ status: PylonRack.Status, conditions: [Condition]) async throws {
+        var status = status
+        status.conditions = conditions.stamped(generation: status.observedGeneration ?? 0, previous: rack.status?.conditions ?? [], now: Self.now())
+        guard status != rack.status else { return }
+        var patch = PylonRack(metadata: Self.identity(of: rack), spec: rack.spec)
+        patch.status = status
+        try await self.applyStatus(patch)
     }
 
-    /// Applies the status subresource: phase, observedGeneration, extra fields and conditions;
-    /// a condition keeps its lastTransitionTime while its status does not change.
-    func setStatus(_ resource: KubeResource, _ object: JSON, phase: String, generation: Int, extra: [String: JSON], conditions: [Condition]) async throws {
-        let previous = Dictionary((object[path: "status.conditions"]?.array ?? []).compactMap { condition in
-            condition["type"]?.string.map { ($0, condition) }
-        }) { $1 }
-        let now = ISO8601DateFormatter().string(from: Date())
-        var status: [String: JSON] = extra
-        status["phase"] = .string(phase)
-        status["observedGeneration"] = .number(Double(generation))
-        status["conditions"] = .array(conditions.map { condition in
-            let value: JSON = condition.status.map { $0 ? "True" : "False" } ?? "Unknown"
-            let since = previous[condition.type].flatMap { $0["status"] == value ? $0["lastTransitionTime"] : nil } ?? .string(now)
-            return [
-                "type": .string(condition.type), "status": value, "reason": .string(condition.reason), "message": .string(condition.message),
-                "lastTransitionTime": since, "observedGeneration": .number(Double(generation)),
-            ]
-        })
-        let patch: JSON = [
-            "apiVersion": .string(Pylon.apiVersion), "kind": object["kind"] ?? "", "metadata": ["name": object[path: "metadata.name"] ?? "", "namespace": object[path: "metadata.namespace"] ?? ""],
-            "status": .object(status),
-        ]
-        _ = try await self.client.apply(resource, namespace: object[path: "metadata.namespace"]?.string, name: object[path: "metadata.name"]?.string ?? "", patch, subresource: "status")
+    func setStatus(of world: PylonWorld, _ status: PylonWorld.Status, conditions: [Condition]) async throws {
+        var status = status
+        status.conditions = conditions.stamped(generation: status.observedGeneration ?? 0, previous: world.status?.conditions ?? [], now: Self.now())
+        guard status != world.status else { return }
+        var patch = PylonWorld(metadata: Self.identity(of: world), spec: world.spec)
+        patch.status = status
+        try await self.applyStatus(patch)
     }
+
+    /// Server-side applies only the status of `object` (the spec it carries is not sent).
+    private func applyStatus(_ object: some KubeObject) async throws {
+        var body = object.json
+        body["spec"] = nil
+        _ = try await self.client.apply(type(of: object).resource, namespace: object.metadata.namespace, name: object.metadata.name ?? "", body, subresource: "status")
+    }
+
+    private static func identity(of object: some KubeObject) -> ObjectMeta { ObjectMeta(name: object.metadata.name, namespace: object.metadata.namespace) }
+
+    private static func now() -> String { ISO8601DateFormatter().string(from: Date()) }
 }

@@ -10,23 +10,22 @@ public enum Pylon {
     public static let worldFinalizer = "pylon.io/world-in-use"
 
     /// The labels on everything made for a rack (and the selector of its pods).
-    public static func labels(world: String, rack: String) -> JSON {
+    public static func labels(world: String, rack: String) -> [String: String] {
         [
-            "app.kubernetes.io/name": "pylon-rack", "app.kubernetes.io/instance": .string(rack),
-            "app.kubernetes.io/managed-by": "pylon-operator", "pylon.io/world": .string(world), "pylon.io/rack": .string(rack),
+            "app.kubernetes.io/name": "pylon-rack", "app.kubernetes.io/instance": rack,
+            "app.kubernetes.io/managed-by": "pylon-operator", "pylon.io/world": world, "pylon.io/rack": rack,
         ]
     }
 
-    public static func selector(rack: String) -> JSON {
-        ["app.kubernetes.io/name": "pylon-rack", "app.kubernetes.io/instance": .string(rack)]
+    public static func selector(rack: String) -> [String: String] {
+        ["app.kubernetes.io/name": "pylon-rack", "app.kubernetes.io/instance": rack]
     }
 
-    /// The owner reference that makes an object the rack's (garbage-collected with it).
-    public static func ownerReference(to owner: JSON) -> JSON {
-        [
-            "apiVersion": owner["apiVersion"] ?? .string(Self.apiVersion), "kind": owner["kind"] ?? "PylonRack",
-            "name": owner[path: "metadata.name"] ?? "", "uid": owner[path: "metadata.uid"] ?? "",
-            "controller": true, "blockOwnerDeletion": true,
-        ]
+    /// The owner reference that makes an object `owner`'s (garbage-collected with it).
+    public static func ownerReference(to owner: some KubeObject) -> OwnerReference {
+        OwnerReference(
+            apiVersion: owner.apiVersion, kind: owner.kind, name: owner.metadata.name ?? "", uid: owner.metadata.uid ?? "",
+            controller: true, blockOwnerDeletion: true
+        )
     }
 }

@@ -1,11 +1,11 @@
 import Foundation
 
-/// What a PylonRack becomes in Kubernetes, as a pure function of the rack, its world and the
-/// world's other racks: the sidecar's configuration (a ConfigMap), a headless Service (pod DNS,
-/// and the peers' address for the other racks), a client Service (port 6379 → the sidecars), the
-/// StatefulSet of Redis pods each with a pylon sidecar, a PodDisruptionBudget, and for a Redis
-/// Cluster rack the Job that creates the cluster once its pods are up. Every object
-/// is owned by the rack and applied with server-side apply, so re-applying is a no-op.
+/// What a PylonRack becomes in Kubernetes, as a pure function of the rack and its world: the
+/// sidecar's configuration (a ConfigMap), a headless Service (pod DNS), a client Service (port
+/// 6379 → the sidecars), the StatefulSet of Redis pods each with a pylon sidecar (and a Sentinel,
+/// for the sentinel topology), a PodDisruptionBudget, and for a Redis Cluster rack the Job that
+/// creates the cluster once its pods are up. Every object is owned by the rack and applied with
+/// server-side apply, so re-applying is a no-op.
 public struct RackRenderer: Sendable {
     public struct Settings: Sendable {
         public var sidecarImage: String
@@ -20,134 +20,101 @@ public struct RackRenderer: Sendable {
 
     public init(settings: Settings = Settings()) { self.settings = settings }
 
-    /// The rendered objects, each with its resource type, in the order to apply them.
-    public func render(rack: JSON, world: JSON) throws -> [(KubeResource, JSON)] {
-        guard let name = rack[path: "metadata.name"]?.string, let namespace = rack[path: "metadata.namespace"]?.string else {
-            throw RenderError(description: "the rack has no name or namespace")
-        }
-        let spec = rack["spec"] ?? [:]
-        let worldName = spec["world"]?.string ?? ""
-        let topology = spec[path: "redis.topology"]?.string ?? "standalone"
-        guard topology != "sentinel" else {
-            throw RenderError(description: "spec.redis.topology: sentinel is not deployed by the operator yet; use standalone, cluster, or external with a redis-sentinel:// url")
-        }
-        let labels = Pylon.labels(world: worldName, rack: name)
-        let owner = Pylon.ownerReference(to: rack)
-        func metadata(_ objectName: String) -> JSON {
-            ["name": .string(objectName), "namespace": .string(namespace), "labels": labels, "ownerReferences": [owner]]
-        }
-        let headless = "\(name)-headless"
-        let configuration = try self.sidecarConfiguration(rack: rack, world: world, name: name, namespace: namespace, headless: headless)
-        let configText = configuration.sorted { $0.key < $1.key }.map { "\($0.key): \($0.value)" }.joined(separator: "\n") + "\n"
+    /// Where the world's Kafka TLS and SASL Secrets are mounted in the sidecar.
+    static let kafkaTLSPath = "/etc/pylon/kafka-tls"
+    static let kafkaSASLPath = "/etc/pylon/kafka-sasl"
+    static let defaultRedisImage = "redis:7.0"
 
-        let configMap: JSON = ["apiVersion": "v1", "kind": "ConfigMap", "metadata": metadata("\(name)-sidecar"), "data": ["sidecar.yml": .string(configText)]]
-        let ports: JSON = [
-            // Every port names its protocol: server-side apply keys port lists by (port, protocol).
-            ["name": "pylon", "port": 6380, "targetPort": "pylon", "protocol": "TCP"],
-            ["name": "redis", "port": 6379, "targetPort": "redis", "protocol": "TCP"],
+    /// The rendered objects, in the order to apply them.
+    public func render(rack: PylonRack, world: PylonWorld) throws -> [any KubeObject] {
+        let shape = try RackShape(rack: rack)
+        let configText = try self.sidecarConfiguration(rack: rack, world: world, shape: shape)
+            .sorted { $0.key < $1.key }.map { "\($0.key): \($0.value)" }.joined(separator: "\n") + "\n"
+        var ports = [
+            Service.Port(name: "pylon", port: 6380, targetPort: "pylon"),
+            Service.Port(name: "redis", port: 6379, targetPort: "redis"),
         ]
-        let headlessService: JSON = [
-            "apiVersion": "v1", "kind": "Service", "metadata": metadata(headless),
-            "spec": ["clusterIP": "None", "publishNotReadyAddresses": true, "selector": Pylon.selector(rack: name), "ports": ports],
+        if shape.topology == .sentinel { ports.append(Service.Port(name: "sentinel", port: 26379, targetPort: "sentinel")) }
+        var objects: [any KubeObject] = [
+            ConfigMap(metadata: shape.metadata("\(shape.name)-sidecar"), data: ["sidecar.yml": configText]),
+            Service(metadata: shape.metadata(shape.headless), spec: .init(
+                clusterIP: "None", publishNotReadyAddresses: true, selector: Pylon.selector(rack: shape.name), ports: ports
+            )),
+            // Clients speak to the sidecars on Redis's usual port.
+            Service(metadata: shape.metadata(shape.name), spec: .init(
+                selector: Pylon.selector(rack: shape.name), ports: [Service.Port(name: "redis", port: 6379, targetPort: "pylon")]
+            )),
+            self.statefulSet(rack: rack, world: world, shape: shape, configHash: Self.hash(configText)),
+            PodDisruptionBudget(metadata: shape.metadata(shape.name), spec: .init(maxUnavailable: 1, selector: LabelSelector(matchLabels: Pylon.selector(rack: shape.name)))),
         ]
-        // Clients speak to the sidecars on Redis's usual port.
-        let clientService: JSON = [
-            "apiVersion": "v1", "kind": "Service", "metadata": metadata(name),
-            "spec": ["selector": Pylon.selector(rack: name), "ports": [["name": "redis", "port": 6379, "targetPort": "pylon", "protocol": "TCP"]]],
-        ]
-        let replicas = topology == "cluster" ? (spec[path: "redis.shards"]?.int ?? 3) * (1 + (spec[path: "redis.replicas"]?.int ?? 1)) : 1
-        let secrets = [("kafka-tls", world[path: "spec.kafka.tls.secretName"]?.string, Self.kafkaTLSPath), ("kafka-sasl", world[path: "spec.kafka.sasl.secretName"]?.string, Self.kafkaSASLPath)]
-            .compactMap { volume, secret, path in secret.map { (volume: volume, secret: $0, path: path) } }
-        let statefulSet = self.statefulSet(
-            name: name, metadata: metadata(name), spec: spec, topology: topology, replicas: replicas, headless: headless,
-            configHash: Self.hash(configText), secrets: secrets
-        )
-        let budget: JSON = [
-            "apiVersion": "policy/v1beta1", "kind": "PodDisruptionBudget", "metadata": metadata(name),
-            "spec": ["maxUnavailable": 1, "selector": ["matchLabels": Pylon.selector(rack: name)]],
-        ]
-        var objects: [(KubeResource, JSON)] = [
-            (.configMaps, configMap), (.services, headlessService), (.services, clientService),
-            (.statefulSets, statefulSet), (.podDisruptionBudgets, budget),
-        ]
-        if topology == "cluster" {
-            objects.append((.jobs, self.clusterBootstrap(name: name, namespace: namespace, metadata: metadata, spec: spec, replicas: replicas, headless: headless)))
-        }
+        if shape.topology == .cluster { objects.append(self.clusterBootstrap(rack: rack, shape: shape)) }
         return objects
     }
 
     /// A Job that makes the cluster rack's pods one Redis Cluster once they all answer (and does
     /// nothing if they already form one). Its name carries the shape it creates: a Job's pod
     /// template cannot change, and a new shape is a new bootstrap.
-    func clusterBootstrap(name: String, namespace: String, metadata: (String) -> JSON, spec: JSON, replicas: Int, headless: String) -> JSON {
-        let shardReplicas = spec[path: "redis.replicas"]?.int ?? 1
-        let image = spec[path: "redis.image"] ?? "redis:7.0"
-        let hosts = (0..<replicas).map { "\(name)-\($0).\(headless).\(namespace).svc" }.joined(separator: " ")
+    func clusterBootstrap(rack: PylonRack, shape: RackShape) -> Job {
+        let shardReplicas = rack.spec.redis.replicas ?? 1
+        let image = rack.spec.redis.image ?? Self.defaultRedisImage
         let script = """
         set -e
         addresses=""
-        for host in \(hosts); do
+        for host in \(shape.podHosts.joined(separator: " ")); do
           until redis-cli -h "$host" -p 6379 ping >/dev/null 2>&1; do sleep 2; done
           addresses="$addresses $(getent hosts "$host" | awk '{print $1}'):6379"
         done
-        if redis-cli -h \(name)-0.\(headless).\(namespace).svc -p 6379 cluster info | grep -q cluster_state:ok; then exit 0; fi
+        if redis-cli -h \(shape.podHosts[0]) -p 6379 cluster info | grep -q cluster_state:ok; then exit 0; fi
         redis-cli --cluster create $addresses --cluster-replicas \(shardReplicas) --cluster-yes
         """
-        let jobName = "\(name)-bootstrap-\(Self.hash("\(replicas)/\(shardReplicas)/\(image)").prefix(8))"
-        return [
-            "apiVersion": "batch/v1", "kind": "Job", "metadata": metadata(jobName),
-            "spec": [
-                "backoffLimit": 20,
-                "template": [
-                    "metadata": ["labels": ["app.kubernetes.io/name": "pylon-rack-bootstrap", "app.kubernetes.io/instance": .string(name)]],
-                    "spec": [
-                        "restartPolicy": "OnFailure",
-                        "containers": [["name": "bootstrap", "image": image, "command": ["sh", "-c", .string(script)]]],
-                    ],
-                ],
-            ],
-        ]
+        let jobName = "\(shape.name)-bootstrap-\(Self.hash("\(shape.pods)/\(shardReplicas)/\(image)").prefix(8))"
+        return Job(metadata: shape.metadata(jobName), spec: .init(
+            backoffLimit: 20,
+            template: PodTemplate(
+                metadata: ObjectMeta(labels: ["app.kubernetes.io/name": "pylon-rack-bootstrap", "app.kubernetes.io/instance": shape.name]),
+                spec: PodSpec(containers: [Container(name: "bootstrap", image: image, command: ["sh", "-c", script])], restartPolicy: "OnFailure")
+            )
+        ))
     }
 
     /// The sidecar's YAML keys: the rack's settings over what the world and the rack imply.
-    func sidecarConfiguration(rack: JSON, world: JSON, name: String, namespace: String, headless: String) throws -> [String: String] {
-        let spec = rack["spec"] ?? [:]
-        let worldSpec = world["spec"] ?? [:]
-        guard let brokers = worldSpec[path: "kafka.bootstrapServers"]?.string else {
-            throw RenderError(description: "world \(world[path: "metadata.name"]?.string ?? "?") has no spec.kafka.bootstrapServers")
-        }
+    func sidecarConfiguration(rack: PylonRack, world: PylonWorld, shape: RackShape) throws -> [String: String] {
+        let kafka = world.spec.kafka
         let redis: String
-        switch spec[path: "redis.topology"]?.string ?? "standalone" {
-        case "cluster": redis = "redis-cluster://\(headless).\(namespace).svc:6379"
-        case "external":
-            guard let url = spec[path: "redis.external.url"]?.string else { throw RenderError(description: "spec.redis.external.url is required with the external topology") }
+        switch shape.topology {
+        case .standalone: redis = "redis://127.0.0.1:6379"  // the Redis container of the same pod
+        case .sentinel: redis = "redis-sentinel://\(shape.podHosts.map { "\($0):26379" }.joined(separator: ","))/\(shape.name)"
+        case .cluster: redis = "redis-cluster://\(shape.headless).\(shape.namespace).svc:6379"
+        case .external:
+            guard let url = rack.spec.redis.external?.url else { throw RenderError(description: "spec.redis.external.url is required with the external topology") }
             redis = url
-        default: redis = "redis://127.0.0.1:6379"  // the Redis container of the same pod
         }
+        let partitions = world.spec.partitions ?? 8
         var keys: [String: String] = [
             "listen": "0.0.0.0:6380", "admin": "0.0.0.0:9480", "redis": redis, "log-format": "json",
-            "world": world[path: "metadata.name"]?.string ?? "", "rack": name, "kafka-brokers": brokers,
-            "partitions": "\(worldSpec["partitions"]?.int ?? 8)", "replication-factor": "\(worldSpec["replicationFactor"]?.int ?? 3)",
-            "consistency": worldSpec["consistency"]?.string ?? "log",
+            "world": world.name, "rack": shape.name, "kafka-brokers": kafka.bootstrapServers, "topic": world.topic,
+            "partitions": "\(partitions)", "replication-factor": "\(world.spec.replicationFactor ?? 3)",
+            "consistency": world.spec.consistency ?? "log",
+            // Every sidecar of the world, through the world's headless Service (`peersService`):
+            // racks come and go without a new configuration (nor rolled pods) for the others.
+            "peers": "\(Self.peersService(world: world.name)).\(shape.namespace).svc:6380",
         ]
-        if let topic = worldSpec["topic"]?.string { keys["topic"] = topic }
-        let contentious = worldSpec["contentiousKeys"]?.array?.compactMap(\.string) ?? []
-        if !contentious.isEmpty { keys["contentious-keys"] = "[" + contentious.map { "\"\($0)\"" }.joined(separator: ", ") + "]" }
-        // Every sidecar of the world, through the world's headless Service (`peersService`): racks
-        // come and go without a new configuration (nor rolled pods) for the others.
-        keys["peers"] = "\(Self.peersService(world: world[path: "metadata.name"]?.string ?? "")).\(namespace).svc:6380"
-        var properties = (worldSpec[path: "kafka.properties"]?.object ?? [:]).compactMapValues(\.string)
+        if let contentious = world.spec.contentiousKeys, !contentious.isEmpty { keys["contentious-keys"] = Self.yamlList(contentious) }
+        if let offsets = try Self.catchUpOffsets(rack.spec.catchUp, partitions: partitions) {
+            keys["catch-up-offsets"] = Self.yamlList(offsets.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" })
+        }
+        var properties = kafka.properties ?? [:]
         var secretFiles: [String] = []
-        let tls = worldSpec[path: "kafka.tls.secretName"]?.string != nil
+        let tls = kafka.tls?.secretName != nil
         if tls {
             properties["ssl.ca.location"] = "\(Self.kafkaTLSPath)/ca.crt"
-            if worldSpec[path: "kafka.tls.clientCertificate"] == .bool(true) {
+            if kafka.tls?.clientCertificate == true {
                 properties["ssl.certificate.location"] = "\(Self.kafkaTLSPath)/tls.crt"
                 properties["ssl.key.location"] = "\(Self.kafkaTLSPath)/tls.key"
             }
         }
-        if let mechanism = worldSpec[path: "kafka.sasl.mechanism"]?.string {
-            properties["sasl.mechanism"] = mechanism
+        if let sasl = kafka.sasl {
+            properties["sasl.mechanism"] = sasl.mechanism
             // Credentials stay in the Secret: the sidecar reads them from the mounted files.
             secretFiles = ["sasl.username=\(Self.kafkaSASLPath)/username", "sasl.password=\(Self.kafkaSASLPath)/password"]
         }
@@ -157,98 +124,147 @@ public struct RackRenderer: Sendable {
         if !properties.isEmpty {
             keys["kafka-properties"] = "{" + properties.sorted { $0.key < $1.key }.map { "\"\($0.key)\": \"\($0.value)\"" }.joined(separator: ", ") + "}"
         }
-        if !secretFiles.isEmpty { keys["kafka-property-file"] = "[" + secretFiles.map { "\"\($0)\"" }.joined(separator: ", ") + "]" }
-        for (key, value) in spec[path: "sidecar.settings"]?.object ?? [:] {
-            if let value = value.string { keys[key] = value }
-        }
+        if !secretFiles.isEmpty { keys["kafka-property-file"] = Self.yamlList(secretFiles) }
+        keys.merge(rack.spec.sidecar?.settings ?? [:]) { $1 }
         return keys
     }
 
-    private func statefulSet(
-        name: String, metadata: JSON, spec: JSON, topology: String, replicas: Int, headless: String, configHash: String,
-        secrets: [(volume: String, secret: String, path: String)]
-    ) -> JSON {
-        let sidecar: JSON = [
-            "name": "pylon-sidecar",
-            "image": spec[path: "sidecar.image"] ?? .string(self.settings.sidecarImage),
-            "args": ["--config", "/etc/pylon/config/sidecar.yml", "--sidecar-name", "$(POD_NAME)"],
-            "env": [["name": "POD_NAME", "valueFrom": ["fieldRef": ["fieldPath": "metadata.name"]]]],
-            "ports": [["name": "pylon", "containerPort": 6380, "protocol": "TCP"], ["name": "admin", "containerPort": 9480, "protocol": "TCP"]],
-            "readinessProbe": ["httpGet": ["path": "/readyz", "port": "admin"], "periodSeconds": 5],
-            "livenessProbe": ["httpGet": ["path": "/healthz", "port": "admin"], "periodSeconds": 10],
-            "resources": spec[path: "sidecar.resources"] ?? [:],
-            "volumeMounts": .array([["name": "sidecar-config", "mountPath": "/etc/pylon/config"]] + secrets.map { ["name": .string($0.volume), "mountPath": .string($0.path), "readOnly": true] }),
-        ]
-        var containers: [JSON] = [sidecar]
-        var claims: [JSON] = []
-        if topology != "external" {
-            var command: [JSON] = ["redis-server", "--port", "6379", "--appendonly", "yes", "--dir", "/data"]
-            if topology == "cluster" { command += ["--cluster-enabled", "yes", "--cluster-config-file", "/data/nodes.conf"] }
-            containers.insert([
-                "name": "redis",
-                "image": spec[path: "redis.image"] ?? "redis:7.0",
-                "command": .array(command),
-                "ports": [["name": "redis", "containerPort": 6379, "protocol": "TCP"]],
-                "readinessProbe": ["exec": ["command": ["redis-cli", "ping"]], "periodSeconds": 5],
-                "resources": spec[path: "redis.resources"] ?? [:],
-                "volumeMounts": [["name": "data", "mountPath": "/data"]],
-            ], at: 0)
-            if let size = spec[path: "redis.storage.size"]?.string {
-                var claimSpec: JSON = ["accessModes": ["ReadWriteOnce"], "resources": ["requests": ["storage": .string(size)]]]
-                if let storageClass = spec[path: "redis.storage.storageClassName"] { claimSpec["storageClassName"] = storageClass }
-                claims.append(["metadata": ["name": "data"], "spec": claimSpec])
+    /// The first offset to apply per partition, when the rack's Redis is loaded up to there by
+    /// other means; nil: the log's start.
+    static func catchUpOffsets(_ catchUp: PylonRack.CatchUp?, partitions: Int) throws -> [Int: Int64]? {
+        switch catchUp?.from ?? .logStart {
+        case .logStart: return nil
+        case .snapshot:
+            throw RenderError(description: "spec.catchUp.from: snapshot is not available yet (it arrives with the live migration); use logStart, or offsets with a Redis already loaded up to them")
+        case .offsets:
+            var offsets: [Int: Int64] = [:]
+            for (key, offset) in catchUp?.offsets ?? [:] {
+                guard let partition = Int(key), (0..<partitions).contains(partition) else {
+                    throw RenderError(description: "spec.catchUp.offsets: '\(key)' is not a partition of the world (0…\(partitions - 1))")
+                }
+                offsets[partition] = offset
             }
+            guard !offsets.isEmpty else { throw RenderError(description: "spec.catchUp.offsets: name the first offset to apply for each partition (\"0\": N, …) with from: offsets") }
+            return offsets
         }
-        var volumes: [JSON] = [["name": "sidecar-config", "configMap": ["name": .string("\(name)-sidecar")]]]
-        volumes += secrets.map { ["name": .string($0.volume), "secret": ["secretName": .string($0.secret)]] }
-        if topology != "external", claims.isEmpty { volumes.append(["name": "data", "emptyDir": [:]]) }
-        var statefulSetSpec: JSON = [
-            "serviceName": .string(headless),
-            "replicas": .number(Double(replicas)),
-            "podManagementPolicy": "Parallel",
-            "selector": ["matchLabels": Pylon.selector(rack: name)],
-            "template": [
-                "metadata": [
-                    "labels": metadata["labels"] ?? [:],
-                    // A new configuration rolls the pods.
-                    "annotations": ["pylon.io/config-hash": .string(configHash)],
-                ],
-                "spec": [
-                    "containers": .array(containers),
-                    "volumes": .array(volumes),
-                    "securityContext": ["runAsNonRoot": true, "runAsUser": 999, "fsGroup": 999],
-                ],
-            ],
-        ]
-        if !claims.isEmpty { statefulSetSpec["volumeClaimTemplates"] = .array(claims) }
-        return ["apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": metadata, "spec": statefulSetSpec]
     }
 
-    /// Where the world's Kafka TLS and SASL Secrets are mounted in the sidecar.
-    static let kafkaTLSPath = "/etc/pylon/kafka-tls"
-    static let kafkaSASLPath = "/etc/pylon/kafka-sasl"
+    func statefulSet(rack: PylonRack, world: PylonWorld, shape: RackShape, configHash: String) -> StatefulSet {
+        var secrets: [(volume: String, secret: String, path: String)] = []
+        if let secret = world.spec.kafka.tls?.secretName { secrets.append(("kafka-tls", secret, Self.kafkaTLSPath)) }
+        if let secret = world.spec.kafka.sasl?.secretName { secrets.append(("kafka-sasl", secret, Self.kafkaSASLPath)) }
+        var sidecar = Container(
+            name: "pylon-sidecar", image: rack.spec.sidecar?.image ?? self.settings.sidecarImage,
+            args: ["--config", "/etc/pylon/config/sidecar.yml", "--sidecar-name", "$(POD_NAME)"]
+        )
+        sidecar.env = [.field("POD_NAME", "metadata.name")]
+        sidecar.ports = [ContainerPort(name: "pylon", containerPort: 6380), ContainerPort(name: "admin", containerPort: 9480)]
+        sidecar.readinessProbe = .http("/readyz", port: "admin", every: 5)
+        sidecar.livenessProbe = .http("/healthz", port: "admin", every: 10)
+        sidecar.resources = rack.spec.sidecar?.resources
+        sidecar.volumeMounts = [VolumeMount(name: "sidecar-config", mountPath: "/etc/pylon/config")]
+            + secrets.map { VolumeMount(name: $0.volume, mountPath: $0.path, readOnly: true) }
+
+        var volumes = [Volume(name: "sidecar-config", configMap: .init(name: "\(shape.name)-sidecar"))]
+        volumes += secrets.map { Volume(name: $0.volume, secret: .init(secretName: $0.secret)) }
+        var claims: [PersistentVolumeClaim]?
+        var containers = [sidecar]
+        if shape.topology != .external {
+            containers = self.redisContainers(rack: rack, shape: shape) + containers
+            if let size = rack.spec.redis.storage?.size {
+                claims = [PersistentVolumeClaim(metadata: ObjectMeta(name: "data"), spec: .init(
+                    accessModes: ["ReadWriteOnce"], resources: .init(requests: ["storage": size]), storageClassName: rack.spec.redis.storage?.storageClassName
+                ))]
+            } else {
+                volumes.append(Volume(name: "data", emptyDir: [:]))
+            }
+        }
+        return StatefulSet(metadata: shape.metadata(shape.name), spec: .init(
+            serviceName: shape.headless, replicas: shape.pods, podManagementPolicy: "Parallel",
+            selector: LabelSelector(matchLabels: Pylon.selector(rack: shape.name)),
+            template: PodTemplate(
+                // A new configuration rolls the pods.
+                metadata: ObjectMeta(labels: shape.labels, annotations: ["pylon.io/config-hash": configHash]),
+                spec: PodSpec(
+                    containers: containers, volumes: volumes,
+                    securityContext: PodSecurityContext(runAsNonRoot: true, runAsUser: 999, fsGroup: 999)
+                )
+            ),
+            volumeClaimTemplates: claims
+        ))
+    }
+
+    /// Redis (and, for the sentinel topology, a Sentinel beside it) in each pod.
+    func redisContainers(rack: PylonRack, shape: RackShape) -> [Container] {
+        let image = rack.spec.redis.image ?? Self.defaultRedisImage
+        var server = ["redis-server", "--port", "6379", "--appendonly", "yes", "--dir", "/data"]
+        var redis = Container(name: "redis", image: image, command: server)
+        switch shape.topology {
+        case .cluster:
+            server += ["--cluster-enabled", "yes", "--cluster-config-file", "/data/nodes.conf"]
+            redis.command = server
+        case .sentinel:
+            // A pod starts as a replica of the master the Sentinels name; with no Sentinel
+            // answering yet (the first start), pod 0 is the master and the others replicate it.
+            let me = "$(hostname).\(shape.headless).\(shape.namespace).svc"
+            redis.command = ["sh", "-c", """
+            me=\(me)
+            master=$(redis-cli -h \(shape.headless).\(shape.namespace).svc -p 26379 sentinel get-master-addr-by-name \(shape.name) 2>/dev/null | head -1)
+            if [ -z "$master" ] && [ "${HOSTNAME##*-}" != 0 ]; then master=\(shape.podHosts[0]); fi
+            set -- \(server.joined(separator: " ")) --replica-announce-ip "$me"
+            if [ -n "$master" ] && [ "$master" != "$me" ]; then set -- "$@" --replicaof "$master" 6379; fi
+            exec "$@"
+            """]
+        case .standalone, .external: break
+        }
+        redis.ports = [ContainerPort(name: "redis", containerPort: 6379)]
+        redis.readinessProbe = .exec(["redis-cli", "ping"], every: 5)
+        redis.resources = rack.spec.redis.resources
+        redis.volumeMounts = [VolumeMount(name: "data", mountPath: "/data")]
+        guard shape.topology == .sentinel else { return [redis] }
+
+        // The Sentinel's file lives on the data volume: Sentinel rewrites it with what it learns
+        // (the current master, the other Sentinels), which must survive a restart.
+        let quorum = shape.pods / 2 + 1
+        var sentinel = Container(name: "sentinel", image: image, command: ["sh", "-c", """
+        conf=/data/sentinel.conf
+        if [ ! -f "$conf" ]; then
+          cat > "$conf" <<EOF
+        port 26379
+        sentinel resolve-hostnames yes
+        sentinel announce-hostnames yes
+        sentinel announce-ip $(hostname).\(shape.headless).\(shape.namespace).svc
+        sentinel monitor \(shape.name) \(shape.podHosts[0]) 6379 \(quorum)
+        sentinel down-after-milliseconds \(shape.name) 5000
+        sentinel failover-timeout \(shape.name) 60000
+        EOF
+        fi
+        exec redis-sentinel "$conf"
+        """])
+        sentinel.ports = [ContainerPort(name: "sentinel", containerPort: 26379)]
+        sentinel.readinessProbe = .exec(["redis-cli", "-p", "26379", "ping"], every: 5)
+        sentinel.volumeMounts = [VolumeMount(name: "data", mountPath: "/data")]
+        return [redis, sentinel]
+    }
 
     /// The headless Service of all the sidecars of a world, which each sidecar probes as its peers.
     public static func peersService(world: String) -> String { "\(world)-sidecars" }
 
     /// The world's peers Service, owned by the world.
-    public func worldObjects(world: JSON) -> [(KubeResource, JSON)] {
-        let name = world[path: "metadata.name"]?.string ?? ""
-        let service: JSON = [
-            "apiVersion": "v1", "kind": "Service",
-            "metadata": [
-                "name": .string(Self.peersService(world: name)), "namespace": world[path: "metadata.namespace"] ?? "default",
-                "labels": ["app.kubernetes.io/name": "pylon-world", "app.kubernetes.io/instance": .string(name), "app.kubernetes.io/managed-by": "pylon-operator"],
-                "ownerReferences": [Pylon.ownerReference(to: world)],
-            ],
-            "spec": [
-                "clusterIP": "None", "publishNotReadyAddresses": true,
-                "selector": ["app.kubernetes.io/name": "pylon-rack", "pylon.io/world": .string(name)],
-                "ports": [["name": "pylon", "port": 6380, "targetPort": "pylon", "protocol": "TCP"]],
-            ],
-        ]
-        return [(.services, service)]
+    public func worldObjects(world: PylonWorld) -> [any KubeObject] {
+        let metadata = ObjectMeta(
+            name: Self.peersService(world: world.name), namespace: world.metadata.namespace ?? "default",
+            labels: ["app.kubernetes.io/name": "pylon-world", "app.kubernetes.io/instance": world.name, "app.kubernetes.io/managed-by": "pylon-operator"],
+            ownerReferences: [Pylon.ownerReference(to: world)]
+        )
+        return [Service(metadata: metadata, spec: .init(
+            clusterIP: "None", publishNotReadyAddresses: true,
+            selector: ["app.kubernetes.io/name": "pylon-rack", "pylon.io/world": world.name],
+            ports: [Service.Port(name: "pylon", port: 6380, targetPort: "pylon")]
+        ))]
     }
+
+    static func yamlList(_ items: [String]) -> String { "[" + items.map { "\"\($0)\"" }.joined(separator: ", ") + "]" }
 
     /// A short stable digest of the configuration (FNV-1a, hex).
     static func hash(_ text: String) -> String {
@@ -258,5 +274,47 @@ public struct RackRenderer: Sendable {
             hash &*= 0x100_0000_01b3
         }
         return String(hash, radix: 16)
+    }
+}
+
+/// The names and size a rack's objects share.
+struct RackShape {
+    let name: String
+    let namespace: String
+    let topology: PylonRack.Topology
+    let labels: [String: String]
+    let owner: OwnerReference
+    /// Redis pods: 1 (standalone, external: sidecars only), 1 + replicas (sentinel), shards ×
+    /// (1 + replicas) (cluster).
+    let pods: Int
+
+    init(rack: PylonRack) throws {
+        guard let name = rack.metadata.name, let namespace = rack.metadata.namespace else {
+            throw RackRenderer.RenderError(description: "the rack has no name or namespace")
+        }
+        self.name = name
+        self.namespace = namespace
+        self.topology = rack.topology
+        self.labels = Pylon.labels(world: rack.spec.world, rack: name)
+        self.owner = Pylon.ownerReference(to: rack)
+        let replicas = rack.spec.redis.replicas ?? 1
+        switch rack.topology {
+        case .standalone, .external: self.pods = 1
+        case .sentinel:
+            guard replicas >= 2 else {
+                throw RackRenderer.RenderError(description: "spec.redis.replicas: the sentinel topology needs at least 2 replicas (three pods, so their Sentinels can reach a quorum); got \(replicas)")
+            }
+            self.pods = 1 + replicas
+        case .cluster: self.pods = (rack.spec.redis.shards ?? 3) * (1 + replicas)
+        }
+    }
+
+    var headless: String { "\(self.name)-headless" }
+
+    /// Each pod's stable DNS name (through the headless Service).
+    var podHosts: [String] { (0..<self.pods).map { "\(self.name)-\($0).\(self.headless).\(self.namespace).svc" } }
+
+    func metadata(_ objectName: String) -> ObjectMeta {
+        ObjectMeta(name: objectName, namespace: self.namespace, labels: self.labels, ownerReferences: [self.owner])
     }
 }

@@ -49,6 +49,9 @@ public struct SidecarConfiguration: Sendable, Equatable {
     public var contentiousKeys: [String] = []
     /// An `applied` write whose reply has not come within this time gets an error saying so.
     public var appliedTimeoutMilliseconds = 10000
+    /// Per partition, where to start applying when this rack's Redis has no checkpoint of its own
+    /// (it was loaded with the data up to there by other means); the log's start otherwise.
+    public var catchUpOffsets: [Int32: Int64] = [:]
 
     // The world view: peer sidecars of other racks, for read failover.
     /// Peer sidecars, `host:port`; a name resolving to many addresses (a headless Service) is many peers.
@@ -100,6 +103,9 @@ public struct SidecarConfiguration: Sendable, Equatable {
             guard self.world != nil else { throw Error(key: "world", problem: "required with kafka-brokers: the world names the topic and the consumer groups") }
             guard self.rack != nil else { throw Error(key: "rack", problem: "required with kafka-brokers: the rack's sidecars apply the log together as one consumer group") }
         }
+        if let partition = self.catchUpOffsets.keys.first(where: { Int($0) >= self.partitions }) {
+            throw Error(key: "catch-up-offsets", problem: "partition \(partition) is not one of the topic's \(self.partitions)")
+        }
         if !self.peers.isEmpty, self.membership == nil {
             throw Error(key: "peers", problem: "needs kafka-brokers, world and rack: peers are the sidecars of the world's other racks")
         }
@@ -125,10 +131,11 @@ public struct SidecarConfiguration: Sendable, Equatable {
         "kafka-brokers", "topic", "partitions", "replication-factor", "kafka-property", "write-timeout-ms",
         "max-ready-lag", "sidecar-name", "consistency", "contentious-keys", "applied-timeout-ms",
         "peers", "peer-probe-interval-ms", "max-peer-lag", "max-local-lag", "kafka-property-file",
+        "catch-up-offsets",
     ]
 
     /// Keys that may be given many times (flags repeated, YAML lists); each value adds one.
-    static let listKeys: Set<String> = ["kafka-property", "kafka-property-file", "contentious-keys", "peers"]
+    static let listKeys: Set<String> = ["kafka-property", "kafka-property-file", "contentious-keys", "peers", "catch-up-offsets"]
 
     /// Sets one key from its textual value, validating it.
     public mutating func set(_ key: String, _ value: String) throws {
@@ -201,6 +208,10 @@ public struct SidecarConfiguration: Sendable, Equatable {
         case "contentious-keys":
             guard !value.isEmpty else { throw bad("a key pattern (Redis glob, e.g. lock:*)") }
             self.contentiousKeys.append(value)
+        case "catch-up-offsets":
+            let parts = value.split(separator: "=")
+            guard parts.count == 2, let partition = Int32(parts[0]), partition >= 0, let offset = Int64(parts[1]), offset >= 0 else { throw bad("PARTITION=OFFSET") }
+            self.catchUpOffsets[partition] = offset
         case "applied-timeout-ms": self.appliedTimeoutMilliseconds = try integer(100...3_600_000)
         case "peers":
             let peers = value.split(separator: ",").map { HostPort(String($0.trimmingCharacters(in: .whitespaces))) }

@@ -8,8 +8,9 @@ import Synchronization
 ///
 /// The sidecars of a rack form one consumer group (`pylon.<world>.<rack>`), so each partition
 /// has one applier in the rack. Where a partition starts is read from Redis, not from Kafka: the
-/// partition's checkpoint (`AppliedOffsets.checkpointKey`), or the start of the log when Redis
-/// has none (a new or emptied rack). Each op is applied by a script that also advances its
+/// partition's checkpoint (`AppliedOffsets.checkpointKey`), or when Redis has none (a new or
+/// emptied rack) its catch-up offset if configured (a Redis loaded up to there by other means),
+/// else the start of the log. Each op is applied by a script that also advances its
 /// marker (the partition's; on Redis Cluster the partition's in the op's slot), so a replay or a
 /// deposed applier never applies an op twice.
 ///
@@ -28,6 +29,8 @@ final class Applier: Sendable {
         var redisTimeout: TimeAmount
         /// This sidecar's name: replies for ops it originated are handed over in-process.
         var sidecarName: String
+        /// Where a partition Redis has no checkpoint for starts, when not at the log's start.
+        var catchUpOffsets: [Int32: Int64] = [:]
         var batchSize = 1000
     }
 
@@ -286,6 +289,11 @@ private final class ApplierRun: @unchecked Sendable {
         }
         return partitions.map { partition in
             if let offset = offsets[partition] {
+                self.next[partition] = offset
+                return offset
+            }
+            if let offset = self.settings.catchUpOffsets[partition] {
+                self.logger.notice("this rack's redis has no record of the partition: starting at its catch-up offset", metadata: ["partition": "\(partition)", "offset": "\(offset)"])
                 self.next[partition] = offset
                 return offset
             }
