@@ -126,4 +126,46 @@ struct KubeAPITests {
         }, "\(view.withLock { $0.keys.sorted() })")
         #expect(watch.lists.load(ordering: .relaxed) >= 1)
     }
+
+    @Test func aWatchWhoseResourceVersionExpiredListsAgainAndMissesNothing() async throws {
+        // Two apiservers on one etcd: the watch goes through `flaky`, changes through `api`.
+        let api = try await KubeAPIServer()
+        defer { api.stop() }
+        let flaky = try await KubeAPIServer(sharing: api)
+        defer { flaky.stop() }
+        let client = api.client()
+        let view = Mutex<[String: JSON]>([:])
+        let watch = KubeWatch(client: flaky.client(), resource: .configMaps, namespace: "default", logger: Logger(label: "test")) { event in
+            view.withLock { view in
+                func name(_ object: JSON) -> String { object[path: "metadata.name"]?.string ?? "" }
+                switch event {
+                case .listed(let items): view = Dictionary(items.map { (name($0), $0) }) { $1 }
+                case .added(let object), .modified(let object): view[name(object)] = object
+                case .deleted(let object): view[name(object)] = nil
+                }
+            }
+        }
+        _ = try await client.create(.configMaps, namespace: "default", ["apiVersion": "v1", "kind": "ConfigMap", "metadata": ["name": "before"]])
+        _ = try await client.create(.configMaps, namespace: "default", ["apiVersion": "v1", "kind": "ConfigMap", "metadata": ["name": "doomed"]])
+        watch.start()
+        defer { watch.stop() }
+        #expect(try await eventually { view.withLock { $0["before"] != nil && $0["doomed"] != nil } })
+        #expect(watch.lists.load(ordering: .relaxed) == 1)
+        // While the watch's server is down, things change and etcd forgets the history: the
+        // version the watch resumes from is gone (410), and only a new list can tell it what
+        // happened — including the deletion it never saw an event for.
+        flaky.stopServer()
+        _ = try await client.patch(.configMaps, namespace: "default", name: "before", merge: ["data": ["k": "v"]])
+        _ = try await client.create(.configMaps, namespace: "default", ["apiVersion": "v1", "kind": "ConfigMap", "metadata": ["name": "after"]])
+        try await client.delete(.configMaps, namespace: "default", name: "doomed")
+        try await api.compactEtcd()
+        try await flaky.restart()
+        #expect(try await eventually(timeout: .seconds(60)) {
+            view.withLock { $0["before"]?[path: "data.k"] == "v" && $0["after"] != nil && $0["doomed"] == nil }
+        }, "\(view.withLock { $0.keys.sorted() })")
+        #expect(watch.lists.load(ordering: .relaxed) == 2)
+        // And it watches on from the new list.
+        _ = try await client.create(.configMaps, namespace: "default", ["apiVersion": "v1", "kind": "ConfigMap", "metadata": ["name": "later"]])
+        #expect(try await eventually { view.withLock { $0["later"] != nil } })
+    }
 }

@@ -84,6 +84,16 @@ struct OperatorTests {
         try progress.commit([(topic, 1, 20)])
         progress.close()
         #expect(try await eventually(timeout: .seconds(30)) { try await caughtUp("True", lag: 0) })
+        // Settled, the rack is reconciled every second (its resync here) and nothing is written:
+        // each object is read and found as the operator left it, and the status is unchanged.
+        func writes() -> Int { client.requests.withLock { $0.filter { !["GET", "WATCH"].contains($0.key) }.values.reduce(0, +) } }
+        func rackReconciles() -> Int { Self.metric(service.metrics.render(), #"pylon_operator_reconciles_total{kind="PylonRack"}"#) }
+        try await Task.sleep(for: .seconds(1))
+        let (writesBefore, reconcilesBefore) = (writes(), rackReconciles())
+        try await Task.sleep(for: .seconds(3))
+        #expect(rackReconciles() >= reconcilesBefore + 2)
+        #expect(writes() == writesBefore, "\(client.requests.withLock { $0 })")
+        #expect(service.metrics.render().contains(#"pylon_operator_reconcile_duration_seconds_bucket{kind="PylonRack",le="0.05"}"#))
         // Events tell what the operator did.
         let events = try await client.list(.events, namespace: "default").items
         #expect(events.contains { $0["reason"] == "Reconciled" && $0[path: "involvedObject.name"] == "shop-eu-1" })
@@ -138,6 +148,49 @@ struct OperatorTests {
         let probe = try KafkaProducer(brokers: broker.bootstrap)
         #expect(try probe.committedOffsets(group: "pylon.shop.shop-eu-1", topic: topic, partitions: [0]) == [nil])
         probe.close()
+    }
+
+    /// A sample's value in Prometheus text (0 when absent).
+    static func metric(_ text: String, _ sample: String) -> Int {
+        text.split(separator: "\n").first { $0.hasPrefix(sample + " ") }.flatMap { Double($0.split(separator: " ").last ?? "") }.map { Int($0) } ?? 0
+    }
+
+    @Test func ownerReferencesAloneLetTheGarbageCollectorDeleteARacksObjects() async throws {
+        let api = try await KubeAPIServer()
+        defer { api.stop() }
+        let broker = try KafkaBroker()
+        let client = api.client()
+        try await KubeAPITests.installCRDs(client)
+        try api.startGarbageCollector()
+        let service = PylonOperatorService(client: client, settings: .init(namespace: "default", resync: .seconds(1)), logger: Logger(label: "test"))
+        service.start()
+        var worldObject = try KubeAPITests.manifest("samples/world.yaml")
+        worldObject["spec"]?["kafka"]?["bootstrapServers"] = .string(broker.bootstrap)
+        _ = try await client.create(Pylon.worlds, namespace: "default", worldObject)
+        _ = try await client.create(Pylon.racks, namespace: "default", try KubeAPITests.manifest("samples/rack-standalone.yaml"))
+        let objects: [(KubeResource, String)] = [
+            (.statefulSets, "shop-eu-1"), (.configMaps, "shop-eu-1-sidecar"), (.services, "shop-eu-1"), (.services, "shop-eu-1-headless"),
+            (.podDisruptionBudgets, "shop-eu-1"), (.services, "shop-sidecars"),
+        ]
+        func existing() async -> [String] {
+            var names: [String] = []
+            for (resource, name) in objects where (try? await client.get(resource, namespace: "default", name: name)) != nil { names.append("\(resource.plural)/\(name)") }
+            return names
+        }
+        #expect(try await eventually(timeout: .seconds(30)) { await existing().count == objects.count })
+        // The operator is gone (no finalizer work, no label-based clean-up): deleting the rack and
+        // the world leaves their objects to the garbage collector, through their owner references.
+        await service.stop()
+        for resource in [Pylon.racks, Pylon.worlds] {
+            let name = resource == Pylon.racks ? "shop-eu-1" : "shop"
+            _ = try await client.patch(resource, namespace: "default", name: name, merge: ["metadata": ["finalizers": nil]])
+            try await client.delete(resource, namespace: "default", name: name)
+        }
+        var left: [String] = []
+        #expect(try await eventually(timeout: .seconds(90)) {
+            left = await existing()
+            return left.isEmpty
+        }, "left: \(left)")
     }
 }
 

@@ -1,15 +1,22 @@
 import Foundation
+#if canImport(FoundationNetworking)
+import FoundationNetworking
+#endif
 import PylonOperator
 import Synchronization
 
 /// A real Kubernetes control plane on loopback: etcd and kube-apiserver v1.20.2 (built from
 /// Debian's source package by `scripts/install-kube.sh`, which `make deps` runs), with a static
-/// admin token, RBAC and a self-signed serving certificate.
+/// admin token, RBAC and a self-signed serving certificate; on demand, a kube-controller-manager
+/// (its garbage collector) and more apiservers on the same etcd, as in a highly available control
+/// plane.
 final class KubeAPIServer: Sendable {
     let port: Int
     let directory: ScratchDirectory
-    let etcd: LocalProcess
+    /// nil for a server that shares another's etcd.
+    let etcd: LocalProcess?
     private let apiserver: Mutex<LocalProcess>
+    private let controllerManager = Mutex<LocalProcess?>(nil)
     private let arguments: [String]
     /// The bearer token of `admin` (group system:masters).
     let token = "pylon-test-admin-token"
@@ -22,7 +29,9 @@ final class KubeAPIServer: Sendable {
         return URL(fileURLWithPath: "\(cache)/kubernetes-v1.20.2")
     }
 
-    init() async throws {
+    /// A new control plane; with `sharing`, another apiserver on that one's etcd (same token and
+    /// service-account key, its own port and serving certificate).
+    init(sharing other: KubeAPIServer? = nil) async throws {
         let directory = try ScratchDirectory()
         self.directory = directory
         let path = directory.url.path
@@ -30,31 +39,65 @@ final class KubeAPIServer: Sendable {
         guard FileManager.default.isExecutableFile(atPath: apiserverBinary) else {
             throw HarnessError("no kube-apiserver at \(apiserverBinary): run scripts/install-kube.sh (make deps does)")
         }
-        let (etcdPort, peerPort) = (try Ports.free(), try Ports.free())
-        self.etcdPort = etcdPort
-        self.etcd = try LocalProcess("etcd", [
-            "--data-dir", "\(path)/etcd", "--listen-client-urls", "http://127.0.0.1:\(etcdPort)",
-            "--advertise-client-urls", "http://127.0.0.1:\(etcdPort)", "--listen-peer-urls", "http://127.0.0.1:\(peerPort)",
-            "--initial-advertise-peer-urls", "http://127.0.0.1:\(peerPort)", "--initial-cluster", "default=http://127.0.0.1:\(peerPort)",
-        ], name: "etcd", log: directory.url.appendingPathComponent("etcd.log"))
-        try Ports.waitUntilOpen(etcdPort)
-        try "\(self.token),admin,1,system:masters\n".write(toFile: "\(path)/tokens.csv", atomically: true, encoding: .utf8)
-        let keygen = Process()
-        keygen.executableURL = URL(fileURLWithPath: "/usr/bin/openssl")
-        keygen.arguments = ["genrsa", "-out", "\(path)/sa.key", "2048"]
-        keygen.standardError = FileHandle.nullDevice
-        try keygen.run()
-        keygen.waitUntilExit()
+        let shared: String
+        if let other {
+            self.etcdPort = other.etcdPort
+            self.etcd = nil
+            shared = other.directory.url.path
+        } else {
+            let (etcdPort, peerPort) = (try Ports.free(), try Ports.free())
+            self.etcdPort = etcdPort
+            self.etcd = try LocalProcess("etcd", [
+                "--data-dir", "\(path)/etcd", "--listen-client-urls", "http://127.0.0.1:\(etcdPort)",
+                "--advertise-client-urls", "http://127.0.0.1:\(etcdPort)", "--listen-peer-urls", "http://127.0.0.1:\(peerPort)",
+                "--initial-advertise-peer-urls", "http://127.0.0.1:\(peerPort)", "--initial-cluster", "default=http://127.0.0.1:\(peerPort)",
+            ], name: "etcd", log: directory.url.appendingPathComponent("etcd.log"))
+            try Ports.waitUntilOpen(etcdPort)
+            try "\(self.token),admin,1,system:masters\n".write(toFile: "\(path)/tokens.csv", atomically: true, encoding: .utf8)
+            let keygen = Process()
+            keygen.executableURL = URL(fileURLWithPath: "/usr/bin/openssl")
+            keygen.arguments = ["genrsa", "-out", "\(path)/sa.key", "2048"]
+            keygen.standardError = FileHandle.nullDevice
+            try keygen.run()
+            keygen.waitUntilExit()
+            shared = path
+        }
         self.port = try Ports.free()
         self.arguments = [
-            "--etcd-servers", "http://127.0.0.1:\(etcdPort)", "--bind-address", "127.0.0.1", "--advertise-address", "127.0.0.1",
+            "--etcd-servers", "http://127.0.0.1:\(self.etcdPort)", "--bind-address", "127.0.0.1", "--advertise-address", "127.0.0.1",
             "--secure-port", "\(self.port)", "--insecure-port", "0", "--cert-dir", "\(path)/certs",
-            "--token-auth-file", "\(path)/tokens.csv", "--authorization-mode", "RBAC",
-            "--service-account-issuer", "https://kubernetes.default.svc", "--service-account-key-file", "\(path)/sa.key",
-            "--service-account-signing-key-file", "\(path)/sa.key", "--service-cluster-ip-range", "10.96.0.0/16",
+            "--token-auth-file", "\(shared)/tokens.csv", "--authorization-mode", "RBAC",
+            "--service-account-issuer", "https://kubernetes.default.svc", "--service-account-key-file", "\(shared)/sa.key",
+            "--service-account-signing-key-file", "\(shared)/sa.key", "--service-cluster-ip-range", "10.96.0.0/16",
         ]
         self.apiserver = Mutex(try Self.launch(self.arguments, directory: directory))
         try await self.waitUntilReady()
+    }
+
+    /// Starts kube-controller-manager with only the garbage collector: objects whose owners are
+    /// gone are deleted, as in a real cluster. It learns resource types (CRDs) at start.
+    func startGarbageCollector() throws {
+        let kubeconfig = try self.kubeconfig()
+        let process = try LocalProcess(Self.binaries.appendingPathComponent("kube-controller-manager").path, [
+            "--kubeconfig", kubeconfig, "--controllers", "garbagecollector", "--leader-elect=false",
+            "--port", "0", "--secure-port", "0", "--use-service-account-credentials=false",
+        ], name: "kube-controller-manager", log: self.directory.url.appendingPathComponent("kube-controller-manager.log"))
+        self.controllerManager.withLock { $0 = process }
+    }
+
+    /// Compacts etcd's history up to now: watches from any older resourceVersion get 410 Gone.
+    func compactEtcd() async throws {
+        let etcd = URL(string: "http://127.0.0.1:\(self.etcdPort)/v3/kv")!
+        func post(_ path: String, _ body: String) async throws -> JSON {
+            var request = URLRequest(url: etcd.appendingPathComponent(path))
+            request.httpMethod = "POST"
+            request.httpBody = Data(body.utf8)
+            let (data, _) = try await URLSession.shared.data(for: request)
+            return try JSON(data: data)
+        }
+        // The current revision, from any read (the key is "/" in base64).
+        let revision = try await post("range", #"{"key": "Lw==", "limit": 1}"#)[path: "header.revision"]?.string ?? "0"
+        _ = try await post("compaction", #"{"revision": "\#(revision)", "physical": true}"#)
     }
 
     private static func launch(_ arguments: [String], directory: ScratchDirectory) throws -> LocalProcess {
@@ -102,7 +145,13 @@ final class KubeAPIServer: Sendable {
     }
 
     func stop() {
+        self.controllerManager.withLock { $0?.stop() }
         self.apiserver.withLock { $0.stop() }
-        self.etcd.stop()
+        self.etcd?.stop()
+    }
+
+    /// Stops the apiserver only (it comes back with `restart`).
+    func stopServer() {
+        self.apiserver.withLock { $0.stop() }
     }
 }
