@@ -2,8 +2,9 @@
 # The operator's benchmark: a real etcd + kube-apiserver, a broker, and pylon-operator (release).
 #   1. time from creating a PylonRack to its StatefulSet existing, p50/p99 over RACKS racks
 #      (created one after another);
-#   2. the operator's CPU and memory with those racks, idle for 30 s (it re-reads every rack's lag
-#      from Kafka every 15 s).
+#   2. the operator's CPU and memory with those racks, idle for 30 s (it reconciles every rack and
+#      re-reads its lag from Kafka every 15 s), and the API requests each of those reconciles
+#      costs, by verb (from its /metrics).
 # Usage: scripts/bench-operator.sh   env: RACKS=100
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,12 +14,13 @@ source scripts/lib.sh
 start_kube
 kafka=$(free_port)
 start_broker "$kafka"
-.build/release/pylon-operator --kubeconfig "$KUBECONFIG_FILE" --namespace default --admin "127.0.0.1:$(free_port)" --log-level warning \
+admin=$(free_port)
+.build/release/pylon-operator --kubeconfig "$KUBECONFIG_FILE" --namespace default --admin "127.0.0.1:$admin" --log-level warning \
   > "$WORK/operator.log" 2>&1 &
 track $!; operator=$!
-python3 - "$KUBE_PORT" "$KUBE_TOKEN" "$KUBE_CA" "$kafka" "$RACKS" "$operator" <<'PY'
-import json, ssl, sys, time, urllib.request, urllib.error
-port, token, ca, kafka, racks, operator = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]), int(sys.argv[6])
+python3 - "$KUBE_PORT" "$KUBE_TOKEN" "$KUBE_CA" "$kafka" "$RACKS" "$operator" "$admin" <<'PY'
+import json, re, ssl, sys, time, urllib.request, urllib.error
+port, token, ca, kafka, racks, operator, admin = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]), int(sys.argv[6]), int(sys.argv[7])
 context = ssl.create_default_context(cafile=ca)
 base = f"https://127.0.0.1:{port}"
 def call(method, path, body=None, content="application/json"):
@@ -49,8 +51,15 @@ def sample():
     rss = [l for l in open(f"/proc/{operator}/status") if l.startswith("VmRSS:")][0].split()[1]
     return int(fields[11]) + int(fields[12]), int(rss)
 import os
+def metrics():
+    text = urllib.request.urlopen(f"http://127.0.0.1:{admin}/metrics").read().decode()
+    reconciles = sum(float(v) for v in re.findall(r'^pylon_operator_reconciles_total\{kind="PylonRack"\} (\S+)', text, re.M))
+    return reconciles, {verb: float(v) for verb, v in re.findall(r'^pylon_operator_api_requests_total\{verb="(\w+)"\} (\S+)', text, re.M)}
 time.sleep(15)
-ticks0, _ = sample(); time.sleep(30); ticks1, rss = sample()
+ticks0, _ = sample(); reconciles0, requests0 = metrics(); time.sleep(30); ticks1, rss = sample(); reconciles1, requests1 = metrics()
 hz = os.sysconf("SC_CLK_TCK")
-print(f"| operator idle with {racks} racks (30 s; every rack's lag re-read every 15 s) | CPU {(ticks1 - ticks0) / hz / 30 * 100:.1f} % of a core | RSS {rss / 1024:.0f} MiB |")
+print(f"| operator idle with {racks} racks (30 s; every rack reconciled every 15 s) | CPU {(ticks1 - ticks0) / hz / 30 * 100:.1f} % of a core | RSS {rss / 1024:.0f} MiB |")
+done = reconciles1 - reconciles0
+per = {verb: (requests1.get(verb, 0) - requests0.get(verb, 0)) / max(done, 1) for verb in sorted(set(requests0) | set(requests1))}
+print(f"| API requests per idle rack reconcile ({done:.0f} reconciles) | " + ", ".join(f"{verb} {n:.2f}" for verb, n in per.items()) + " |")
 PY

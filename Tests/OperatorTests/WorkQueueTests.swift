@@ -29,4 +29,17 @@ struct WorkQueueTests {
         await queue.close()
         #expect(await queue.next() == nil)
     }
+
+    @Test func laterLooksAtAKeyAreTakenOnceAtTheEarliestTime() async throws {
+        let queue = WorkQueue<String>()
+        let asked = ContinuousClock.now
+        await queue.add("r", after: .seconds(10))
+        await queue.add("r", after: .milliseconds(50))  // sooner: replaces the later look
+        await queue.add("r", after: .milliseconds(100))  // later than one already due: dropped
+        #expect(await queue.next() == "r")
+        #expect(ContinuousClock.now - asked < .seconds(5))  // not the 10 s look
+        await queue.done("r", failed: false)
+        try await Task.sleep(for: .milliseconds(300))
+        #expect(queue.depth.load(ordering: .relaxed) == 0)  // the 100 ms look never came
+    }
 }

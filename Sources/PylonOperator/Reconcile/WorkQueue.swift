@@ -11,6 +11,8 @@ public actor WorkQueue<Key: Hashable & Sendable> {
     private var processing: Set<Key> = []
     private var dirty: Set<Key> = []
     private var failures: [Key: Int] = [:]
+    /// Keys to be added later, each at its earliest deadline.
+    private var waiting: [Key: ContinuousClock.Instant] = [:]
     private var waiters: [CheckedContinuation<Key?, Never>] = []
     private var closed = false
 
@@ -39,12 +41,23 @@ public actor WorkQueue<Key: Hashable & Sendable> {
         }
     }
 
-    /// Adds `key` once `delay` has passed (a periodic look at something that changes without events).
+    /// Adds `key` once `delay` has passed (a periodic look at something that changes without
+    /// events). A key already due sooner is not added twice: however many reconciles asked for a
+    /// later look, one is taken.
     public func add(_ key: Key, after delay: Duration) {
+        let deadline = ContinuousClock.now + delay
+        if let due = self.waiting[key], due <= deadline { return }
+        self.waiting[key] = deadline
         Task {
-            try? await Task.sleep(for: delay)
-            self.add(key)
+            try? await Task.sleep(until: deadline)
+            self.due(key, deadline)
         }
+    }
+
+    private func due(_ key: Key, _ deadline: ContinuousClock.Instant) {
+        guard self.waiting[key] == deadline else { return }  // an earlier deadline took its place
+        self.waiting[key] = nil
+        self.add(key)
     }
 
     /// The next key to work on; nil once the queue is closed.
