@@ -52,10 +52,12 @@ struct KubeAPITests {
         #expect(rack[path: "spec.redis.image"] == "redis:7.0")
         #expect(rack[path: "spec.redis.shards"] == 3)
         _ = try await client.create(Self.racks, namespace: "default", try Self.manifest("samples/rack-cluster.yaml"))
+        let sentinel = try await client.create(Self.racks, namespace: "default", try Self.manifest("samples/rack-sentinel.yaml"))
+        #expect(sentinel[path: "spec.catchUp.offsets"]?["3"] == 14990)
         // What `kubectl get pylonracks` shows: the server's table of the printer columns.
         let table = try await client.call("GET", Self.racks.path(namespace: "default"), accept: "application/json;as=Table;v=v1;g=meta.k8s.io")
         #expect(table["columnDefinitions"]?.array?.compactMap { $0["name"]?.string } == ["Name", "World", "Topology", "Phase", "Lag", "Ready", "Age"])
-        #expect(table["rows"]?.array?.count == 2)
+        #expect(table["rows"]?.array?.count == 3)
 
         func rackObject(_ name: String, _ spec: JSON) -> JSON {
             ["apiVersion": "pylon.io/v1alpha1", "kind": "PylonRack", "metadata": ["name": .string(name)], "spec": spec]

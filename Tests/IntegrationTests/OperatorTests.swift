@@ -126,6 +126,14 @@ struct OperatorTests {
         let script = bootstrap?[path: "spec.template.spec.containers"]?.array?.first?["command"]?.array?.last?.string ?? ""
         #expect(script.contains("--cluster-replicas 1") && script.contains("shop-eu-2-5.shop-eu-2-headless.default.svc"), "\(script)")
         #expect(bootstrap?[path: "metadata.ownerReferences"]?.array?.first?["name"] == "shop-eu-2")
+        // A third, Sentinel-managed: three pods of Redis + Sentinel, starting at its catch-up offsets.
+        _ = try await client.create(Pylon.racks, namespace: "default", try KubeAPITests.manifest("samples/rack-sentinel.yaml"))
+        #expect(try await eventually(timeout: .seconds(30)) {
+            let pods = try? await client.get(.statefulSets, namespace: "default", name: "shop-us-1")[path: "spec.template.spec.containers"]?.array
+            return pods?.compactMap { $0["name"]?.string } == ["redis", "sentinel", "pylon-sidecar"]
+        })
+        let sentinelConfig = try await client.get(.configMaps, namespace: "default", name: "shop-us-1-sidecar")[path: "data"]?["sidecar.yml"]?.string ?? ""
+        #expect(sentinelConfig.contains("redis: redis-sentinel://shop-us-1-0.shop-us-1-headless.default.svc:26379,") && sentinelConfig.contains("\"3=14990\""), "\(sentinelConfig)")
 
         // Deleting the world while racks remain is refused with a clear condition.
         try await client.delete(Pylon.worlds, namespace: "default", name: "shop")
@@ -136,6 +144,7 @@ struct OperatorTests {
         // Deleting the racks retires them: objects gone, consumer group gone; then the world goes.
         try await client.delete(Pylon.racks, namespace: "default", name: "shop-eu-1")
         try await client.delete(Pylon.racks, namespace: "default", name: "shop-eu-2")
+        try await client.delete(Pylon.racks, namespace: "default", name: "shop-us-1")
         #expect(try await eventually(timeout: .seconds(60)) {
             let racks = try await client.list(Pylon.racks, namespace: "default").items
             let worlds = try await client.list(Pylon.worlds, namespace: "default").items
