@@ -3,7 +3,7 @@ SHELL := /bin/bash
 SWIFT ?= swift
 CONFIG ?= debug
 
-.PHONY: deps kube build release test unit-test integration-test run bench clean
+.PHONY: deps kube build release test unit-test integration-test run bench manifests images clean
 
 ## deps: install the Debian packages Pylon needs (idempotent; skips what is installed)
 deps:
@@ -38,6 +38,17 @@ bench: release
 	@scripts/bench-writes.sh
 	@scripts/bench-world.sh
 	@scripts/bench-operator.sh
+
+## manifests: write manifests/pylon.yaml (what `kubectl apply -f manifests/` installs) from its parts
+manifests:
+	@scripts/manifests.sh
+
+## images: the sidecar and operator images (needs a Docker engine, which this machine lacks)
+IMAGE_PREFIX ?= ghcr.io/pylon
+IMAGE_TAG ?= latest
+images:
+	docker build --target sidecar -t $(IMAGE_PREFIX)/pylon-sidecar:$(IMAGE_TAG) .
+	docker build --target operator -t $(IMAGE_PREFIX)/pylon-operator:$(IMAGE_TAG) .
 
 clean:
 	rm -rf .build

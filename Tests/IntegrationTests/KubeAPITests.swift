@@ -17,12 +17,44 @@ struct KubeAPITests {
     static let worlds = KubeResource(group: "pylon.io", version: "v1alpha1", plural: "pylonworlds")
     static let racks = KubeResource(group: "pylon.io", version: "v1alpha1", plural: "pylonracks")
 
-    /// Installs the CRDs and waits until the API server serves them.
-    static func installCRDs(_ client: KubeClient) async throws {
-        for file in ["crds/pylonworlds.yaml", "crds/pylonracks.yaml"] {
-            let crd = try self.manifest(file)
-            _ = try await client.apply(.customResourceDefinitions, name: crd[path: "metadata.name"]!.string!, crd)
+    /// Where each kind of the install manifests lives.
+    static func resource(of object: JSON) -> KubeResource? {
+        switch (object["apiVersion"]?.string ?? "", object["kind"]?.string ?? "") {
+        case ("apiextensions.k8s.io/v1", "CustomResourceDefinition"): .customResourceDefinitions
+        case ("v1", "Namespace"): .namespaces
+        case ("v1", "ServiceAccount"): KubeResource(group: "", version: "v1", plural: "serviceaccounts")
+        case ("v1", "Service"): .services
+        case ("rbac.authorization.k8s.io/v1", "ClusterRole"): KubeResource(group: "rbac.authorization.k8s.io", version: "v1", plural: "clusterroles", namespaced: false)
+        case ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding"): KubeResource(group: "rbac.authorization.k8s.io", version: "v1", plural: "clusterrolebindings", namespaced: false)
+        case ("rbac.authorization.k8s.io/v1", "Role"): KubeResource(group: "rbac.authorization.k8s.io", version: "v1", plural: "roles")
+        case ("rbac.authorization.k8s.io/v1", "RoleBinding"): KubeResource(group: "rbac.authorization.k8s.io", version: "v1", plural: "rolebindings")
+        case ("apps/v1", "Deployment"): KubeResource(group: "apps", version: "v1", plural: "deployments")
+        default: nil
         }
+    }
+
+    /// What `kubectl apply --server-side -f FILE` does: every document applied, in order.
+    static func apply(file: String, _ client: KubeClient) async throws {
+        for object in try JSON.documents(yaml: String(contentsOf: self.manifests.appendingPathComponent(file), encoding: .utf8)) where object != .null {
+            guard let resource = self.resource(of: object) else { throw HarnessError("\(file): no resource known for \(object["kind"] ?? "?")") }
+            _ = try await client.apply(resource, namespace: resource.namespaced ? object[path: "metadata.namespace"]?.string ?? "default" : nil, name: object[path: "metadata.name"]?.string ?? "", object)
+        }
+    }
+
+    /// Installs Pylon as a user does (`kubectl apply -f manifests/`: CRDs, RBAC, the operator's
+    /// Deployment) and waits until the API server serves the CRDs.
+    static func install(_ client: KubeClient) async throws {
+        try await self.apply(file: "pylon.yaml", client)
+        try await self.waitForCRDs(client)
+    }
+
+    /// Installs the CRDs alone and waits until the API server serves them.
+    static func installCRDs(_ client: KubeClient) async throws {
+        for file in ["crds/pylonworlds.yaml", "crds/pylonracks.yaml"] { try await self.apply(file: file, client) }
+        try await self.waitForCRDs(client)
+    }
+
+    static func waitForCRDs(_ client: KubeClient) async throws {
         for name in ["pylonworlds.pylon.io", "pylonracks.pylon.io"] {
             #expect(try await eventually(timeout: .seconds(30)) {
                 let crd = try await client.get(.customResourceDefinitions, name: name)
@@ -169,5 +201,42 @@ struct KubeAPITests {
         // And it watches on from the new list.
         _ = try await client.create(.configMaps, namespace: "default", ["apiVersion": "v1", "kind": "ConfigMap", "metadata": ["name": "later"]])
         #expect(try await eventually { view.withLock { $0["later"] != nil } })
+    }
+
+    @Test func kubectlApplyOfTheManifestsFolderInstallsPylon() async throws {
+        // pylon.yaml is its parts, in order (scripts/manifests.sh writes it; `make manifests`).
+        func documents(_ files: [String]) throws -> [JSON] {
+            try files.flatMap { try JSON.documents(yaml: String(contentsOf: Self.manifests.appendingPathComponent($0), encoding: .utf8)) }.filter { $0 != .null }
+        }
+        let parts = try ["crds", "rbac", "operator"].flatMap { folder in
+            try FileManager.default.contentsOfDirectory(atPath: Self.manifests.appendingPathComponent(folder).path).filter { $0.hasSuffix(".yaml") }.sorted().map { "\(folder)/\($0)" }
+        }
+        #expect(try documents(["pylon.yaml"]) == documents(parts), "manifests/pylon.yaml is stale: run make manifests")
+        // The top level holds nothing else kubectl would apply.
+        #expect(try FileManager.default.contentsOfDirectory(atPath: Self.manifests.path).filter { $0.hasSuffix(".yaml") || $0.hasSuffix(".json") } == ["pylon.yaml"])
+
+        let api = try await KubeAPIServer()
+        defer { api.stop() }
+        let client = api.client()
+        try await Self.install(client)
+        let deployment = try await client.get(KubeResource(group: "apps", version: "v1", plural: "deployments"), namespace: "pylon-system", name: "pylon-operator")
+        #expect(deployment[path: "spec.template.spec.serviceAccountName"] == "pylon-operator")
+        #expect(deployment[path: "spec.template.spec.securityContext.runAsNonRoot"] == true)
+        #expect(deployment[path: "spec.template.spec.containers"]?.array?.first?["securityContext"]?["readOnlyRootFilesystem"] == true)
+        // Applying again changes nothing (the same resourceVersions).
+        let before = deployment[path: "metadata.resourceVersion"]
+        try await Self.install(client)
+        #expect(try await client.get(KubeResource(group: "apps", version: "v1", plural: "deployments"), namespace: "pylon-system", name: "pylon-operator")[path: "metadata.resourceVersion"] == before)
+        // The operator's identity may do what it needs, and not more.
+        let asOperator = api.client(token: api.operatorToken)
+        _ = try await asOperator.list(Pylon.racks)
+        _ = try await asOperator.list(.statefulSets)
+        func status(_ request: () async throws -> Any) async -> Int {
+            do { _ = try await request() } catch let error as KubeError { return error.status } catch { return -1 }
+            return 200
+        }
+        #expect(await status { try await asOperator.list(.secrets, namespace: "default") } == 403)
+        #expect(await status { try await asOperator.list(.leases, namespace: "default") } == 403)  // Leases only in its own namespace
+        #expect(await status { try await asOperator.get(.leases, namespace: "pylon-system", name: "absent") } == 404)
     }
 }

@@ -18,9 +18,12 @@ struct OperatorTests {
         defer { api.stop() }
         let broker = try KafkaBroker()
         let client = api.client()
-        try await KubeAPITests.installCRDs(client)
+        // Installed as users install it; the operator runs as its ServiceAccount, with only the
+        // rights manifests/rbac grants it: anything more it needs fails this test.
+        try await KubeAPITests.install(client)
+        let operatorClient = api.client(token: api.operatorToken)
         let service = PylonOperatorService(
-            client: client, settings: .init(namespace: "default", renderer: .init(sidecarImage: "pylon/sidecar:test"), caughtUpLag: 10, resync: .seconds(1)),
+            client: operatorClient, settings: .init(namespace: "default", renderer: .init(sidecarImage: "pylon/sidecar:test"), caughtUpLag: 10, resync: .seconds(1)),
             logger: Logger(label: "test")
         )
         service.start()
@@ -86,13 +89,13 @@ struct OperatorTests {
         #expect(try await eventually(timeout: .seconds(30)) { try await caughtUp("True", lag: 0) })
         // Settled, the rack is reconciled every second (its resync here) and nothing is written:
         // each object is read and found as the operator left it, and the status is unchanged.
-        func writes() -> Int { client.requests.withLock { $0.filter { !["GET", "WATCH"].contains($0.key) }.values.reduce(0, +) } }
+        func writes() -> Int { operatorClient.requests.withLock { $0.filter { !["GET", "WATCH"].contains($0.key) }.values.reduce(0, +) } }
         func rackReconciles() -> Int { Self.metric(service.metrics.render(), #"pylon_operator_reconciles_total{kind="PylonRack"}"#) }
         try await Task.sleep(for: .seconds(1))
         let (writesBefore, reconcilesBefore) = (writes(), rackReconciles())
         try await Task.sleep(for: .seconds(3))
         #expect(rackReconciles() >= reconcilesBefore + 2)
-        #expect(writes() == writesBefore, "\(client.requests.withLock { $0 })")
+        #expect(writes() == writesBefore, "\(operatorClient.requests.withLock { $0 })")
         #expect(service.metrics.render().contains(#"pylon_operator_reconcile_duration_seconds_bucket{kind="PylonRack",le="0.05"}"#))
         // Events tell what the operator did.
         let events = try await client.list(.events, namespace: "default").items
@@ -169,9 +172,9 @@ struct OperatorTests {
         defer { api.stop() }
         let broker = try KafkaBroker()
         let client = api.client()
-        try await KubeAPITests.installCRDs(client)
+        try await KubeAPITests.install(client)
         try api.startGarbageCollector()
-        let service = PylonOperatorService(client: client, settings: .init(namespace: "default", resync: .seconds(1)), logger: Logger(label: "test"))
+        let service = PylonOperatorService(client: api.client(token: api.operatorToken), settings: .init(namespace: "default", resync: .seconds(1)), logger: Logger(label: "test"))
         service.start()
         var worldObject = try KubeAPITests.manifest("samples/world.yaml")
         worldObject["spec"]?["kafka"]?["bootstrapServers"] = .string(broker.bootstrap)
@@ -218,13 +221,13 @@ struct OperatorExecutableTests {
         let api = try await KubeAPIServer()
         defer { api.stop() }
         let client = api.client()
-        try await KubeAPITests.installCRDs(client)
-        let kubeconfig = try api.kubeconfig()
+        try await KubeAPITests.install(client)
+        let kubeconfig = try api.kubeconfig(token: api.operatorToken)
         let scratch = try ScratchDirectory()
         let ports = try [Ports.free(), Ports.free()]
         let replicas = try (0..<2).map { index in
             try LocalProcess(Self.executable.path, [
-                "--kubeconfig", kubeconfig, "--namespace", "default", "--leader-elect", "--identity", "replica-\(index)",
+                "--kubeconfig", kubeconfig, "--namespace", "default", "--leader-elect", "--lease-namespace", "pylon-system", "--identity", "replica-\(index)",
                 "--lease-duration-s", "3", "--admin", "127.0.0.1:\(ports[index])", "--sidecar-image", "pylon/sidecar:test",
             ], name: "pylon-operator \(index)", log: scratch.url.appendingPathComponent("operator-\(index).log"))
         }
@@ -235,7 +238,7 @@ struct OperatorExecutableTests {
             return gauges.compactMap { $0 }.sorted() == [0, 1]
         }, "\(gauges)")
         let leader = gauges[0] == 1 ? 0 : 1
-        let lease = try await client.get(.leases, namespace: "default", name: "pylon-operator")
+        let lease = try await client.get(.leases, namespace: "pylon-system", name: "pylon-operator")
         #expect(lease[path: "spec.holderIdentity"] == .string("replica-\(leader)"))
         // The leader reconciles.
         _ = try await client.create(Pylon.worlds, namespace: "default", try KubeAPITests.manifest("samples/world.yaml"))
@@ -246,7 +249,7 @@ struct OperatorExecutableTests {
         // Killed, it is replaced once its Lease expires; the new leader reconciles what changes.
         replicas[leader].stop(signal: SIGKILL)
         #expect(try await eventually(timeout: .seconds(20)) { await self.leaderGauge(ports[1 - leader]) == 1 })
-        #expect(try await client.get(.leases, namespace: "default", name: "pylon-operator")[path: "spec.holderIdentity"] == .string("replica-\(1 - leader)"))
+        #expect(try await client.get(.leases, namespace: "pylon-system", name: "pylon-operator")[path: "spec.holderIdentity"] == .string("replica-\(1 - leader)"))
         _ = try await client.create(Pylon.racks, namespace: "default", try KubeAPITests.manifest("samples/rack-cluster.yaml"))
         #expect(try await eventually(timeout: .seconds(30)) {
             (try? await client.get(.statefulSets, namespace: "default", name: "shop-eu-2")) != nil

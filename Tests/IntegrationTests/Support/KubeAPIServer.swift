@@ -20,6 +20,9 @@ final class KubeAPIServer: Sendable {
     private let arguments: [String]
     /// The bearer token of `admin` (group system:masters).
     let token = "pylon-test-admin-token"
+    /// The bearer token of the operator's ServiceAccount (`manifests/rbac`), with only the rights
+    /// its roles grant.
+    let operatorToken = "pylon-test-operator-token"
     let etcdPort: Int
 
     /// Where install-kube.sh keeps the binaries.
@@ -53,7 +56,7 @@ final class KubeAPIServer: Sendable {
                 "--initial-advertise-peer-urls", "http://127.0.0.1:\(peerPort)", "--initial-cluster", "default=http://127.0.0.1:\(peerPort)",
             ], name: "etcd", log: directory.url.appendingPathComponent("etcd.log"))
             try Ports.waitUntilOpen(etcdPort)
-            try "\(self.token),admin,1,system:masters\n".write(toFile: "\(path)/tokens.csv", atomically: true, encoding: .utf8)
+            try "\(self.token),admin,1,system:masters\n\(self.operatorToken),system:serviceaccount:pylon-system:pylon-operator,2\n".write(toFile: "\(path)/tokens.csv", atomically: true, encoding: .utf8)
             let keygen = Process()
             keygen.executableURL = URL(fileURLWithPath: "/usr/bin/openssl")
             keygen.arguments = ["genrsa", "-out", "\(path)/sa.key", "2048"]
@@ -128,18 +131,24 @@ final class KubeAPIServer: Sendable {
         KubeConfig(server: "https://127.0.0.1:\(self.port)", caPEM: self.caPEM, token: .fixed(self.token))
     }
 
-    func client() -> KubeClient { KubeClient(config: self.config) }
+    /// A client as `admin`, or with another bearer token (`operatorToken`).
+    func client(token: String? = nil) -> KubeClient {
+        var config = self.config
+        if let token { config.token = .fixed(token) }
+        return KubeClient(config: config)
+    }
 
     /// A kubeconfig file for kubectl and for `--kubeconfig`.
-    func kubeconfig() throws -> String {
-        let file = self.directory.url.appendingPathComponent("kubeconfig").path
+    func kubeconfig(token: String? = nil) throws -> String {
+        let token = token ?? self.token
+        let file = self.directory.url.appendingPathComponent("kubeconfig-\(token)").path
         try """
         apiVersion: v1
         kind: Config
         current-context: test
         contexts: [{name: test, context: {cluster: test, user: admin, namespace: default}}]
         clusters: [{name: test, cluster: {server: "https://127.0.0.1:\(self.port)", certificate-authority-data: \((self.caPEM ?? Data()).base64EncodedString())}}]
-        users: [{name: admin, user: {token: \(self.token)}}]
+        users: [{name: admin, user: {token: \(token)}}]
         """.write(toFile: file, atomically: true, encoding: .utf8)
         return file
     }
