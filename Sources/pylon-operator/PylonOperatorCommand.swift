@@ -29,6 +29,20 @@ struct PylonOperatorCommand: AsyncParsableCommand {
     var leaseDuration = 15
     @Option(name: .customLong("sidecar-image"), help: "The pylon-sidecar image racks run unless they name one.")
     var sidecarImage = "ghcr.io/pylon/pylon-sidecar:latest"
+    @Option(help: "Serve the sidecar-injection admission webhook (HTTPS, POST /mutate-pods) at HOST:PORT, e.g. 0.0.0.0:9443 (default: off).")
+    var webhook: String?
+    @Option(name: .customLong("webhook-hosts"), help: "Names and addresses the webhook's certificate is for, comma-separated (default: pylon-webhook.NAMESPACE.svc).")
+    var webhookHosts: String?
+    @Option(name: .customLong("webhook-cert-secret"), help: "The Secret (in the lease namespace) where the operator keeps the webhook certificate it makes and renews.")
+    var webhookCertSecret = "pylon-webhook-cert"
+    @Option(name: .customLong("webhook-cert-dir"), help: "Serve tls.crt/tls.key from this folder and trust ca.crt (a certificate another tool renews, e.g. cert-manager's) instead of making one.")
+    var webhookCertDir: String?
+    @Option(name: .customLong("webhook-cert-validity-s"), help: "Life of a certificate the operator makes, in seconds; renewed two thirds in (default: one year).")
+    var webhookCertValidity = 365 * 24 * 3600
+    @Option(name: .customLong("webhook-configuration"), help: "The MutatingWebhookConfiguration whose caBundle the operator keeps.")
+    var webhookConfiguration = "pylon-sidecar-injector"
+    @Option(name: .customLong("native-sidecars"), help: "auto (from the cluster's version: 1.29+), on or off: inject the sidecar as a restartable init container.")
+    var nativeSidecars = "auto"
     @Option(help: "Admin HTTP address for /healthz, /readyz and /metrics.")
     var admin = "0.0.0.0:9490"
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical.")
@@ -59,6 +73,27 @@ struct PylonOperatorCommand: AsyncParsableCommand {
             ),
             logger: logger
         )
+        var webhook: WebhookService?
+        if let address = self.webhook {
+            let parts = address.split(separator: ":")
+            guard parts.count == 2, let port = Int(parts[1]) else { throw ValidationError("--webhook: expected HOST:PORT, got '\(address)'") }
+            let native: Bool?
+            switch self.nativeSidecars {
+            case "auto": native = nil
+            case "on": native = true
+            case "off": native = false
+            default: throw ValidationError("--native-sidecars: expected auto, on or off")
+            }
+            let namespace = self.leaseNamespace ?? config.namespace
+            let hosts = self.webhookHosts.map { $0.split(separator: ",").map(String.init) } ?? ["pylon-webhook.\(namespace).svc"]
+            let source: WebhookCertificates.Source = self.webhookCertDir.map { .directory($0) }
+                ?? .secret(namespace: namespace, name: self.webhookCertSecret, hosts: hosts, validity: TimeInterval(self.webhookCertValidity))
+            webhook = try await WebhookService.start(
+                client: client, renderer: RackRenderer(settings: .init(sidecarImage: self.sidecarImage)),
+                settings: .init(host: String(parts[0]), port: port, certificates: source, configuration: self.webhookConfiguration, nativeSidecars: native),
+                logger: logger
+            )
+        }
         let leaderElect = self.leaderElect
         let server = try await AdminServer.start(host: String(adminParts[0]), port: adminPort, group: MultiThreadedEventLoopGroup.singleton, routes: [
             "/healthz": { .init(body: "ok\n") },
@@ -85,6 +120,7 @@ struct PylonOperatorCommand: AsyncParsableCommand {
         work.cancel()
         await work.value
         await service.stop()
+        await webhook?.stop()
         await server.close()
     }
 }

@@ -29,6 +29,7 @@ struct KubeAPITests {
         case ("rbac.authorization.k8s.io/v1", "Role"): KubeResource(group: "rbac.authorization.k8s.io", version: "v1", plural: "roles")
         case ("rbac.authorization.k8s.io/v1", "RoleBinding"): KubeResource(group: "rbac.authorization.k8s.io", version: "v1", plural: "rolebindings")
         case ("apps/v1", "Deployment"): KubeResource(group: "apps", version: "v1", plural: "deployments")
+        case ("admissionregistration.k8s.io/v1", "MutatingWebhookConfiguration"): WebhookTests.mutatingWebhookConfigurations
         default: nil
         }
     }
@@ -208,7 +209,7 @@ struct KubeAPITests {
         func documents(_ files: [String]) throws -> [JSON] {
             try files.flatMap { try JSON.documents(yaml: String(contentsOf: Self.manifests.appendingPathComponent($0), encoding: .utf8)) }.filter { $0 != .null }
         }
-        let parts = try ["crds", "rbac", "operator"].flatMap { folder in
+        let parts = try ["crds", "rbac", "operator", "webhook"].flatMap { folder in
             try FileManager.default.contentsOfDirectory(atPath: Self.manifests.appendingPathComponent(folder).path).filter { $0.hasSuffix(".yaml") }.sorted().map { "\(folder)/\($0)" }
         }
         #expect(try documents(["pylon.yaml"]) == documents(parts), "manifests/pylon.yaml is stale: run make manifests")

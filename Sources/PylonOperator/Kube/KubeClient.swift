@@ -26,6 +26,7 @@ public struct KubeResource: Sendable, Hashable {
     }
 
     public static let namespaces = KubeResource(group: "", version: "v1", plural: "namespaces", namespaced: false)
+    public static let pods = KubeResource(group: "", version: "v1", plural: "pods")
     public static let configMaps = KubeResource(group: "", version: "v1", plural: "configmaps")
     public static let secrets = KubeResource(group: "", version: "v1", plural: "secrets")
     public static let services = KubeResource(group: "", version: "v1", plural: "services")

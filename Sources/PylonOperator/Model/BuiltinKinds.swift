@@ -104,6 +104,9 @@ public struct Container: Codable, Sendable, Equatable {
     /// Limits and requests, passed through as the rack gives them.
     public var resources: JSON?
     public var volumeMounts: [VolumeMount]?
+    /// `Always` on an init container makes it a native sidecar (Kubernetes 1.29+): started before
+    /// the app's containers, kept running beside them, stopped after them.
+    public var restartPolicy: String?
 
     public init(name: String, image: String, command: [String]? = nil, args: [String]? = nil) {
         self.name = name

@@ -15,9 +15,6 @@ extension KubeObject {
     /// "namespace/name": the key of the object in caches and logs.
     public var key: String { "\(self.metadata.namespace ?? "")/\(self.metadata.name ?? "")" }
 
-    /// The object as JSON (what goes on the wire).
-    public var json: JSON { (try? JSON(encoding: self)) ?? .null }
-
     /// The object decoded from the API server's JSON.
     public init(json: JSON) throws { self = try json.decode(Self.self) }
 }
@@ -110,6 +107,11 @@ extension [Condition] {
             return condition
         }
     }
+}
+
+extension Encodable {
+    /// The value as JSON (what goes on the wire).
+    public var json: JSON { (try? JSON(encoding: self)) ?? .null }
 }
 
 extension JSON {

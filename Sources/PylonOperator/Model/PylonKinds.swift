@@ -70,7 +70,12 @@ public struct PylonRack: KubeObject, Equatable {
     }
 
     public enum Topology: String, Codable, Sendable {
-        case standalone, sentinel, cluster, external
+        /// The operator runs the Redis pods, each with a sidecar.
+        case standalone, sentinel, cluster
+        /// Sidecars in front of a Redis that runs elsewhere (`redis.external.url`).
+        case external
+        /// The user's own Redis pods, which get the sidecar from the admission webhook.
+        case injected
     }
 
     public struct Redis: Codable, Sendable, Equatable {

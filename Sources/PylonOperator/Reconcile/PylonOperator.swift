@@ -210,8 +210,14 @@ public final class PylonOperatorService: Sendable {
             let current = try await self.apply(object)
             if let current = current as? StatefulSet { statefulSet = current }
         }
-        let wanted = statefulSet?.spec.replicas ?? 0
-        let ready = statefulSet?.status?.readyReplicas ?? 0
+        var (wanted, ready) = (statefulSet?.spec.replicas ?? 0, statefulSet?.status?.readyReplicas ?? 0)
+        if rack.topology == .injected {
+            // The user's own pods, which the webhook gave a sidecar.
+            let selector = SidecarInjector.labels(rack: name).sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: ",")
+            let pods = try await self.client.list(.pods, namespace: namespace, labelSelector: selector).items
+            wanted = pods.count
+            ready = pods.filter { pod in pod[path: "status.conditions"]?.array?.contains { $0["type"] == "Ready" && $0["status"] == "True" } == true }.count
+        }
         status.ready = "\(ready)/\(wanted)"
         status.phase = ready == wanted && wanted > 0 ? "Running" : "Pending"
         let caughtUp: Condition

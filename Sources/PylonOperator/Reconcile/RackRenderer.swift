@@ -4,7 +4,8 @@ import Foundation
 /// sidecar's configuration (a ConfigMap), a headless Service (pod DNS), a client Service (port
 /// 6379 → the sidecars), the StatefulSet of Redis pods each with a pylon sidecar (and a Sentinel,
 /// for the sentinel topology), a PodDisruptionBudget, and for a Redis Cluster rack the Job that
-/// creates the cluster once its pods are up. Every object is owned by the rack and applied with
+/// creates the cluster once its pods are up. An `injected` rack's pods are the user's own: it gets
+/// the configuration and the Services, and the admission webhook adds `sidecar(…)` to its pods. Every object is owned by the rack and applied with
 /// server-side apply, so re-applying is a no-op.
 public struct RackRenderer: Sendable {
     public struct Settings: Sendable {
@@ -36,17 +37,20 @@ public struct RackRenderer: Sendable {
         ]
         if shape.topology == .sentinel { ports.append(Service.Port(name: "sentinel", port: 26379, targetPort: "sentinel")) }
         var objects: [any KubeObject] = [
-            ConfigMap(metadata: shape.metadata("\(shape.name)-sidecar"), data: ["sidecar.yml": configText]),
+            ConfigMap(metadata: shape.metadata(Self.configMapName(rack: shape.name)), data: ["sidecar.yml": configText]),
             Service(metadata: shape.metadata(shape.headless), spec: .init(
-                clusterIP: "None", publishNotReadyAddresses: true, selector: Pylon.selector(rack: shape.name), ports: ports
+                clusterIP: "None", publishNotReadyAddresses: true, selector: shape.podSelector, ports: ports
             )),
             // Clients speak to the sidecars on Redis's usual port.
             Service(metadata: shape.metadata(shape.name), spec: .init(
-                selector: Pylon.selector(rack: shape.name), ports: [Service.Port(name: "redis", port: 6379, targetPort: "pylon")]
+                selector: shape.podSelector, ports: [Service.Port(name: "redis", port: 6379, targetPort: "pylon")]
             )),
-            self.statefulSet(rack: rack, world: world, shape: shape, configHash: Self.hash(configText)),
-            PodDisruptionBudget(metadata: shape.metadata(shape.name), spec: .init(maxUnavailable: 1, selector: LabelSelector(matchLabels: Pylon.selector(rack: shape.name)))),
         ]
+        // The operator's own pods (an injected rack's belong to the user's workload).
+        if shape.topology != .injected {
+            objects.append(self.statefulSet(rack: rack, world: world, shape: shape, configHash: Self.hash(configText)))
+            objects.append(PodDisruptionBudget(metadata: shape.metadata(shape.name), spec: .init(maxUnavailable: 1, selector: LabelSelector(matchLabels: shape.podSelector))))
+        }
         if shape.topology == .cluster { objects.append(self.clusterBootstrap(rack: rack, shape: shape)) }
         return objects
     }
@@ -82,7 +86,7 @@ public struct RackRenderer: Sendable {
         let kafka = world.spec.kafka
         let redis: String
         switch shape.topology {
-        case .standalone: redis = "redis://127.0.0.1:6379"  // the Redis container of the same pod
+        case .standalone, .injected: redis = "redis://127.0.0.1:6379"  // the Redis container of the same pod
         case .sentinel: redis = "redis-sentinel://\(shape.podHosts.map { "\($0):26379" }.joined(separator: ","))/\(shape.name)"
         case .cluster: redis = "redis-cluster://\(shape.headless).\(shape.namespace).svc:6379"
         case .external:
@@ -149,24 +153,36 @@ public struct RackRenderer: Sendable {
         }
     }
 
-    func statefulSet(rack: PylonRack, world: PylonWorld, shape: RackShape, configHash: String) -> StatefulSet {
+    static func configMapName(rack: String) -> String { "\(rack)-sidecar" }
+
+    /// The pylon sidecar container of a rack's pods and the volumes it mounts (its configuration,
+    /// the world's Kafka Secrets): in the operator's StatefulSets and in pods the webhook injects.
+    public func sidecar(rack: PylonRack, world: PylonWorld) -> (container: Container, volumes: [Volume]) {
         var secrets: [(volume: String, secret: String, path: String)] = []
-        if let secret = world.spec.kafka.tls?.secretName { secrets.append(("kafka-tls", secret, Self.kafkaTLSPath)) }
-        if let secret = world.spec.kafka.sasl?.secretName { secrets.append(("kafka-sasl", secret, Self.kafkaSASLPath)) }
+        if let secret = world.spec.kafka.tls?.secretName { secrets.append(("pylon-kafka-tls", secret, Self.kafkaTLSPath)) }
+        if let secret = world.spec.kafka.sasl?.secretName { secrets.append(("pylon-kafka-sasl", secret, Self.kafkaSASLPath)) }
         var sidecar = Container(
-            name: "pylon-sidecar", image: rack.spec.sidecar?.image ?? self.settings.sidecarImage,
+            name: Self.sidecarName, image: rack.spec.sidecar?.image ?? self.settings.sidecarImage,
             args: ["--config", "/etc/pylon/config/sidecar.yml", "--sidecar-name", "$(POD_NAME)"]
         )
         sidecar.env = [.field("POD_NAME", "metadata.name")]
-        sidecar.ports = [ContainerPort(name: "pylon", containerPort: 6380), ContainerPort(name: "admin", containerPort: 9480)]
-        sidecar.readinessProbe = .http("/readyz", port: "admin", every: 5)
-        sidecar.livenessProbe = .http("/healthz", port: "admin", every: 10)
+        sidecar.ports = [ContainerPort(name: "pylon", containerPort: 6380), ContainerPort(name: "pylon-admin", containerPort: 9480)]
+        sidecar.readinessProbe = .http("/readyz", port: "pylon-admin", every: 5)
+        sidecar.livenessProbe = .http("/healthz", port: "pylon-admin", every: 10)
         sidecar.resources = rack.spec.sidecar?.resources
-        sidecar.volumeMounts = [VolumeMount(name: "sidecar-config", mountPath: "/etc/pylon/config")]
+        sidecar.volumeMounts = [VolumeMount(name: "pylon-sidecar-config", mountPath: "/etc/pylon/config")]
             + secrets.map { VolumeMount(name: $0.volume, mountPath: $0.path, readOnly: true) }
+        let volumes = [Volume(name: "pylon-sidecar-config", configMap: .init(name: Self.configMapName(rack: rack.name)))]
+            + secrets.map { Volume(name: $0.volume, secret: .init(secretName: $0.secret)) }
+        return (sidecar, volumes)
+    }
 
-        var volumes = [Volume(name: "sidecar-config", configMap: .init(name: "\(shape.name)-sidecar"))]
-        volumes += secrets.map { Volume(name: $0.volume, secret: .init(secretName: $0.secret)) }
+    /// The sidecar container's name (a pod that has one is not injected again).
+    public static let sidecarName = "pylon-sidecar"
+
+    func statefulSet(rack: PylonRack, world: PylonWorld, shape: RackShape, configHash: String) -> StatefulSet {
+        let (sidecar, sidecarVolumes) = self.sidecar(rack: rack, world: world)
+        var volumes = sidecarVolumes
         var claims: [PersistentVolumeClaim]?
         var containers = [sidecar]
         if shape.topology != .external {
@@ -181,7 +197,7 @@ public struct RackRenderer: Sendable {
         }
         return StatefulSet(metadata: shape.metadata(shape.name), spec: .init(
             serviceName: shape.headless, replicas: shape.pods, podManagementPolicy: "Parallel",
-            selector: LabelSelector(matchLabels: Pylon.selector(rack: shape.name)),
+            selector: LabelSelector(matchLabels: shape.podSelector),
             template: PodTemplate(
                 // A new configuration rolls the pods.
                 metadata: ObjectMeta(labels: shape.labels, annotations: ["pylon.io/config-hash": configHash]),
@@ -215,7 +231,7 @@ public struct RackRenderer: Sendable {
             if [ -n "$master" ] && [ "$master" != "$me" ]; then set -- "$@" --replicaof "$master" 6379; fi
             exec "$@"
             """]
-        case .standalone, .external: break
+        case .standalone, .external, .injected: break
         }
         redis.ports = [ContainerPort(name: "redis", containerPort: 6379)]
         redis.readinessProbe = .exec(["redis-cli", "ping"], every: 5)
@@ -259,7 +275,7 @@ public struct RackRenderer: Sendable {
         )
         return [Service(metadata: metadata, spec: .init(
             clusterIP: "None", publishNotReadyAddresses: true,
-            selector: ["app.kubernetes.io/name": "pylon-rack", "pylon.io/world": world.name],
+            selector: ["pylon.io/world": world.name],
             ports: [Service.Port(name: "pylon", port: 6380, targetPort: "pylon")]
         ))]
     }
@@ -300,6 +316,7 @@ struct RackShape {
         let replicas = rack.spec.redis.replicas ?? 1
         switch rack.topology {
         case .standalone, .external: self.pods = 1
+        case .injected: self.pods = 0
         case .sentinel:
             guard replicas >= 2 else {
                 throw RackRenderer.RenderError(description: "spec.redis.replicas: the sentinel topology needs at least 2 replicas (three pods, so their Sentinels can reach a quorum); got \(replicas)")
@@ -310,6 +327,11 @@ struct RackShape {
     }
 
     var headless: String { "\(self.name)-headless" }
+
+    /// What selects the rack's pods: the operator's, or the user's own with an injected sidecar.
+    var podSelector: [String: String] {
+        self.topology == .injected ? SidecarInjector.labels(rack: self.name) : Pylon.selector(rack: self.name)
+    }
 
     /// Each pod's stable DNS name (through the headless Service).
     var podHosts: [String] { (0..<self.pods).map { "\(self.name)-\($0).\(self.headless).\(self.namespace).svc" } }

@@ -1,0 +1,108 @@
+import Foundation
+import Logging
+import PylonOperator
+import Testing
+
+/// The sidecar-injection webhook registered with a real kube-apiserver: pods are created through
+/// the API server, which calls the webhook over HTTPS (trusting the CA the operator published)
+/// and stores what it answered.
+@Suite("Webhook: sidecar injection", .serialized, .timeLimit(.minutes(5)))
+struct WebhookTests {
+    static let mutatingWebhookConfigurations = KubeResource(group: "admissionregistration.k8s.io", version: "v1", plural: "mutatingwebhookconfigurations", namespaced: false)
+    static let serviceAccounts = KubeResource(group: "", version: "v1", plural: "serviceaccounts")
+
+    /// The webhook configuration of manifests/webhook, sent to `port` on loopback instead of the
+    /// in-cluster Service (the test's apiserver is outside any cluster network).
+    static func registerWebhook(_ client: KubeClient, port: Int) async throws {
+        var configuration = try JSON.documents(yaml: String(contentsOf: KubeAPITests.manifests.appendingPathComponent("webhook/webhook.yaml"), encoding: .utf8))
+            .first { $0["kind"] == "MutatingWebhookConfiguration" }!
+        configuration["webhooks"] = .array((configuration["webhooks"]?.array ?? []).map { webhook in
+            var webhook = webhook
+            webhook["clientConfig"] = ["url": .string("https://127.0.0.1:\(port)/mutate-pods")]
+            return webhook
+        })
+        _ = try await client.apply(Self.mutatingWebhookConfigurations, name: "pylon-sidecar-injector", configuration)
+    }
+
+    func pod(_ name: String, labels: JSON = [:], annotations: JSON = [:], containers: [String] = ["redis"]) -> JSON {
+        [
+            "apiVersion": "v1", "kind": "Pod", "metadata": ["name": .string(name), "labels": labels, "annotations": annotations],
+            "spec": ["automountServiceAccountToken": false, "containers": .array(containers.map { ["name": .string($0), "image": "redis:7.0"] })],
+        ]
+    }
+
+    func containers(_ pod: JSON) -> [String] { pod[path: "spec.containers"]?.array?.compactMap { $0["name"]?.string } ?? [] }
+
+    @Test func optedInPodsGetTheSidecarAndNothingElseIsTouched() async throws {
+        let api = try await KubeAPIServer()
+        defer { api.stop() }
+        let admin = api.client()
+        try await KubeAPITests.install(admin)
+        // The webhook runs as the operator, with the rights manifests/rbac gives it; its
+        // certificate lives 8 s here, so it is renewed (at 2/3) while the test runs.
+        let webhook = try await WebhookService.start(
+            client: api.client(token: api.operatorToken), renderer: RackRenderer(settings: .init(sidecarImage: "pylon/sidecar:test")),
+            settings: .init(host: "127.0.0.1", port: 0, certificates: .secret(namespace: "pylon-system", name: "pylon-webhook-cert", hosts: ["127.0.0.1"], validity: 8)),
+            logger: Logger(label: "test")
+        )
+        var stopped = false
+        defer { if !stopped { Task { await webhook.stop() } } }
+        #expect(webhook.admission.injector.nativeSidecars == false)  // a 1.20 API server: a plain container
+        try await Self.registerWebhook(admin, port: try #require(webhook.port))
+        // The operator puts its CA into the configuration.
+        #expect(try await eventually(timeout: .seconds(20)) {
+            let webhooks = try await admin.get(Self.mutatingWebhookConfigurations, name: "pylon-sidecar-injector")["webhooks"]?.array ?? []
+            return webhooks.count == 2 && webhooks.allSatisfy { $0[path: "clientConfig.caBundle"]?.string?.isEmpty == false }
+        })
+        // A namespace of the user's, with a world and a rack whose pods are the user's own.
+        _ = try await admin.create(.namespaces, ["apiVersion": "v1", "kind": "Namespace", "metadata": ["name": "apps"]])
+        _ = try await admin.create(Self.serviceAccounts, namespace: "apps", ["apiVersion": "v1", "kind": "ServiceAccount", "metadata": ["name": "default"]])
+        var world = try KubeAPITests.manifest("samples/world.yaml")
+        world["metadata"]?["namespace"] = "apps"
+        _ = try await admin.create(Pylon.worlds, namespace: "apps", world)
+        let rack = try JSON.documents(yaml: String(contentsOf: KubeAPITests.manifests.appendingPathComponent("samples/pod-injected.yaml"), encoding: .utf8))
+        _ = try await admin.create(Pylon.racks, namespace: "apps", rack[0])
+
+        // The sample pod: injected, as stored by the API server.
+        let injected = try await admin.create(.pods, namespace: "apps", rack[1])
+        #expect(self.containers(injected) == ["redis", "pylon-sidecar"])
+        let sidecar = injected[path: "spec.containers"]?.array?.last
+        #expect(sidecar?["image"] == "pylon/sidecar:test")
+        #expect(injected[path: "spec.volumes"]?.array?.contains { $0[path: "configMap.name"] == "shop-app-1-sidecar" } == true)
+        #expect(injected[path: "metadata.labels"]?["pylon.io/world"] == "shop" && injected[path: "metadata.labels"]?["pylon.io/sidecar"] == "injected")
+        // Not opted in; already injected; opted out: stored as sent.
+        #expect(self.containers(try await admin.create(.pods, namespace: "apps", self.pod("plain"))) == ["redis"])
+        let optIn: JSON = ["pylon.io/inject": "true", "pylon.io/rack": "shop-app-1"]
+        #expect(self.containers(try await admin.create(.pods, namespace: "apps", self.pod("twice", labels: optIn, containers: ["redis", "pylon-sidecar"]))) == ["redis", "pylon-sidecar"])
+        #expect(self.containers(try await admin.create(.pods, namespace: "apps", self.pod("out", labels: optIn, annotations: ["pylon.io/inject": "false"]))) == ["redis"])
+        // A rack that does not exist: refused, saying what to do.
+        do {
+            _ = try await admin.create(.pods, namespace: "apps", self.pod("lost", labels: ["pylon.io/inject": "true", "pylon.io/rack": "nope"]))
+            Issue.record("a pod naming a missing rack was admitted")
+        } catch let error as KubeError {
+            #expect(error.message.contains("PylonRack nope does not exist in namespace apps"), "\(error)")
+        }
+        // A whole namespace opted in: its pods that name a rack get the sidecar without a label of their own.
+        _ = try await admin.patch(.namespaces, name: "apps", merge: ["metadata": ["labels": ["pylon.io/inject": "true"]]])
+        #expect(self.containers(try await admin.create(.pods, namespace: "apps", self.pod("by-namespace", labels: ["pylon.io/rack": "shop-app-1"]))) == ["redis", "pylon-sidecar"])
+        _ = try await admin.patch(.namespaces, name: "apps", merge: ["metadata": ["labels": ["pylon.io/inject": nil]]])
+
+        // Renewal: a new certificate (and CA) is made, served and trusted without a restart.
+        let first = webhook.certificate
+        #expect(try await eventually(timeout: .seconds(30)) { webhook.certificate != first })
+        let renewed = webhook.certificate
+        #expect(try renewed.caCertificates().count == 2)  // the new CA, and the old one until it expires
+        #expect(try await eventually(timeout: .seconds(20)) {
+            let webhooks = try await admin.get(Self.mutatingWebhookConfigurations, name: "pylon-sidecar-injector")["webhooks"]?.array ?? []
+            return webhooks.allSatisfy { $0[path: "clientConfig.caBundle"]?.string == Data(renewed.caBundlePEM.utf8).base64EncodedString() }
+        })
+        #expect(self.containers(try await admin.create(.pods, namespace: "apps", self.pod("after-renewal", labels: optIn))) == ["redis", "pylon-sidecar"])
+
+        // The webhook down: pods that did not opt in are created as ever; opted-in ones are
+        // refused (failurePolicy Fail) rather than started without their sidecar.
+        await webhook.stop()
+        stopped = true
+        #expect(self.containers(try await admin.create(.pods, namespace: "apps", self.pod("unrelated"))) == ["redis"])
+        await #expect(throws: KubeError.self) { _ = try await admin.create(.pods, namespace: "apps", self.pod("waits", labels: optIn)) }
+    }
+}
