@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the Debian packages Pylon builds, tests and benchmarks with. Idempotent.
 set -euo pipefail
-packages=(redis-server redis-tools nutcracker librdkafka-dev libhiredis-dev curl libcurl4-openssl-dev)
+# golang-go: Go's text/template, the engine Helm renders charts with (scripts/render-chart.sh).
+packages=(redis-server redis-tools nutcracker librdkafka-dev libhiredis-dev curl libcurl4-openssl-dev golang-go)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -17,6 +18,12 @@ if ! command -v noida-db >/dev/null; then
   echo "installing: noida-db (pip)"
   python3 -m pip install -q --disable-pip-version-check noida-db==0.2.3 \
     || python3 -m pip install -q --disable-pip-version-check --break-system-packages noida-db==0.2.3
+fi
+# PyYAML: the chart's values.yaml read by scripts/render-chart.sh.
+if ! python3 -c "import yaml" 2>/dev/null; then
+  echo "installing: pyyaml (pip)"
+  python3 -m pip install -q --disable-pip-version-check pyyaml \
+    || python3 -m pip install -q --disable-pip-version-check --break-system-packages pyyaml
 fi
 # Debian starts a system redis-server on 6379 after installing; Pylon's scripts use their own ports.
 command -v swift >/dev/null || { echo "swift (6.1 or newer) is required: https://swift.org/install" >&2; exit 1; }
