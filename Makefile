@@ -3,7 +3,7 @@ SHELL := /bin/bash
 SWIFT ?= swift
 CONFIG ?= debug
 
-.PHONY: deps kube build release test unit-test integration-test run bench manifests images clean
+.PHONY: deps kube build release test unit-test integration-test run bench manifests chart images clean
 
 ## deps: install the Debian packages Pylon needs (idempotent; skips what is installed)
 deps:
@@ -39,9 +39,14 @@ bench: release
 	@scripts/bench-world.sh
 	@scripts/bench-operator.sh
 
-## manifests: write manifests/pylon.yaml (what `kubectl apply -f manifests/` installs) from its parts
-manifests:
+## manifests: render charts/pylon into manifests/ (rbac, operator, webhook, and pylon.yaml — what
+## `kubectl apply -f manifests/` installs)
+manifests: deps
 	@scripts/manifests.sh
+
+## chart: print charts/pylon rendered (`helm template` without helm); VALUES=file.yaml to override
+chart: deps
+	@scripts/render-chart.sh $(VALUES)
 
 ## images: the sidecar and operator images (needs a Docker engine, which this machine lacks)
 IMAGE_PREFIX ?= ghcr.io/pylon

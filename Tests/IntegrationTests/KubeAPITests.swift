@@ -228,6 +228,17 @@ struct KubeAPITests {
         let before = deployment[path: "metadata.resourceVersion"]
         try await Self.install(client)
         #expect(try await client.get(KubeResource(group: "apps", version: "v1", plural: "deployments"), namespace: "pylon-system", name: "pylon-operator")[path: "metadata.resourceVersion"] == before)
+        // Every sample's world and racks are accepted (the sample pod is the webhook test's).
+        var samples = 0
+        for file in try FileManager.default.contentsOfDirectory(atPath: Self.manifests.appendingPathComponent("samples").path).sorted() {
+            for document in try JSON.documents(yaml: String(contentsOf: Self.manifests.appendingPathComponent("samples/\(file)"), encoding: .utf8)) {
+                let resource: KubeResource? = switch document["kind"]?.string { case "PylonWorld": Self.worlds; case "PylonRack": Self.racks; default: nil }
+                guard let resource else { continue }
+                _ = try await client.create(resource, namespace: "default", document)
+                samples += 1
+            }
+        }
+        #expect(samples == 5)
         // The operator's identity may do what it needs, and not more.
         let asOperator = api.client(token: api.operatorToken)
         _ = try await asOperator.list(Pylon.racks)
