@@ -255,4 +255,46 @@ struct OperatorExecutableTests {
             (try? await client.get(.statefulSets, namespace: "default", name: "shop-eu-2")) != nil
         })
     }
+
+    @Test func theExecutableServesTheSidecarInjectionWebhook() async throws {
+        let api = try await KubeAPIServer()
+        defer { api.stop() }
+        let admin = api.client()
+        try await KubeAPITests.install(admin)
+        let scratch = try ScratchDirectory()
+        let (port, webhookPort) = (try Ports.free(), try Ports.free())
+        // As manifests/operator runs it (its ServiceAccount's rights, a certificate it makes),
+        // with the certificate for the loopback address the test's API server calls.
+        let process = try LocalProcess(Self.executable.path, [
+            "--kubeconfig", try api.kubeconfig(token: api.operatorToken), "--namespace", "apps", "--lease-namespace", "pylon-system",
+            "--admin", "127.0.0.1:\(port)", "--sidecar-image", "pylon/sidecar:test",
+            "--webhook", "127.0.0.1:\(webhookPort)", "--webhook-hosts", "127.0.0.1",
+        ], name: "pylon-operator", log: scratch.url.appendingPathComponent("operator.log"))
+        defer { process.stop() }
+        try Ports.waitUntilOpen(webhookPort)
+        try await WebhookTests.registerWebhook(admin, port: webhookPort)
+        #expect(try await eventually(timeout: .seconds(20)) {
+            let webhooks = try await admin.get(WebhookTests.mutatingWebhookConfigurations, name: "pylon-sidecar-injector")["webhooks"]?.array ?? []
+            return webhooks.allSatisfy { $0[path: "clientConfig.caBundle"]?.string?.isEmpty == false }
+        })
+        #expect(try await admin.get(.secrets, namespace: "pylon-system", name: "pylon-webhook-cert")["type"] == "kubernetes.io/tls")
+        _ = try await admin.create(.namespaces, ["apiVersion": "v1", "kind": "Namespace", "metadata": ["name": "apps"]])
+        _ = try await admin.create(WebhookTests.serviceAccounts, namespace: "apps", ["apiVersion": "v1", "kind": "ServiceAccount", "metadata": ["name": "default"]])
+        var world = try KubeAPITests.manifest("samples/world.yaml")
+        world["metadata"]?["namespace"] = "apps"
+        _ = try await admin.create(Pylon.worlds, namespace: "apps", world)
+        let sample = try JSON.documents(yaml: String(contentsOf: KubeAPITests.manifests.appendingPathComponent("samples/pod-injected.yaml"), encoding: .utf8))
+        _ = try await admin.create(Pylon.racks, namespace: "apps", sample[0])
+        let pod = try await admin.create(.pods, namespace: "apps", sample[1])
+        #expect(pod[path: "spec.containers"]?.array?.compactMap { $0["name"]?.string } == ["redis", "pylon-sidecar"])
+        // The injected rack: its configuration and Services, no StatefulSet; its pod counted.
+        #expect(try await eventually(timeout: .seconds(30)) {
+            let status = try await admin.get(Pylon.racks, namespace: "apps", name: "shop-app-1")["status"]
+            return status?["ready"] == "0/1" && status?["observedGeneration"] == 1
+        })
+        let service = try await admin.get(.services, namespace: "apps", name: "shop-app-1")
+        #expect(service[path: "spec.selector"] == ["pylon.io/rack": "shop-app-1", "pylon.io/sidecar": "injected"])
+        _ = try await admin.get(.configMaps, namespace: "apps", name: "shop-app-1-sidecar")
+        await #expect(throws: KubeError.self) { _ = try await admin.get(.statefulSets, namespace: "apps", name: "shop-app-1") }
+    }
 }
