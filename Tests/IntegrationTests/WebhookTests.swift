@@ -24,6 +24,20 @@ struct WebhookTests {
         _ = try await client.apply(Self.mutatingWebhookConfigurations, name: "pylon-sidecar-injector", configuration)
     }
 
+    /// A namespace of the user's, `apps`, with a world and the sample rack whose pods are the
+    /// user's own (samples/pod-injected.yaml); answers the sample's pod, not created yet.
+    static func userNamespace(_ admin: KubeClient) async throws -> JSON {
+        _ = try await admin.create(.namespaces, ["apiVersion": "v1", "kind": "Namespace", "metadata": ["name": "apps"]])
+        // Made by kube-controller-manager in a real cluster; pods cannot be created without it.
+        _ = try await admin.create(Self.serviceAccounts, namespace: "apps", ["apiVersion": "v1", "kind": "ServiceAccount", "metadata": ["name": "default"]])
+        var world = try KubeAPITests.manifest("samples/world.yaml")
+        world["metadata"]?["namespace"] = "apps"
+        _ = try await admin.create(Pylon.worlds, namespace: "apps", world)
+        let sample = try JSON.documents(yaml: String(contentsOf: KubeAPITests.manifests.appendingPathComponent("samples/pod-injected.yaml"), encoding: .utf8))
+        _ = try await admin.create(Pylon.racks, namespace: "apps", sample[0])
+        return sample[1]
+    }
+
     func pod(_ name: String, labels: JSON = [:], annotations: JSON = [:], containers: [String] = ["redis"]) -> JSON {
         [
             "apiVersion": "v1", "kind": "Pod", "metadata": ["name": .string(name), "labels": labels, "annotations": annotations],
@@ -54,17 +68,8 @@ struct WebhookTests {
             let webhooks = try await admin.get(Self.mutatingWebhookConfigurations, name: "pylon-sidecar-injector")["webhooks"]?.array ?? []
             return webhooks.count == 2 && webhooks.allSatisfy { $0[path: "clientConfig.caBundle"]?.string?.isEmpty == false }
         })
-        // A namespace of the user's, with a world and a rack whose pods are the user's own.
-        _ = try await admin.create(.namespaces, ["apiVersion": "v1", "kind": "Namespace", "metadata": ["name": "apps"]])
-        _ = try await admin.create(Self.serviceAccounts, namespace: "apps", ["apiVersion": "v1", "kind": "ServiceAccount", "metadata": ["name": "default"]])
-        var world = try KubeAPITests.manifest("samples/world.yaml")
-        world["metadata"]?["namespace"] = "apps"
-        _ = try await admin.create(Pylon.worlds, namespace: "apps", world)
-        let rack = try JSON.documents(yaml: String(contentsOf: KubeAPITests.manifests.appendingPathComponent("samples/pod-injected.yaml"), encoding: .utf8))
-        _ = try await admin.create(Pylon.racks, namespace: "apps", rack[0])
-
         // The sample pod: injected, as stored by the API server.
-        let injected = try await admin.create(.pods, namespace: "apps", rack[1])
+        let injected = try await admin.create(.pods, namespace: "apps", try await Self.userNamespace(admin))
         #expect(self.containers(injected) == ["redis", "pylon-sidecar"])
         let sidecar = injected[path: "spec.containers"]?.array?.last
         #expect(sidecar?["image"] == "pylon/sidecar:test")

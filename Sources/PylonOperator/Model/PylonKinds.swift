@@ -1,7 +1,18 @@
 /// Pylon's custom resources (`manifests/crds`), typed. Defaults mirror the CRDs' schema
 /// defaults, which the API server has normally filled in already.
 
-public struct PylonWorld: KubeObject, Equatable {
+/// A Pylon resource: a status with conditions, as of a generation.
+public protocol PylonObject: KubeObject {
+    associatedtype Status: Codable, Sendable, Equatable, ObservedStatus
+    var status: Status? { get set }
+}
+
+public protocol ObservedStatus {
+    var observedGeneration: Int? { get }
+    var conditions: [Condition]? { get set }
+}
+
+public struct PylonWorld: PylonObject, Equatable {
     public static let resource = Pylon.worlds
     public var apiVersion = Pylon.apiVersion
     public var kind = "PylonWorld"
@@ -38,7 +49,7 @@ public struct PylonWorld: KubeObject, Equatable {
         public var secretName: String
     }
 
-    public struct Status: Codable, Sendable, Equatable {
+    public struct Status: Codable, Sendable, Equatable, ObservedStatus {
         public var observedGeneration: Int?
         public var phase: String?
         public var topic: String?
@@ -54,7 +65,7 @@ public struct PylonWorld: KubeObject, Equatable {
     public func consumerGroup(rack: String) -> String { "pylon.\(self.name).\(rack)" }
 }
 
-public struct PylonRack: KubeObject, Equatable {
+public struct PylonRack: PylonObject, Equatable {
     public static let resource = Pylon.racks
     public var apiVersion = Pylon.apiVersion
     public var kind = "PylonRack"
@@ -122,7 +133,7 @@ public struct PylonRack: KubeObject, Equatable {
         public var offsets: [String: Int64]?
     }
 
-    public struct Status: Codable, Sendable, Equatable {
+    public struct Status: Codable, Sendable, Equatable, ObservedStatus {
         public var observedGeneration: Int?
         public var phase: String?
         /// "ready/wanted" pods.

@@ -345,33 +345,18 @@ public final class PylonOperatorService: Sendable {
     // MARK: - Status
 
     /// Applies the status subresource when it changed: `status` with these conditions, each
-    /// keeping its lastTransitionTime while its status does not change.
-    func setStatus(of rack: PylonRack, _ status: PylonRack.Status, conditions: [Condition]) async throws {
+    /// keeping its lastTransitionTime while its status does not change. Only the status is sent.
+    func setStatus<Object: PylonObject>(of object: Object, _ status: Object.Status, conditions: [Condition]) async throws {
         var status = status
-        status.conditions = conditions.stamped(generation: status.observedGeneration ?? 0, previous: rack.status?.conditions ?? [], now: Self.now())
-        guard status != rack.status else { return }
-        var patch = PylonRack(metadata: Self.identity(of: rack), spec: rack.spec)
+        status.conditions = conditions.stamped(generation: status.observedGeneration ?? 0, previous: object.status?.conditions ?? [], now: Self.now())
+        guard status != object.status else { return }
+        var patch = object
+        patch.metadata = ObjectMeta(name: object.metadata.name, namespace: object.metadata.namespace)
         patch.status = status
-        try await self.applyStatus(patch)
-    }
-
-    func setStatus(of world: PylonWorld, _ status: PylonWorld.Status, conditions: [Condition]) async throws {
-        var status = status
-        status.conditions = conditions.stamped(generation: status.observedGeneration ?? 0, previous: world.status?.conditions ?? [], now: Self.now())
-        guard status != world.status else { return }
-        var patch = PylonWorld(metadata: Self.identity(of: world), spec: world.spec)
-        patch.status = status
-        try await self.applyStatus(patch)
-    }
-
-    /// Server-side applies only the status of `object` (the spec it carries is not sent).
-    private func applyStatus(_ object: some KubeObject) async throws {
-        var body = object.json
+        var body = patch.json
         body["spec"] = nil
-        _ = try await self.client.apply(type(of: object).resource, namespace: object.metadata.namespace, name: object.metadata.name ?? "", body, subresource: "status")
+        _ = try await self.client.apply(Object.resource, namespace: object.metadata.namespace, name: object.metadata.name ?? "", body, subresource: "status")
     }
-
-    private static func identity(of object: some KubeObject) -> ObjectMeta { ObjectMeta(name: object.metadata.name, namespace: object.metadata.namespace) }
 
     private static func now() -> String { ISO8601DateFormatter().string(from: Date()) }
 }
