@@ -110,4 +110,37 @@ struct WebhookTests {
         #expect(self.containers(try await admin.create(.pods, namespace: "apps", self.pod("unrelated"))) == ["redis"])
         await #expect(throws: KubeError.self) { _ = try await admin.create(.pods, namespace: "apps", self.pod("waits", labels: optIn)) }
     }
+
+    @Test func theHTTPSServerAnswersBadRequestsAndKeepsServing() async throws {
+        // A certificate from files (as cert-manager's Secret, mounted), no API server needed.
+        let scratch = try ScratchDirectory()
+        let certificate = try WebhookCertificate.issue(hosts: ["127.0.0.1"], validity: 3600)
+        for (file, text) in [("tls.crt", certificate.certificatePEM), ("tls.key", certificate.privateKeyPEM), ("ca.crt", certificate.caBundlePEM)] {
+            try text.write(to: scratch.url.appendingPathComponent(file), atomically: true, encoding: .utf8)
+        }
+        let nowhere = KubeClient(config: KubeConfig(server: "https://127.0.0.1:\(try Ports.free())", caPEM: nil, token: nil), timeoutSeconds: 2)
+        let webhook = try await WebhookService.start(
+            client: nowhere, renderer: RackRenderer(),
+            settings: .init(host: "127.0.0.1", port: 0, certificates: .directory(scratch.url.path), nativeSidecars: true),
+            logger: Logger(label: "test")
+        )
+        defer { Task { await webhook.stop() } }
+        #expect(webhook.certificate.certificatePEM == certificate.certificatePEM && webhook.certificate.caKeyPEM == nil)
+        // A client that trusts the CA, as the API server does with the caBundle.
+        let client = KubeClient(config: KubeConfig(server: "https://127.0.0.1:\(try #require(webhook.port))", caPEM: Data(certificate.caBundlePEM.utf8), token: nil))
+        let garbage = try await client.call("POST", "/mutate-pods", body: .string("{not a review"), contentType: "application/json")
+        #expect(garbage[path: "response.allowed"] == false && garbage[path: "response.status.code"] == 400)
+        #expect(garbage[path: "response.status.message"]?.string?.contains("not an admission.k8s.io/v1 AdmissionReview") == true)
+        await #expect(throws: KubeError.self) { _ = try await client.call("GET", "/mutate-pods") }  // 405: POST only
+        await #expect(throws: KubeError.self) { _ = try await client.call("POST", "/elsewhere", body: [:]) }  // 404
+        // The rack cannot be read (no API server): the opted-in pod is refused, saying so; the
+        // server still answers the next request.
+        let review: JSON = [
+            "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+            "request": ["uid": "u-9", "kind": ["group": "", "version": "v1", "kind": "Pod"], "namespace": "apps", "operation": "CREATE", "object": self.pod("p", labels: ["pylon.io/inject": "true", "pylon.io/rack": "r"])],
+        ]
+        let answer = try await client.call("POST", "/mutate-pods", body: review, contentType: "application/json")
+        #expect(answer[path: "response.uid"] == "u-9" && answer[path: "response.allowed"] == false)
+        #expect(answer[path: "response.status.message"]?.string?.contains("cannot read PylonRack r from the API server") == true)
+    }
 }
