@@ -5,8 +5,8 @@ import Foundation
 /// 6379 → the sidecars), the StatefulSet of Redis pods each with a pylon sidecar (and a Sentinel,
 /// for the sentinel topology), a PodDisruptionBudget, and for a Redis Cluster rack the Job that
 /// creates the cluster once its pods are up. An `injected` rack's pods are the user's own: it gets
-/// the configuration and the Services, and the admission webhook adds `sidecar(…)` to its pods. Every object is owned by the rack and applied with
-/// server-side apply, so re-applying is a no-op.
+/// the configuration and the Services, and the admission webhook adds `sidecar(…)` to its pods.
+/// Every object is owned by the rack and applied with server-side apply, so re-applying is a no-op.
 public struct RackRenderer: Sendable {
     public struct Settings: Sendable {
         public var sidecarImage: String
