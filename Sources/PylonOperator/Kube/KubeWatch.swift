@@ -20,6 +20,8 @@ public final class KubeWatch: Sendable {
     private let client: KubeClient
     private let resource: KubeResource
     private let namespace: String?
+    /// Only objects with these labels (`key=value,…`).
+    private let labelSelector: String?
     private let handler: @Sendable (Event) -> Void
     private let logger: Logger
     private let running = Atomic<Bool>(false)
@@ -27,10 +29,14 @@ public final class KubeWatch: Sendable {
     /// How many times it listed (the first list included): for tests and metrics.
     public let lists = Atomic<Int>(0)
 
-    public init(client: KubeClient, resource: KubeResource, namespace: String? = nil, logger: Logger, handler: @escaping @Sendable (Event) -> Void) {
+    public init(
+        client: KubeClient, resource: KubeResource, namespace: String? = nil, labelSelector: String? = nil, logger: Logger,
+        handler: @escaping @Sendable (Event) -> Void
+    ) {
         self.client = client
         self.resource = resource
         self.namespace = namespace
+        self.labelSelector = labelSelector
         self.handler = handler
         self.logger = logger
     }
@@ -76,7 +82,7 @@ public final class KubeWatch: Sendable {
     }
 
     private func list() throws -> String {
-        let path = self.resource.path(namespace: self.namespace)
+        let path = self.resource.path(namespace: self.namespace) + (self.labelSelector.map { "?labelSelector=\(KubeClient.escape($0))" } ?? "")
         let response = try self.client.transfer("GET", path, timeoutSeconds: self.client.timeoutSeconds).perform()
         let list = try KubeClient.decode(response, method: "GET", path: path)
         self.lists.add(1, ordering: .relaxed)
@@ -87,6 +93,7 @@ public final class KubeWatch: Sendable {
     /// One watch request, until the server ends it; returns the last resourceVersion seen.
     private func watch(from version: String) throws -> String {
         let path = self.resource.path(namespace: self.namespace) + "?watch=1&allowWatchBookmarks=true&timeoutSeconds=300&resourceVersion=\(version)"
+            + (self.labelSelector.map { "&labelSelector=\(KubeClient.escape($0))" } ?? "")
         var transfer = self.client.transfer("GET", path, timeoutSeconds: 0)
         transfer.isCancelled = { [self] in !self.isRunning }
         var latest = version

@@ -15,9 +15,10 @@ public enum ReconcileKey: Hashable, Sendable, CustomStringConvertible {
     }
 }
 
-/// Turns PylonWorlds and PylonRacks into running racks: watches both (and the StatefulSets it
-/// owns), queues what changed, and reconciles each key idempotently — render, server-side
-/// apply, truthful status — retrying failures with backoff.
+/// Turns PylonWorlds and PylonRacks into running racks: keeps both, and everything it makes, in
+/// informers (watched, in memory), queues what changed, and reconciles each key idempotently —
+/// render, server-side apply, truthful status — retrying failures with backoff. Reconciles read
+/// from the informers, so a settled rack costs the API server nothing.
 public final class PylonOperatorService: Sendable {
     public struct Settings: Sendable {
         /// The namespace to watch; nil: every namespace.
@@ -51,20 +52,18 @@ public final class PylonOperatorService: Sendable {
     let renderer: RackRenderer
     let logger: Logger
     public let metrics: OperatorMetrics
-    private let watches = Mutex<[KubeWatch]>([])
+    /// By resource: worlds, racks, and what the operator makes (by its label).
+    private let informers = Mutex<[KubeResource: Informer]>([:])
     private let workers = Mutex<[Task<Void, Never>]>([])
     /// The generation of each world last seen: its racks are re-rendered only when its spec
     /// changed, not on each of its status updates.
     private let worldGenerations = Mutex<[String: Int]>([:])
-    /// Every rack, as the watch last saw it (by "namespace/name"): who a world's racks are,
-    /// without listing them from the API server on each reconcile.
-    private let knownRacks = Mutex<[String: PylonRack]>([:])
     /// Each rack's lag and when it was read: a rack re-rendered because a sibling came or went
     /// does not ask Kafka again so soon.
     private let lagCache = Mutex<[String: (lags: [Int64], at: ContinuousClock.Instant)]>([:])
     /// What the operator last applied to each object and the resourceVersion that left it with
     /// (by "plural/namespace/name"): the same rendering onto an object nobody changed since is
-    /// not sent again, so a periodic reconcile of a settled rack writes nothing.
+    /// not sent again, so a periodic reconcile of a settled rack sends nothing.
     private let applied = Mutex<[String: (rendering: JSON, resourceVersion: String)]>([:])
 
     public init(client: KubeClient, settings: Settings, logger: Logger) {
@@ -77,17 +76,26 @@ public final class PylonOperatorService: Sendable {
 
     // MARK: - Running
 
+    /// What the operator makes carries this label (its informers watch only those).
+    static let managedSelector = "app.kubernetes.io/managed-by=pylon-operator"
+
     public func start() {
-        let namespace = self.settings.namespace
-        let watches = [
-            KubeWatch(client: self.client, resource: Pylon.worlds, namespace: namespace, logger: self.logger) { [self] in self.observed($0, as: Pylon.worlds) },
-            KubeWatch(client: self.client, resource: Pylon.racks, namespace: namespace, logger: self.logger) { [self] in self.observed($0, as: Pylon.racks) },
-            KubeWatch(client: self.client, resource: .statefulSets, namespace: namespace, logger: self.logger) { [self] in self.observed($0, as: .statefulSets) },
-        ]
-        self.watches.withLock { $0 = watches }
-        for watch in watches { watch.start() }
+        let informers = [Pylon.worlds, Pylon.racks, .statefulSets, .configMaps, .services, .podDisruptionBudgets, .jobs].map { resource in
+            Informer(
+                client: self.client, resource: resource, namespace: self.settings.namespace,
+                labelSelector: resource.group == Pylon.worlds.group ? nil : Self.managedSelector, logger: self.logger
+            ) { [self] in self.observed($0, as: resource) }
+        }
+        self.informers.withLock { $0 = Dictionary(uniqueKeysWithValues: informers.map { ($0.resource, $0) }) }
+        for informer in informers { informer.start() }
         self.workers.withLock {
             $0 = (0..<max(1, self.settings.workers)).map { _ in Task { [self] in
+                // Nothing is reconciled before every informer has listed once: an object it does
+                // not know yet is not an object that does not exist.
+                while !informers.allSatisfy(\.hasSynced) {
+                    guard await !self.queue.isClosed else { return }
+                    try? await Task.sleep(for: .milliseconds(50))
+                }
                 while let key = await self.queue.next() {
                     let started = ContinuousClock.now
                     var failed = false
@@ -103,21 +111,21 @@ public final class PylonOperatorService: Sendable {
     }
 
     public func stop() async {
-        for watch in self.watches.withLock({ $0 }) { watch.stop() }
+        for informer in self.informers.withLock({ $0.values }) { informer.stop() }
         await self.queue.close()
         for worker in self.workers.withLock({ $0 }) { await worker.value }
     }
 
     /// Queues what a watch event concerns: the object itself; for a rack, its world (its rack
-    /// count); for a world whose spec changed, every rack of it (their configuration); for a
-    /// StatefulSet, its rack.
+    /// count); for a world whose spec changed, every rack of it (their configuration); for an
+    /// object the operator made, the rack or world it belongs to (so a change someone else made
+    /// is set right at once).
     private func observed(_ event: KubeWatch.Event, as resource: KubeResource) {
         let objects: [JSON]
         switch event {
         case .listed(let items): objects = items
         case .added(let object), .modified(let object), .deleted(let object): objects = [object]
         }
-        if resource == Pylon.racks { self.remember(event) }
         for object in objects {
             guard let metadata = try? object["metadata"]?.decode(ObjectMeta.self), let namespace = metadata.namespace, let name = metadata.name else { continue }
             Task {
@@ -133,7 +141,11 @@ public final class PylonOperatorService: Sendable {
                     await self.queue.add(.rack(namespace: namespace, name: name))
                     if let world = object[path: "spec.world"]?.string { await self.queue.add(.world(namespace: namespace, name: world)) }
                 default:
-                    if let rack = metadata.labels?["pylon.io/rack"] { await self.queue.add(.rack(namespace: namespace, name: rack)) }
+                    if let rack = metadata.labels?["pylon.io/rack"] {
+                        await self.queue.add(.rack(namespace: namespace, name: rack))
+                    } else if metadata.labels?["app.kubernetes.io/name"] == "pylon-world", let world = metadata.labels?["app.kubernetes.io/instance"] {
+                        await self.queue.add(.world(namespace: namespace, name: world))
+                    }
                 }
             }
         }
@@ -143,27 +155,15 @@ public final class PylonOperatorService: Sendable {
         for rack in self.racks(of: world, in: namespace) { await self.queue.add(.rack(namespace: namespace, name: rack.name)) }
     }
 
-    private func remember(_ event: KubeWatch.Event) {
-        func decoded(_ objects: [JSON]) -> [PylonRack] {
-            objects.compactMap { object in
-                do { return try PylonRack(json: object) } catch {
-                    self.logger.warning("cannot read a PylonRack", metadata: ["object": "\(object[path: "metadata.name"]?.string ?? "?")", "error": "\(error)"])
-                    return nil
-                }
-            }
-        }
-        self.knownRacks.withLock { racks in
-            switch event {
-            case .listed(let items): racks = Dictionary(decoded(items).map { ($0.key, $0) }) { $1 }
-            case .added(let object), .modified(let object): for rack in decoded([object]) { racks[rack.key] = rack }
-            case .deleted(let object): for rack in decoded([object]) { racks[rack.key] = nil }
-            }
-        }
+    /// An object as its informer knows it; nil when it does not exist.
+    func cached<Object: KubeObject>(_ type: Object.Type, namespace: String?, name: String) throws -> Object? {
+        try self.informers.withLock { $0[Object.resource] }?.get(namespace: namespace, name: name).map(Object.init(json:))
     }
 
-    /// The racks of a world, as the watch knows them.
+    /// The racks of a world, as the informer knows them.
     func racks(of world: String, in namespace: String) -> [PylonRack] {
-        self.knownRacks.withLock { racks in racks.values.filter { $0.metadata.namespace == namespace && $0.spec.world == world } }
+        let objects = self.informers.withLock { $0[Pylon.racks] }?.objects ?? []
+        return objects.compactMap { try? PylonRack(json: $0) }.filter { $0.metadata.namespace == namespace && $0.spec.world == world }
     }
 
     // MARK: - Reconciling
@@ -176,7 +176,7 @@ public final class PylonOperatorService: Sendable {
     }
 
     func reconcileRack(namespace: String, name: String) async throws {
-        guard let rack = try await self.client.get(PylonRack.self, namespace: namespace, name: name) else { return }
+        guard let rack = try self.cached(PylonRack.self, namespace: namespace, name: name) else { return }
         let finalizers = rack.metadata.finalizers ?? []
         if rack.metadata.deletionTimestamp != nil {
             guard finalizers.contains(Pylon.rackFinalizer) else { return }
@@ -188,7 +188,7 @@ public final class PylonOperatorService: Sendable {
         }
         let generation = rack.metadata.generation ?? 0
         var status = PylonRack.Status(observedGeneration: generation)
-        guard let world = try await self.client.get(PylonWorld.self, namespace: namespace, name: rack.spec.world) else {
+        guard let world = try self.cached(PylonWorld.self, namespace: namespace, name: rack.spec.world) else {
             status.phase = "Pending"
             status.ready = "0/0"
             try await self.setStatus(of: rack, status, conditions: [
@@ -274,7 +274,7 @@ public final class PylonOperatorService: Sendable {
     /// finalizer is released.
     func retire(_ rack: PylonRack, finalizers: [String]) async throws {
         let namespace = rack.metadata.namespace ?? ""
-        if let world = try await self.client.get(PylonWorld.self, namespace: namespace, name: rack.spec.world) {
+        if let world = try self.cached(PylonWorld.self, namespace: namespace, name: rack.spec.world) {
             let (retireGroup, brokers, group) = (self.settings.kafka.retire, world.spec.kafka.bootstrapServers, world.consumerGroup(rack: rack.name))
             try await Task.detached { try retireGroup(brokers, group) }.value
             self.logger.info("retired the rack's consumer group", metadata: ["rack": "\(rack.key)", "group": "\(group)"])
@@ -292,7 +292,7 @@ public final class PylonOperatorService: Sendable {
     }
 
     func reconcileWorld(namespace: String, name: String) async throws {
-        guard let world = try await self.client.get(PylonWorld.self, namespace: namespace, name: name) else { return }
+        guard let world = try self.cached(PylonWorld.self, namespace: namespace, name: name) else { return }
         let finalizers = world.metadata.finalizers ?? []
         let generation = world.metadata.generation ?? 0
         let racks = self.racks(of: name, in: namespace).map(\.name).sorted()
@@ -326,7 +326,7 @@ public final class PylonOperatorService: Sendable {
         let key = "\(Object.resource.plural)/\(object.key)"
         let rendering = object.json
         if let last = self.applied.withLock({ $0[key] }), last.rendering == rendering,
-           let current = try await self.client.get(Object.self, namespace: object.metadata.namespace, name: object.metadata.name ?? ""),
+           let current = try self.cached(Object.self, namespace: object.metadata.namespace, name: object.metadata.name ?? ""),
            current.metadata.resourceVersion == last.resourceVersion {
             return current
         }
@@ -335,11 +335,13 @@ public final class PylonOperatorService: Sendable {
         return current
     }
 
-    /// Replaces an object's finalizers (a merge patch replaces the whole list).
+    /// Replaces an object's finalizers (a merge patch replaces the whole list), on the version
+    /// read: if the object changed since (another finalizer came or went), the API server refuses
+    /// (409) and the reconcile is retried with the informer's newer copy.
     func setFinalizers(_ object: some KubeObject, _ finalizers: [String]) async throws {
-        _ = try await self.client.patch(
-            type(of: object).resource, namespace: object.metadata.namespace, name: object.metadata.name ?? "", merge: ["metadata": ["finalizers": .array(finalizers.map { .string($0) })]]
-        )
+        _ = try await self.client.patch(type(of: object).resource, namespace: object.metadata.namespace, name: object.metadata.name ?? "", merge: [
+            "metadata": ["finalizers": .array(finalizers.map { .string($0) }), "resourceVersion": .string(object.metadata.resourceVersion ?? "")],
+        ])
     }
 
     // MARK: - Status

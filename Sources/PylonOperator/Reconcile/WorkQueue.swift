@@ -89,6 +89,8 @@ public actor WorkQueue<Key: Hashable & Sendable> {
         self.add(key, after: .milliseconds(Int(min(0.1 * pow(2, Double(attempt)), 30) * 1000)))
     }
 
+    public var isClosed: Bool { self.closed }
+
     public func close() {
         self.closed = true
         for waiter in self.waiters { waiter.resume(returning: nil) }
