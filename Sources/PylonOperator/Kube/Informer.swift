@@ -40,5 +40,12 @@ public final class Informer: Sendable {
 
     public func get(namespace: String?, name: String) -> JSON? { self.state.store.withLock { $0["\(namespace ?? "")/\(name)"] } }
 
+    /// The object from memory, or from the API server when the informer does not have it (it
+    /// was created a moment ago, or the first list is not in yet).
+    public func get<Object: KubeObject>(_ type: Object.Type, namespace: String, name: String, orAsk client: KubeClient) async throws -> Object? {
+        if let known = self.get(namespace: namespace, name: name) { return try Object(json: known) }
+        return try await client.get(type, namespace: namespace, name: name)
+    }
+
     public var objects: [JSON] { self.state.store.withLock { Array($0.values) } }
 }
