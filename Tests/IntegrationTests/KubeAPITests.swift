@@ -132,13 +132,13 @@ struct KubeAPITests {
         let api = try await KubeAPIServer()
         defer { api.stop() }
         let client = api.client()
-        let informer = ConfigMapView(client)
+        let informer = Informer(client: client, resource: .configMaps, namespace: "default", logger: Logger(label: "test")) { _ in }
         _ = try await client.create(.configMaps, namespace: "default", ["apiVersion": "v1", "kind": "ConfigMap", "metadata": ["name": "before"]])
-        informer.watch.start()
-        defer { informer.watch.stop() }
-        #expect(try await eventually { informer.withObjects { $0["before"] != nil } })
+        informer.start()
+        defer { informer.stop() }
+        #expect(try await eventually { informer.get(namespace: "default", name: "before") != nil })
         _ = try await client.create(.configMaps, namespace: "default", ["apiVersion": "v1", "kind": "ConfigMap", "metadata": ["name": "a"]])
-        #expect(try await eventually { informer.withObjects { $0["a"] != nil } })
+        #expect(try await eventually { informer.get(namespace: "default", name: "a") != nil })
         // The watch drops with the server; the restarted server's watch cache starts afresh, so
         // the old resourceVersion may be gone (410): either way the view must catch up.
         try await api.restart()
@@ -146,9 +146,10 @@ struct KubeAPITests {
         _ = try await client.create(.configMaps, namespace: "default", ["apiVersion": "v1", "kind": "ConfigMap", "metadata": ["name": "b"]])
         try await client.delete(.configMaps, namespace: "default", name: "before")
         #expect(try await eventually(timeout: .seconds(60)) {
-            informer.withObjects { $0["a"]?[path: "data.k"] == "v" && $0["b"] != nil && $0["before"] == nil }
-        }, "\(informer.withObjects { $0.keys.sorted() })")
-        #expect(informer.watch.lists.load(ordering: .relaxed) >= 1)
+            informer.get(namespace: "default", name: "a")?[path: "data.k"] == "v" && informer.get(namespace: "default", name: "b") != nil
+                && informer.get(namespace: "default", name: "before") == nil
+        }, "\(informer.objects.compactMap { $0[path: "metadata.name"]?.string }.sorted())")
+        #expect(informer.lists >= 1)
     }
 
     @Test func aWatchWhoseResourceVersionExpiredListsAgainAndMissesNothing() async throws {
@@ -158,13 +159,13 @@ struct KubeAPITests {
         let flaky = try await KubeAPIServer(sharing: api)
         defer { flaky.stop() }
         let client = api.client()
-        let informer = ConfigMapView(flaky.client())
+        let informer = Informer(client: flaky.client(), resource: .configMaps, namespace: "default", logger: Logger(label: "test")) { _ in }
         _ = try await client.create(.configMaps, namespace: "default", ["apiVersion": "v1", "kind": "ConfigMap", "metadata": ["name": "before"]])
         _ = try await client.create(.configMaps, namespace: "default", ["apiVersion": "v1", "kind": "ConfigMap", "metadata": ["name": "doomed"]])
-        informer.watch.start()
-        defer { informer.watch.stop() }
-        #expect(try await eventually { informer.withObjects { $0["before"] != nil && $0["doomed"] != nil } })
-        #expect(informer.watch.lists.load(ordering: .relaxed) == 1)
+        informer.start()
+        defer { informer.stop() }
+        #expect(try await eventually { informer.get(namespace: "default", name: "before") != nil && informer.get(namespace: "default", name: "doomed") != nil })
+        #expect(informer.lists == 1)
         // While the watch's server is down, things change and etcd forgets the history: the
         // version the watch resumes from is gone (410), and only a new list can tell it what
         // happened — including the deletion it never saw an event for.
@@ -175,12 +176,13 @@ struct KubeAPITests {
         try await api.compactEtcd()
         try await flaky.restart()
         #expect(try await eventually(timeout: .seconds(60)) {
-            informer.withObjects { $0["before"]?[path: "data.k"] == "v" && $0["after"] != nil && $0["doomed"] == nil }
-        }, "\(informer.withObjects { $0.keys.sorted() })")
-        #expect(informer.watch.lists.load(ordering: .relaxed) == 2)
+            informer.get(namespace: "default", name: "before")?[path: "data.k"] == "v" && informer.get(namespace: "default", name: "after") != nil
+                && informer.get(namespace: "default", name: "doomed") == nil
+        }, "\(informer.objects.compactMap { $0[path: "metadata.name"]?.string }.sorted())")
+        #expect(informer.lists == 2)
         // And it watches on from the new list.
         _ = try await client.create(.configMaps, namespace: "default", ["apiVersion": "v1", "kind": "ConfigMap", "metadata": ["name": "later"]])
-        #expect(try await eventually { informer.withObjects { $0["later"] != nil } })
+        #expect(try await eventually { informer.get(namespace: "default", name: "later") != nil })
     }
 
     @Test func kubectlApplyOfTheManifestsFolderInstallsPylon() async throws {
@@ -230,28 +232,4 @@ struct KubeAPITests {
         #expect(await status { try await asOperator.list(.leases, namespace: "default") } == 403)  // Leases only in its own namespace
         #expect(await status { try await asOperator.get(.leases, namespace: "pylon-system", name: "absent") } == 404)
     }
-}
-
-/// The view an informer keeps of the ConfigMaps of `default`: a relist replaces it, events
-/// update it.
-final class ConfigMapView: Sendable {
-    private final class Objects: Sendable { let map = Mutex<[String: JSON]>([:]) }
-    private let objects = Objects()
-    let watch: KubeWatch
-
-    init(_ client: KubeClient) {
-        let objects = self.objects
-        self.watch = KubeWatch(client: client, resource: .configMaps, namespace: "default", logger: Logger(label: "test")) { event in
-            objects.map.withLock { view in
-                func name(_ object: JSON) -> String { object[path: "metadata.name"]?.string ?? "" }
-                switch event {
-                case .listed(let items): view = Dictionary(items.map { (name($0), $0) }) { $1 }
-                case .added(let object), .modified(let object): view[name(object)] = object
-                case .deleted(let object): view[name(object)] = nil
-                }
-            }
-        }
-    }
-
-    func withObjects<T>(_ body: ([String: JSON]) -> T) -> T { self.objects.map.withLock { body($0) } }
 }

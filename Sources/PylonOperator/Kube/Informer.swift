@@ -35,6 +35,9 @@ public final class Informer: Sendable {
     public func start() { self.watch.start() }
     public func stop() { self.watch.stop() }
 
+    /// How many times it listed (the first list, and each relist after a 410).
+    public var lists: Int { self.watch.lists.load(ordering: .relaxed) }
+
     /// True once the first list is in: before, an absent object may merely not be known yet.
     public var hasSynced: Bool { self.state.synced.load(ordering: .acquiring) }
 

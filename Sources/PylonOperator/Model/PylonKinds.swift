@@ -62,7 +62,9 @@ public struct PylonWorld: PylonObject, Equatable {
     public var topic: String { self.spec.topic ?? "pylon.\(self.name).ops" }
 
     /// The consumer group of a rack of this world (its sidecars share it).
-    public func consumerGroup(rack: String) -> String { "pylon.\(self.name).\(rack)" }
+    public func consumerGroup(rack: String) -> String { Self.consumerGroup(world: self.name, rack: rack) }
+
+    public static func consumerGroup(world: String, rack: String) -> String { "pylon.\(world).\(rack)" }
 }
 
 public struct PylonRack: PylonObject, Equatable {

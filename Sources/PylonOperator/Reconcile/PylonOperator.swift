@@ -76,14 +76,11 @@ public final class PylonOperatorService: Sendable {
 
     // MARK: - Running
 
-    /// What the operator makes carries this label (its informers watch only those).
-    static let managedSelector = "app.kubernetes.io/managed-by=pylon-operator"
-
     public func start() {
         let informers = [Pylon.worlds, Pylon.racks, .statefulSets, .configMaps, .services, .podDisruptionBudgets, .jobs].map { resource in
             Informer(
                 client: self.client, resource: resource, namespace: self.settings.namespace,
-                labelSelector: resource.group == Pylon.worlds.group ? nil : Self.managedSelector, logger: self.logger
+                labelSelector: resource.group == Pylon.worlds.group ? nil : Pylon.labelSelector(Pylon.managed), logger: self.logger
             ) { [self] in self.observed($0, as: resource) }
         }
         self.informers.withLock { $0 = Dictionary(uniqueKeysWithValues: informers.map { ($0.resource, $0) }) }
@@ -213,8 +210,7 @@ public final class PylonOperatorService: Sendable {
         var (wanted, ready) = (statefulSet?.spec.replicas ?? 0, statefulSet?.status?.readyReplicas ?? 0)
         if rack.topology == .injected {
             // The user's own pods, which the webhook gave a sidecar.
-            let selector = SidecarInjector.labels(rack: name).sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: ",")
-            let pods = try await self.client.list(.pods, namespace: namespace, labelSelector: selector).items
+            let pods = try await self.client.list(.pods, namespace: namespace, labelSelector: Pylon.labelSelector(SidecarInjector.labels(rack: name))).items
             wanted = pods.count
             ready = pods.filter { pod in pod[path: "status.conditions"]?.array?.contains { $0["type"] == "Ready" && $0["status"] == "True" } == true }.count
         }
@@ -257,7 +253,7 @@ public final class PylonOperatorService: Sendable {
     /// Records a Kubernetes Event on `object` (best effort: an Event that cannot be written is logged).
     func event(on object: some KubeObject, type: String = "Normal", reason: String, message: String) async {
         guard let namespace = object.metadata.namespace, let name = object.metadata.name else { return }
-        let now = ISO8601DateFormatter().string(from: Date())
+        let now = Self.now()
         var metadata = ObjectMeta(namespace: namespace)
         metadata.generateName = "\(name)."
         let event = Event(
@@ -279,10 +275,10 @@ public final class PylonOperatorService: Sendable {
             try await Task.detached { try retireGroup(brokers, group) }.value
             self.logger.info("retired the rack's consumer group", metadata: ["rack": "\(rack.key)", "group": "\(group)"])
         }
-        await self.event(on: rack, reason: "Retired", message: "consumer group pylon.\(rack.spec.world).\(rack.name) removed from Kafka and the rack's objects deleted")
+        await self.event(on: rack, reason: "Retired", message: "consumer group \(PylonWorld.consumerGroup(world: rack.spec.world, rack: rack.name)) removed from Kafka and the rack's objects deleted")
         // Everything made for the rack carries its labels (owner references let the garbage
         // collector do this too, where one runs — not before the finalizer is released, though).
-        let selector = "app.kubernetes.io/instance=\(rack.name),app.kubernetes.io/managed-by=pylon-operator"
+        let selector = Pylon.labelSelector(Pylon.managed.merging(["app.kubernetes.io/instance": rack.name]) { $1 })
         for resource in [KubeResource.statefulSets, .jobs, .podDisruptionBudgets, .services, .configMaps] {
             for object in try await self.client.list(resource, namespace: namespace, labelSelector: selector).items {
                 if let objectName = object[path: "metadata.name"]?.string { try await self.client.delete(resource, namespace: namespace, name: objectName) }

@@ -9,12 +9,19 @@ public enum Pylon {
     /// Keeps a world while racks still belong to it.
     public static let worldFinalizer = "pylon.io/world-in-use"
 
+    /// The label on everything the operator makes (its informers watch only those).
+    public static let managed = ["app.kubernetes.io/managed-by": "pylon-operator"]
+
     /// The labels on everything made for a rack (and the selector of its pods).
     public static func labels(world: String, rack: String) -> [String: String] {
-        [
-            "app.kubernetes.io/name": "pylon-rack", "app.kubernetes.io/instance": rack,
-            "app.kubernetes.io/managed-by": "pylon-operator", "pylon.io/world": world, "pylon.io/rack": rack,
-        ]
+        managed.merging([
+            "app.kubernetes.io/name": "pylon-rack", "app.kubernetes.io/instance": rack, "pylon.io/world": world, "pylon.io/rack": rack,
+        ]) { $1 }
+    }
+
+    /// Labels as a label selector (`key=value,…`) for list and watch requests.
+    public static func labelSelector(_ labels: [String: String]) -> String {
+        labels.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: ",")
     }
 
     public static func selector(rack: String) -> [String: String] {

@@ -270,7 +270,7 @@ public struct RackRenderer: Sendable {
     public func worldObjects(world: PylonWorld) -> [any KubeObject] {
         let metadata = ObjectMeta(
             name: Self.peersService(world: world.name), namespace: world.metadata.namespace ?? "default",
-            labels: ["app.kubernetes.io/name": "pylon-world", "app.kubernetes.io/instance": world.name, "app.kubernetes.io/managed-by": "pylon-operator"],
+            labels: Pylon.managed.merging(["app.kubernetes.io/name": "pylon-world", "app.kubernetes.io/instance": world.name]) { $1 },
             ownerReferences: [Pylon.ownerReference(to: world)]
         )
         return [Service(metadata: metadata, spec: .init(
