@@ -19,6 +19,12 @@ if ! command -v noida-db >/dev/null; then
   python3 -m pip install -q --disable-pip-version-check noida-db==0.2.3 \
     || python3 -m pip install -q --disable-pip-version-check --break-system-packages noida-db==0.2.3
 fi
+# redis-py, the current release: the client-compatibility tests run it with its default settings.
+if ! python3 -c 'import redis, sys; sys.exit(redis.__version__ != "8.1.0")' 2>/dev/null; then
+  echo "installing: redis-py 8.1.0 (pip)"
+  python3 -m pip install -q --disable-pip-version-check redis==8.1.0 \
+    || python3 -m pip install -q --disable-pip-version-check --break-system-packages redis==8.1.0
+fi
 # PyYAML: the chart's values.yaml read by scripts/render-chart.sh.
 if ! python3 -c "import yaml" 2>/dev/null; then
   echo "installing: pyyaml (pip)"

@@ -9,7 +9,7 @@ KAFKA_PORT=${KAFKA_PORT:-9092}
 RACK_A_PORT=${RACK_A_PORT:-6381}
 RACK_B_PORT=${RACK_B_PORT:-6382}
 WORLD=${WORLD:-local}
-BIN=.build/release/pylon-sidecar
+BIN=${BIN:-.build/release/pylon-sidecar}
 [ -x "$BIN" ] || swift build -c release
 source scripts/lib.sh
 trap 'echo; echo "stopping…"; stop_tracked' INT TERM

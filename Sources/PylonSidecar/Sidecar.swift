@@ -25,7 +25,8 @@ public final class Sidecar: Service, Sendable {
     private let peers: Peers?
     private let progress: RackProgress?
     private let layer: RedisLayerContext
-    private let failover = LateBound<PerLoop<FailoverRouter>>()
+    private let failover = LateBound<PerLoop<ProtocolRouters<FailoverRouter>>>()
+    private let peerReplies = LateBound<PerLoop<PeerReplies>>()
     private let stopped = Atomic<Bool>(false)
     private let bound = LateBound<BoundSockets>()
 
@@ -73,7 +74,7 @@ public final class Sidecar: Service, Sendable {
                     // member does not leave the group when it stops, so its partitions would wait
                     // for the session to expire: it joins as a dynamic member instead.
                     properties: (configuration.hasStableName ? ["group.instance.id": log.sidecar] : [:]).merging(configuration.kafkaProperties) { $1 },
-                    redisTimeout: settings.requestTimeout, sidecarName: log.sidecar, catchUpOffsets: configuration.catchUpOffsets
+                    redisTimeout: settings.requestTimeout, sidecarName: log.sidecar, rackName: membership.rack, catchUpOffsets: configuration.catchUpOffsets
                 ),
                 replies: replies, rack: rack, group: group, metrics: metrics, logger: logger
             )
@@ -146,14 +147,17 @@ public final class Sidecar: Service, Sendable {
             peers.start(group: self.group)
             let (backend, layer, metrics, progress, maxLocalLag) = (self.backend, self.layer, self.metrics, self.progress, self.configuration.maxLocalLag)
             self.failover.set(try await PerLoop(group: self.group) { loop in
-                FailoverRouter(
-                    local: backend.router(on: loop),
-                    localServes: { backend.isReady && (maxLocalLag.map { (progress?.lag ?? 0) <= $0 } ?? true) },
-                    peers: peers, context: layer, eventLoop: loop, metrics: metrics
-                )
+                ProtocolRouters { version in
+                    FailoverRouter(
+                        local: backend.router(on: loop, version: version), version: version,
+                        localServes: { backend.isReady && (maxLocalLag.map { (progress?.lag ?? 0) <= $0 } ?? true) },
+                        peers: peers, context: layer, eventLoop: loop, metrics: metrics
+                    )
+                }
             })
+            self.peerReplies.set(try await PerLoop(group: self.group) { loop in PeerReplies(peers: peers, context: layer, eventLoop: loop) })
         }
-        let failover = self.failover.value
+        let (failover, peerReplies) = (self.failover.value, self.peerReplies.value)
         let gateway = self.gateway
         let limits = self.configuration.limits
         let server = try await ServerBootstrap(group: self.group)
@@ -163,8 +167,12 @@ public final class Sidecar: Service, Sendable {
             .childChannelOption(.writeBufferWaterMark, value: .init(low: 32 * 1024, high: 256 * 1024))
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
-                    let router = failover?.value(on: channel.eventLoop) ?? gateway.backend.router(on: channel.eventLoop)
-                    try channel.pipeline.syncOperations.addHandler(GatewayConnection(gateway: gateway, router: router, limits: limits))
+                    let routers = failover.map { routers in
+                        ProtocolRouters<BackendRouter> { routers.value(on: channel.eventLoop)[$0] }
+                    } ?? gateway.backend.routers(on: channel.eventLoop)
+                    try channel.pipeline.syncOperations.addHandler(
+                        GatewayConnection(gateway: gateway, routers: routers, peerReplies: peerReplies?.value(on: channel.eventLoop), limits: limits)
+                    )
                 }
             }
             .bind(host: self.configuration.listen.host, port: self.configuration.listen.port)
@@ -227,7 +235,8 @@ public final class Sidecar: Service, Sendable {
     private func stopStreams() async {
         self.replies?.stop()
         self.peers?.stop()
-        await self.failover.value?.forEach { $0.close() }
+        await self.failover.value?.forEach { $0.forBoth { $0.close() } }
+        await self.peerReplies.value?.forEach { $0.close() }
         let (applier, log, progress) = (self.applier, self.log, self.progress)
         _ = try? await Self.blocking {
             progress?.stop()

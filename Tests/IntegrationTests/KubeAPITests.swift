@@ -80,7 +80,7 @@ struct KubeAPITests {
         let client = api.client()
         try await Self.installCRDs(client)
         let world = try await client.create(Self.worlds, namespace: "default", try Self.manifest("samples/world.yaml"))
-        #expect(world[path: "spec.consistency"] == "log")  // a default
+        #expect(world[path: "spec.consistency"] == "applied")  // a default
         let rack = try await client.create(Self.racks, namespace: "default", try Self.manifest("samples/rack-standalone.yaml"))
         #expect(rack[path: "spec.redis.image"] == "redis:7.0")
         #expect(rack[path: "spec.redis.shards"] == 3)

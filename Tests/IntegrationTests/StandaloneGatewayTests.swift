@@ -50,7 +50,12 @@ struct StandaloneGatewayTests {
         #expect(try await client.send("SELECT", "5") == .ok)
         let hello = try #require(try await client.send("HELLO", "2").array)
         #expect(hello[0] == .bulk("server") && hello[5] == .integer(2))
-        #expect(try await client.send("HELLO", "3").string?.hasPrefix("NOPROTO") == true)
+        #expect(try await client.send("HELLO", "4").string == "NOPROTO unsupported protocol version")
+        let hello3 = try #require(try await client.send("HELLO", "3").array)  // a map, decoded as pairs
+        #expect(hello3[4] == .bulk("proto") && hello3[5] == .integer(3))
+        #expect(try await client.send("CLIENT", "INFO").string?.contains("resp=3") == true)
+        #expect(try await client.send("CLIENT", "GETNAME") == .bulk("worker-1"))
+        #expect(try await client.send("HELLO", "2").array?[5] == .integer(2))
         #expect(try await client.send("COMMAND", "COUNT").int == 240)
         let docs = try #require(try await client.send("COMMAND", "DOCS", "get").array)
         #expect(docs.first == .bulk("get"))

@@ -79,4 +79,30 @@ struct WorldViewTests {
         #expect(try await WorldFixture.snapshot(restarted) == WorldFixture.snapshot(world.racks[1].redis))
         #expect(try await eventually { (try await a.send("PYLON", "INFO").string ?? "").contains("reads_from:local") })
     }
+
+    @Test func incrsThroughARackWhoseRedisIsKilledStillAnswerTheirRealValue() async throws {
+        let world = try await WorldFixture(racks: 2, peers: true) { $0.peerProbeIntervalMilliseconds = 100 }
+        defer { Task { await world.stop() } }
+        let a = try await world.racks[0].sidecar.client()
+        #expect(try await eventually { (try await a.send("PYLON", "PEERS").string ?? "").contains("reads=yes") })
+        let port = world.racks[0].redis.port
+        let writer = Task {
+            var replies: [RESPValue] = []
+            let started = ContinuousClock.now
+            while ContinuousClock.now - started < .seconds(3) {
+                var request = ByteBuffer()
+                for _ in 0..<10 { request.writeRESPCommand([ByteBuffer(string: "INCR"), ByteBuffer(string: "hits")]) }
+                replies += try await a.sendRaw(request, replies: 10)
+            }
+            return replies
+        }
+        try await Task.sleep(for: .milliseconds(800))
+        world.racks[0].redis.process.stop(signal: SIGKILL)
+        let replies = try await writer.value
+        // Rack B applied every INCR in the log's order, and its replies are the real counts.
+        #expect(replies == (1...replies.count).map { .integer($0) }, "\(replies.filter { $0.int == nil }.prefix(3))")
+        let restarted = try RedisServer(port: port)
+        #expect(try await eventually(timeout: .seconds(30)) { try await restarted.client().send("GET", "hits") == .bulk("\(replies.count)") })
+        #expect(try await world.racks[1].redis.client().send("GET", "hits") == .bulk("\(replies.count)"))
+    }
 }

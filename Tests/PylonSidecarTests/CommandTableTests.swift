@@ -36,7 +36,8 @@ struct CommandTableTests {
         (["FLUSHALL"], .write), (["XADD", "s", "*", "f", "v"], .write),
         (["SCAN", "0"], .read), (["INFO"], .read), (["TTL", "k"], .read), (["OBJECT", "ENCODING", "k"], .read),
         (["MEMORY", "USAGE", "k"], .read), (["COMMAND"], .read), (["COMMAND", "DOCS", "get"], .read),
-        (["SELECT", "3"], .ignored),
+        (["SELECT", "3"], .ignored), (["CONFIG", "GET", "maxmemory"], .read), (["GETSET", "k", "v"], .write), (["SPOP", "s"], .write),
+        (["FUNCTION", "FLUSH"], .ignored),
         (["PING"], .internal), (["ECHO", "x"], .internal), (["CLIENT", "SETNAME", "a"], .internal), (["HELLO"], .internal),
         (["PYLON", "INFO"], .internal),
     ])
@@ -57,8 +58,8 @@ struct CommandTableTests {
         (["EVAL", "return 1", "0"], "scripts"), (["FCALL", "f", "0"], "scripts"), (["SCRIPT", "LOAD", "x"], "scripts"),
         (["FUNCTION", "LIST"], "scripts"),
         (["CLUSTER", "INFO"], "cluster"), (["READONLY"], "cluster"),
-        (["GETSET", "k", "v"], "use GET then SET"), (["AUTH", "p"], "AUTH"),
-        (["SORT", "l", "STORE", "d"], "SORT … STORE"), (["CONFIG", "GET", "x"], "administrative"),
+        (["AUTH", "p"], "AUTH"),
+        (["SORT", "l", "STORE", "d"], "SORT … STORE"), (["CONFIG", "SET", "x", "y"], "administrative"),
         (["SHUTDOWN"], "administrative"), (["MONITOR"], "administrative"), (["CLIENT", "KILL", "ID", "1"], "administrative"),
         (["MOVE", "k", "1"], "database 0"), (["CLIENT", "TRACKING", "on"], "client-side caching"),
     ])

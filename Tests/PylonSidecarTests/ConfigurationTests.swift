@@ -110,16 +110,16 @@ struct ConfigurationTests {
 
     @Test func readsTheConsistencyKeys() throws {
         var configuration = SidecarConfiguration()
-        #expect(configuration.consistency == .log)
+        #expect(configuration.consistency == .applied)
         try configuration.apply(yaml: """
-        consistency: applied
+        consistency: log
         contentious-keys:
           - lock:*
           - "leader:{eu}*"
         applied-timeout-ms: 2500
         """)
         try configuration.set("contentious-keys", "seat:[0-9]*")
-        #expect(configuration.consistency == .applied)
+        #expect(configuration.consistency == .log)
         #expect(configuration.contentiousKeys == ["lock:*", "leader:{eu}*", "seat:[0-9]*"])
         #expect(configuration.appliedTimeoutMilliseconds == 2500)
         #expect(throws: SidecarConfiguration.Error(key: "consistency", problem: "expected log or applied, got 'quorum'")) {

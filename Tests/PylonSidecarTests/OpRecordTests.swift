@@ -25,7 +25,7 @@ struct OpRecordTests {
 
     @Test func refusesWhatItCannotReadFaithfully() {
         var wrongVersion = self.record.encoded
-        wrongVersion.setInteger(UInt8(2), at: 2)
+        wrongVersion.setInteger(OpRecord.version + 1, at: 2)
         #expect(throws: OpRecord.DecodingError.self) { try OpRecord(decoding: wrongVersion) }
         #expect(throws: OpRecord.DecodingError.self) { try OpRecord(decoding: ByteBuffer(string: "XY\u{1}\u{0}")) }
         let encoded = self.record.encoded

@@ -98,7 +98,7 @@ public struct RackRenderer: Sendable {
             "listen": "0.0.0.0:6380", "admin": "0.0.0.0:9480", "redis": redis, "log-format": "json",
             "world": world.name, "rack": shape.name, "kafka-brokers": kafka.bootstrapServers, "topic": world.topic,
             "partitions": "\(partitions)", "replication-factor": "\(world.spec.replicationFactor ?? 3)",
-            "consistency": world.spec.consistency ?? "log",
+            "consistency": world.spec.consistency ?? "applied",
             // Every sidecar of the world, through the world's headless Service (`peersService`):
             // racks come and go without a new configuration (nor rolled pods) for the others.
             "peers": "\(Self.peersService(world: world.name)).\(shape.namespace).svc:6380",

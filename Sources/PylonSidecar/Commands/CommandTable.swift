@@ -14,8 +14,13 @@ public final class Command: Sendable {
     public let argumentRule: ArgumentRule?
     /// Subcommands, for containers such as CLIENT or OBJECT.
     public let subcommands: CommandLookup?
+    /// Reads data without naming keys (KEYS, SCAN, DBSIZE, RANDOMKEY): Redis's `@read` category.
+    public let readsData: Bool
 
-    init(id: Int, name: String, arity: Int, disposition: Disposition, keySpecs: [KeySpec], argumentRule: ArgumentRule?, subcommands: CommandLookup?) {
+    init(
+        id: Int, name: String, arity: Int, disposition: Disposition, keySpecs: [KeySpec], argumentRule: ArgumentRule?, subcommands: CommandLookup?,
+        readsData: Bool = false
+    ) {
         self.id = id
         self.name = name
         self.displayName = name.uppercased().replacing("|", with: " ")
@@ -24,6 +29,7 @@ public final class Command: Sendable {
         self.keySpecs = keySpecs
         self.argumentRule = argumentRule
         self.subcommands = subcommands
+        self.readsData = readsData
     }
 
     /// Whether `count` arguments (the name included) fit Redis's arity.
@@ -82,7 +88,8 @@ public struct CommandTable: Sendable {
             let disposition = info.name == "pylon" ? Disposition.internal : CommandPolicy.disposition(of: info)
             let command = Command(
                 id: all.count, name: info.name, arity: info.arity, disposition: disposition,
-                keySpecs: info.keySpecs, argumentRule: CommandPolicy.argumentRules[info.name], subcommands: subcommands
+                keySpecs: info.keySpecs, argumentRule: CommandPolicy.argumentRules[info.name], subcommands: subcommands,
+                readsData: info.categories.contains("@read")
             )
             all.append(command)
             return command

@@ -44,7 +44,7 @@ public struct SidecarConfiguration: Sendable, Equatable {
     /// This sidecar's name in the ops it writes; host name and port unless set.
     public var sidecarName: String?
     /// When a write is acknowledged unless a connection chooses (`PYLON CONSISTENCY`).
-    public var consistency = Consistency.log
+    public var consistency = Consistency.applied
     /// Keys (Redis glob patterns) whose writes are always acknowledged with their applied reply.
     public var contentiousKeys: [String] = []
     /// An `applied` write whose reply has not come within this time gets an error saying so.
@@ -282,8 +282,9 @@ public struct SidecarConfiguration: Sendable, Equatable {
 
 /// When a write is acknowledged.
 public enum Consistency: String, Sendable {
-    /// When Kafka has it (the world's log is the sequencer); the reply claims no result.
+    /// When Kafka has it (the world's log is the sequencer): fire-and-forget, the reply claims
+    /// no result (`WriteReply`). Opt-in.
     case log
-    /// When this rack applied it, with the command's real reply.
+    /// When a rack applied it, with the command's real reply: the default.
     case applied
 }

@@ -20,6 +20,13 @@ final class Gateway: Sendable {
     let identity: Identity
     let maxPendingReplies: Int
     let logger: Logger
+    /// Every key Pylon may keep in a standalone or Sentinel Redis (DBSIZE leaves them out);
+    /// nil on Redis Cluster (see `Bookkeeping`).
+    let bookkeepingKeys: [String]?
+    /// The EVAL command, for the reads the gateway replaces with a script (`Bookkeeping`), and
+    /// PYLON, for what it asks peers.
+    let eval: Command
+    let pylon: Command
 
     struct Identity: Sendable {
         var rack: String?
@@ -62,6 +69,26 @@ final class Gateway: Sendable {
         self.identity = identity
         self.maxPendingReplies = maxPendingReplies
         self.logger = logger
+        if case .cluster = identity.redis {
+            self.bookkeepingKeys = nil
+        } else if let log {
+            self.bookkeepingKeys = (0..<Int32(log.partitions)).flatMap { partition in
+                [
+                    AppliedOffsets.markerKey(topic: log.topic, partition: partition), AppliedOffsets.ownerKey(topic: log.topic, partition: partition),
+                    AppliedOffsets.checkpointKey(topic: log.topic, partition: partition),
+                ]
+            }
+        } else {
+            self.bookkeepingKeys = []
+        }
+        guard case .command(let eval) = table.lookup([ByteBuffer(string: "EVAL"), ByteBuffer(string: ""), ByteBuffer(string: "0")]) else {
+            preconditionFailure("EVAL is in every command table")
+        }
+        self.eval = eval
+        guard case .command(let pylon) = table.lookup([ByteBuffer(string: "PYLON"), ByteBuffer(string: "WAIT")]) else {
+            preconditionFailure("PYLON is in every command table")
+        }
+        self.pylon = pylon
     }
 
     /// The reply to a write when no world's log is configured: never a silent success.
@@ -76,6 +103,7 @@ final class ClientRegistry: Sendable {
         var localAddress: String
         var name: String
         var connectedAt: ContinuousClock.Instant
+        var version = RESPVersion.resp2
         /// Closed when the sidecar stops.
         var channel: Channel
     }
@@ -98,6 +126,10 @@ final class ClientRegistry: Sendable {
         self.clients.withLock { $0[id]?.name = name }
     }
 
+    func speaks(_ id: Int, _ version: RESPVersion) {
+        self.clients.withLock { $0[id]?.version = version }
+    }
+
     func remove(_ id: Int) {
         _ = self.clients.withLock { $0.removeValue(forKey: id) }
     }
@@ -109,6 +141,6 @@ final class ClientRegistry: Sendable {
     /// One `CLIENT INFO` / `CLIENT LIST` line, in Redis's format (fields Pylon cannot know are zero).
     static func describe(_ client: Client, lastCommand: String) -> String {
         let age = (ContinuousClock.now - client.connectedAt).components.seconds
-        return "id=\(client.id) addr=\(client.address) laddr=\(client.localAddress) fd=-1 name=\(client.name) age=\(age) idle=0 flags=N db=0 sub=0 psub=0 ssub=0 multi=-1 qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 rbs=0 rbp=0 obl=0 oll=0 omem=0 tot-mem=0 events=r cmd=\(lastCommand) user=default redir=-1 resp=2"
+        return "id=\(client.id) addr=\(client.address) laddr=\(client.localAddress) fd=-1 name=\(client.name) age=\(age) idle=0 flags=N db=0 sub=0 psub=0 ssub=0 multi=-1 qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 rbs=0 rbp=0 obl=0 oll=0 omem=0 tot-mem=0 events=r cmd=\(lastCommand) user=default redir=-1 resp=\(client.version.rawValue)"
     }
 }

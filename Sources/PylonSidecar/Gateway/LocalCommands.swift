@@ -16,6 +16,8 @@ enum LocalCommands {
         case "reset":
             connection.name = ""
             gateway.clients.rename(connection.clientID, to: "")
+            connection.version = .resp2
+            gateway.clients.speaks(connection.clientID, .resp2)
             return .simple("RESET")
         case "hello":
             return self.hello(arguments, connection: connection)
@@ -57,15 +59,18 @@ enum LocalCommands {
         return .ok
     }
 
-    /// `HELLO [protover [AUTH user pass] [SETNAME name]]`: Pylon speaks RESP2.
+    /// `HELLO [protover [AUTH user pass] [SETNAME name]]`: RESP2 or RESP3, as Redis. The reply
+    /// is in the protocol chosen; the client's later reads go over connections of it.
     private static func hello(_ arguments: [ByteBuffer], connection: GatewayConnection) -> RESPValue {
+        var chosen = connection.version
         if arguments.count > 1 {
-            guard let version = Int(String(buffer: arguments[1])) else {
+            guard let number = Int(String(buffer: arguments[1])) else {
                 return .error("ERR Protocol version is not an integer or out of range")
             }
-            guard version == 2 else {
-                return .error("NOPROTO sorry, this protocol version is not supported; pylon speaks RESP2 (use HELLO 2 or no HELLO)")
+            guard let version = RESPVersion(rawValue: number) else {
+                return .error("NOPROTO unsupported protocol version")
             }
+            chosen = version
             var index = 2
             while index < arguments.count {
                 if arguments[index].equalsIgnoringASCIICase("AUTH") {
@@ -78,10 +83,12 @@ enum LocalCommands {
                 }
             }
         }
-        return .array([
+        connection.version = chosen
+        connection.gateway.clients.speaks(connection.clientID, chosen)
+        return .map([
             .bulk("server"), .bulk("redis"),
             .bulk("version"), .bulk(connection.gateway.table.redisVersion),
-            .bulk("proto"), .integer(2),
+            .bulk("proto"), .integer(chosen.rawValue),
             .bulk("id"), .integer(connection.clientID),
             .bulk("mode"), .bulk("standalone"),
             .bulk("role"), .bulk("master"),
@@ -106,6 +113,8 @@ enum PylonCommands {
         "    Where this connection's writes are in the world's log: a token for PYLON WAIT on any rack.",
         "WAIT <token> <timeout-ms>",
         "    Block until this rack applied the writes of a PYLON LASTWRITE token: 1, or 0 when the time ran out.",
+        "REPLY <partition:offset> <timeout-ms>",
+        "    The reply this rack gave another rack's write (asked by sidecars whose Redis is away).",
         "HELP",
         "    Print this help.",
     ]
@@ -133,8 +142,8 @@ enum PylonCommands {
             connection.consistency = level
             return .ok
         case "LASTWRITE":
-            guard !connection.written.isEmpty else { return .null }
-            return .bulk(connection.written.sorted { $0.key < $1.key }.map { "\($0.key):\($0.value)" }.joined(separator: ","))
+            guard !connection.session.written.isEmpty else { return .null }
+            return .bulk(connection.session.written.sorted { $0.key < $1.key }.map { "\($0.key):\($0.value)" }.joined(separator: ","))
         case "HELP":
             return .array(self.help.map { .simple($0) })
         default:

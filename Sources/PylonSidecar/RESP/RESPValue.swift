@@ -1,5 +1,10 @@
 import NIOCore
 
+/// The RESP protocol versions a client may speak (`HELLO`).
+public enum RESPVersion: Int, Sendable, CaseIterable {
+    case resp2 = 2, resp3 = 3
+}
+
 /// A decoded RESP2 value, for the few replies Pylon reads itself (cluster slots, sentinel answers,
 /// replies it assembles). Replies it only forwards stay raw bytes and are never decoded.
 public enum RESPValue: Sendable, Equatable {
@@ -8,6 +13,10 @@ public enum RESPValue: Sendable, Equatable {
     case integer(Int)
     case bulkString(ByteBuffer?)
     case array([RESPValue]?)
+    /// Keys and values in turn: a RESP3 map, a flat array in RESP2 (the replies Pylon makes: HELLO).
+    case map([RESPValue])
+    /// A RESP3 double (a bulk string in RESP2), written as Redis formats it.
+    case double(ByteBuffer)
 
     public static func bulk(_ string: String) -> RESPValue { .bulkString(ByteBuffer(string: string)) }
     public static func simple(_ string: String) -> RESPValue { .simpleString(ByteBuffer(string: string)) }
@@ -42,6 +51,34 @@ public enum RESPValue: Sendable, Equatable {
         return false
     }
 
+    /// Encodes in `version`: RESP3 has its own null, map and double.
+    public func encode(into buffer: inout ByteBuffer, version: RESPVersion) {
+        guard version == .resp3 else { return self.encode(into: &buffer) }
+        switch self {
+        case .bulkString(nil), .array(nil):
+            buffer.writeStaticString("_\r\n")
+        case .array(.some(let elements)):
+            buffer.writeString("*\(elements.count)\r\n")
+            for element in elements { element.encode(into: &buffer, version: version) }
+        case .map(let elements):
+            buffer.writeString("%\(elements.count / 2)\r\n")
+            for element in elements { element.encode(into: &buffer, version: version) }
+        case .double(var b):
+            buffer.writeInteger(UInt8(ascii: ","))
+            buffer.writeBuffer(&b)
+            buffer.writeInteger(crlf)
+        default:
+            self.encode(into: &buffer)
+        }
+    }
+
+    public func encoded(_ version: RESPVersion) -> ByteBuffer {
+        var buffer = ByteBuffer()
+        self.encode(into: &buffer, version: version)
+        return buffer
+    }
+
+    /// Encodes in RESP2.
     public func encode(into buffer: inout ByteBuffer) {
         switch self {
         case .simpleString(var b):
@@ -60,9 +97,11 @@ public enum RESPValue: Sendable, Equatable {
             buffer.writeRESPBulkString(b)
         case .array(nil):
             buffer.writeStaticString("*-1\r\n")
-        case .array(.some(let elements)):
+        case .array(.some(let elements)), .map(let elements):
             buffer.writeString("*\(elements.count)\r\n")
             for element in elements { element.encode(into: &buffer) }
+        case .double(let b):
+            buffer.writeRESPBulkString(b)
         }
     }
 

@@ -17,7 +17,11 @@ final class BackendConnection {
         var minBackoff: TimeAmount = .milliseconds(50)
         var maxBackoff: TimeAmount = .seconds(2)
         var limits = RESPLimits.default
+        /// RESP3 connections open with `HELLO 3` (their replies are a RESP3 client's).
+        var version = RESPVersion.resp2
     }
+
+    private static let hello3 = RedisRequest(strings: ["HELLO", "3"]).raw
 
     private enum State {
         case idle
@@ -129,6 +133,11 @@ final class BackendConnection {
         case .idle, .backingOff: break
         }
         self.state = .connecting
+        if self.settings.version == .resp3 {
+            // Ahead of every request on the new connection; its reply (the server's map) is dropped.
+            self.inFlight.append(InFlightRequest(request: Self.hello3, sink: nil, tag: 0, handshake: true))
+            self.queued.writeImmutableBuffer(Self.hello3)
+        }
         let limits = self.settings.limits
         let this = NIOLoopBound(self, eventLoop: self.eventLoop)
         let bootstrap = ClientBootstrap(group: self.eventLoop)
@@ -186,7 +195,7 @@ final class BackendConnection {
             let interrupted = self.inFlight
             self.inFlight.removeAll()
             self.connect()
-            for var request in interrupted {
+            for var request in interrupted where !request.handshake {
                 if resend, !request.resent {
                     request.resent = true
                     self.send(request)
@@ -257,6 +266,8 @@ final class BackendConnection {
     // MARK: - Replies
 
     fileprivate func received(_ reply: ByteBuffer) {
+        // A RESP3 push is no request's reply (none is asked for: pub/sub and tracking are refused).
+        if reply.getInteger(at: reply.readerIndex, as: UInt8.self) == UInt8(ascii: ">") { return }
         self.repliesReceived &+= 1
         guard let request = self.inFlight.popFirst() else {
             self.lost(reason: "redis sent a reply nobody asked for", resend: false)

@@ -47,7 +47,7 @@ final class ClusterBackend: RedisBackend {
     private let topology = Mutex(ClusterTopology())
     private let topologyVersion = Atomic<Int>(0)
     private let refreshing = Atomic<Bool>(false)
-    private let routers = LateBound<PerLoop<ClusterRouter>>()
+    private let routers = LateBound<PerLoop<ProtocolRouters<ClusterRouter>>>()
     private let refresher = Mutex<Task<Void, Never>?>(nil)
     /// How often the slot map is re-read even without a MOVED (new nodes, failovers).
     let refreshInterval: Duration = .seconds(10)
@@ -64,9 +64,9 @@ final class ClusterBackend: RedisBackend {
             self.logger.warning("no cluster node answered CLUSTER SLOTS yet; retrying in the background", metadata: ["seeds": "\(self.seeds)"])
         }
         let routers = try await PerLoop(group: self.context.group) { [self] loop in
-            let router = ClusterRouter(backend: self, eventLoop: loop)
-            router.connectToPrimaries()
-            return router
+            let routers = ProtocolRouters { ClusterRouter(backend: self, eventLoop: loop, version: $0) }
+            routers.resp2.connectToPrimaries()
+            return routers
         }
         self.routers.set(routers)
         let interval = self.refreshInterval
@@ -76,7 +76,7 @@ final class ClusterBackend: RedisBackend {
                     try? await Task.sleep(for: interval)
                     guard let self else { return }
                     if await self.refresh() {
-                        await self.routers.value?.forEach { $0.connectToPrimaries() }
+                        await self.routers.value?.forEach { $0.resp2.connectToPrimaries() }
                     }
                 }
             }
@@ -85,11 +85,11 @@ final class ClusterBackend: RedisBackend {
 
     func shutdown() async {
         self.refresher.withLock { $0?.cancel() }
-        await self.routers.value?.forEach { $0.close() }
+        await self.routers.value?.forEach { $0.forBoth { $0.close() } }
     }
 
-    func router(on eventLoop: EventLoop) -> BackendRouter {
-        self.routers.value!.value(on: eventLoop)
+    func router(on eventLoop: EventLoop, version: RESPVersion) -> BackendRouter {
+        self.routers.value!.value(on: eventLoop)[version]
     }
 
     var currentTopology: ClusterTopology { self.topology.withLock { $0 } }
@@ -164,15 +164,17 @@ final class ClusterBackend: RedisBackend {
 final class ClusterRouter: BackendRouter {
     private unowned let backend: ClusterBackend
     private let eventLoop: EventLoop
+    private let version: RESPVersion
     private var connections: [HostPort: BackendConnection] = [:]
     private var topology = ClusterTopology()
     private var nextKeyless = 0
     /// Redirects a request may follow before its last error goes to the client.
     static let maxRedirects = 5
 
-    init(backend: ClusterBackend, eventLoop: EventLoop) {
+    init(backend: ClusterBackend, eventLoop: EventLoop, version: RESPVersion) {
         self.backend = backend
         self.eventLoop = eventLoop
+        self.version = version
     }
 
     func connectToPrimaries() {
@@ -192,7 +194,7 @@ final class ClusterRouter: BackendRouter {
 
     private func connection(to address: HostPort) -> BackendConnection {
         if let connection = self.connections[address] { return connection }
-        let connection = self.backend.context.connection(to: address, on: self.eventLoop)
+        let connection = self.backend.context.connection(to: address, on: self.eventLoop, version: self.version)
         connection.redirectHandler = { [unowned self] reply, request in self.redirect(reply, request) }
         self.connections[address] = connection
         return connection

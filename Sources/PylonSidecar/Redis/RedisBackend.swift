@@ -7,8 +7,8 @@ protocol RedisBackend: Sendable {
     func start() async throws
     /// Closes every connection; in-flight requests get an error reply.
     func shutdown() async
-    /// The router for client connections on `eventLoop`.
-    func router(on eventLoop: EventLoop) -> BackendRouter
+    /// The router for client connections on `eventLoop` speaking `version`.
+    func router(on eventLoop: EventLoop, version: RESPVersion) -> BackendRouter
     /// True when reads can be served now.
     var isReady: Bool { get }
     /// Topology facts for `PYLON INFO`.
@@ -20,6 +20,16 @@ protocol RedisBackend: Sendable {
     var writeNodes: [HostPort] { get }
 }
 
+extension RedisBackend {
+    /// The RESP2 router on `eventLoop` (the sidecar's own requests: markers, PYLON WAIT).
+    func router(on eventLoop: EventLoop) -> BackendRouter { self.router(on: eventLoop, version: .resp2) }
+
+    /// Both routers on `eventLoop`.
+    func routers(on eventLoop: EventLoop) -> ProtocolRouters<BackendRouter> {
+        ProtocolRouters { self.router(on: eventLoop, version: $0) }
+    }
+}
+
 /// What every backend of the Redis layer is built with: its event loops, connection settings,
 /// the shared health view and the logger.
 struct RedisLayerContext: Sendable {
@@ -28,9 +38,11 @@ struct RedisLayerContext: Sendable {
     let status: BackendStatus
     let logger: Logger
 
-    /// A pipelined connection to `address` for the clients of `eventLoop`.
-    func connection(to address: HostPort, on eventLoop: EventLoop) -> BackendConnection {
-        BackendConnection(address: address, eventLoop: eventLoop, settings: self.settings, status: self.status, logger: self.logger)
+    /// A pipelined connection to `address` for the clients of `eventLoop` speaking `version`.
+    func connection(to address: HostPort, on eventLoop: EventLoop, version: RESPVersion = .resp2) -> BackendConnection {
+        var settings = self.settings
+        settings.version = version
+        return BackendConnection(address: address, eventLoop: eventLoop, settings: settings, status: self.status, logger: self.logger)
     }
 
     /// A request/response client for control queries (CLUSTER SLOTS, SENTINEL …).
@@ -84,7 +96,7 @@ final class PerLoop<Value>: Sendable {
 final class StandaloneBackend: RedisBackend {
     private let address: HostPort
     private let context: RedisLayerContext
-    private let routers = LateBound<PerLoop<SingleNodeRouter>>()
+    private let routers = LateBound<PerLoop<ProtocolRouters<SingleNodeRouter>>>()
 
     init(address: HostPort, context: RedisLayerContext) {
         self.address = address
@@ -94,19 +106,20 @@ final class StandaloneBackend: RedisBackend {
     func start() async throws {
         let (address, context) = (self.address, self.context)
         let routers = try await PerLoop(group: context.group) { loop in
-            let router = SingleNodeRouter(connection: context.connection(to: address, on: loop))
-            router.connection.connect()
-            return router
+            // RESP3 connections are made on a RESP3 client's first read.
+            let routers = ProtocolRouters { SingleNodeRouter(connection: context.connection(to: address, on: loop, version: $0)) }
+            routers.resp2.connection.connect()
+            return routers
         }
         self.routers.set(routers)
     }
 
     func shutdown() async {
-        await self.routers.value?.forEach { $0.connection.close() }
+        await self.routers.value?.forEach { $0.forBoth { $0.connection.close() } }
     }
 
-    func router(on eventLoop: EventLoop) -> BackendRouter {
-        self.routers.value!.value(on: eventLoop)
+    func router(on eventLoop: EventLoop, version: RESPVersion) -> BackendRouter {
+        self.routers.value!.value(on: eventLoop)[version]
     }
 
     var isReady: Bool { self.context.status.isUp(self.address) }

@@ -11,6 +11,18 @@ protocol ReplySink: AnyObject {
     var flushRequested: Bool { get set }
 }
 
+/// Hands one reply to a closure (the sidecar's own requests).
+final class ReplyCallback: ReplySink {
+    private let body: (ByteBuffer) -> Void
+    var flushRequested = false
+
+    init(_ body: @escaping (ByteBuffer) -> Void) { self.body = body }
+
+    func deliver(_ reply: ByteBuffer, tag: Int) { self.body(reply) }
+
+    func flushReplies() {}
+}
+
 /// A request written to Redis whose reply has not arrived yet.
 struct InFlightRequest {
     /// The request bytes, kept so a cluster redirect can send them again.
@@ -21,6 +33,8 @@ struct InFlightRequest {
     var redirects: Int = 0
     /// Set once the request was sent again after its connection dropped (reads are idempotent).
     var resent = false
+    /// The `HELLO 3` that opens a RESP3 connection: sent again by every new connection itself.
+    var handshake = false
 }
 
 /// The per-event-loop face of the Redis layer: client connections on a loop send through the
@@ -28,4 +42,25 @@ struct InFlightRequest {
 protocol BackendRouter: AnyObject {
     /// Sends a read; the reply (or a `-ERR pylon: …` when Redis is unavailable) goes to `sink`.
     func send(_ request: RedisRequest, command: Command, sink: ReplySink, tag: Int)
+}
+
+/// One router per protocol version of one event loop. A RESP3 client's reads go over
+/// connections that opened with `HELLO 3`, so Redis itself gives them RESP3 replies (maps,
+/// sets, doubles, nulls) — no reply is ever converted by the sidecar.
+struct ProtocolRouters<Router> {
+    let resp2: Router
+    let resp3: Router
+
+    /// Makes the RESP2 router and the RESP3 one.
+    init(_ make: (RESPVersion) -> Router) {
+        self.resp2 = make(.resp2)
+        self.resp3 = make(.resp3)
+    }
+
+    subscript(_ version: RESPVersion) -> Router { version == .resp3 ? self.resp3 : self.resp2 }
+
+    func forBoth(_ body: (Router) -> Void) {
+        body(self.resp2)
+        body(self.resp3)
+    }
 }

@@ -21,7 +21,7 @@ final class SentinelBackend: RedisBackend {
     let logger: Logger
     private let target = Mutex(Target())
     private let targetVersion = Atomic<Int>(0)
-    private let routers = LateBound<PerLoop<SentinelRouter>>()
+    private let routers = LateBound<PerLoop<ProtocolRouters<SentinelRouter>>>()
     private let watcher = Mutex<Task<Void, Never>?>(nil)
     /// Re-check interval, in case a `+switch-master` message was missed.
     let pollInterval: Duration = .seconds(5)
@@ -41,9 +41,9 @@ final class SentinelBackend: RedisBackend {
             self.logger.warning("no sentinel knows the master yet; retrying in the background", metadata: ["sentinels": "\(self.sentinels)"])
         }
         let routers = try await PerLoop(group: self.context.group) { [self] loop in
-            let router = SentinelRouter(backend: self, eventLoop: loop)
-            router.syncTarget()
-            return router
+            let routers = ProtocolRouters { SentinelRouter(backend: self, eventLoop: loop, version: $0) }
+            routers.forBoth { $0.syncTarget() }
+            return routers
         }
         self.routers.set(routers)
         self.watcher.withLock { $0 = Task { [weak self] in await self?.watch() } }
@@ -51,11 +51,11 @@ final class SentinelBackend: RedisBackend {
 
     func shutdown() async {
         self.watcher.withLock { $0?.cancel() }
-        await self.routers.value?.forEach { $0.close() }
+        await self.routers.value?.forEach { $0.forBoth { $0.close() } }
     }
 
-    func router(on eventLoop: EventLoop) -> BackendRouter {
-        self.routers.value!.value(on: eventLoop)
+    func router(on eventLoop: EventLoop, version: RESPVersion) -> BackendRouter {
+        self.routers.value!.value(on: eventLoop)[version]
     }
 
     var current: Target { self.target.withLock { $0 } }
@@ -175,7 +175,7 @@ final class SentinelBackend: RedisBackend {
         } else {
             self.logger.info("redis topology from sentinel", metadata: ["master": "\(master)", "replicas": "\(replicas)", "reads": "\(read)"])
         }
-        Task { await self.routers.value?.forEach { $0.syncTarget() } }
+        Task { await self.routers.value?.forEach { $0.forBoth { $0.syncTarget() } } }
     }
 
     // MARK: - Watching for failovers
@@ -225,13 +225,15 @@ final class SentinelBackend: RedisBackend {
 final class SentinelRouter: BackendRouter {
     private unowned let backend: SentinelBackend
     private let eventLoop: EventLoop
+    private let protocolVersion: RESPVersion
     private var version = -1
     private var readConnection: BackendConnection?
     private var connections: [HostPort: BackendConnection] = [:]
 
-    init(backend: SentinelBackend, eventLoop: EventLoop) {
+    init(backend: SentinelBackend, eventLoop: EventLoop, version: RESPVersion) {
         self.backend = backend
         self.eventLoop = eventLoop
+        self.protocolVersion = version
     }
 
     func syncTarget() {
@@ -239,7 +241,7 @@ final class SentinelRouter: BackendRouter {
         let target = self.backend.current
         self.version = target.version
         guard let read = target.read else { return }
-        let connection = self.connections[read] ?? self.backend.context.connection(to: read, on: self.eventLoop)
+        let connection = self.connections[read] ?? self.backend.context.connection(to: read, on: self.eventLoop, version: self.protocolVersion)
         self.connections[read] = connection
         connection.connect()
         self.readConnection = connection

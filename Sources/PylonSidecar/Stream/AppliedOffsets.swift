@@ -111,7 +111,7 @@ public enum AppliedOffsets {
     /// the previous op is not applied: it failed on the way (a dropped connection, OOM), and
     /// applying this run would move the marker past it for good. Replies `{-2}` when another
     /// applier claimed the partition since: this one is deposed.
-    public static let script = """
+    public static let script = spopFunction + "\n" + """
     if tonumber(redis.call('GET', KEYS[2]) or '0') ~= tonumber(ARGV[2]) then return {-2} end
     local applied = tonumber(redis.call('GET', KEYS[1]) or '-1')
     if tonumber(ARGV[1]) > applied then return {-1} end
@@ -125,9 +125,39 @@ public enum AppliedOffsets {
     redis.call('SET', KEYS[1], ARGV[todo[#todo]])
     for i = 1, #todo do
       local first = todo[i] + 2
-      results[i + 1] = redis.pcall(unpack(ARGV, first, first + tonumber(ARGV[first - 1]) - 1))
+      if ARGV[first] == '\(spopCommand)' then
+        local ok, reply = pcall(spop, ARGV[first + 1], ARGV[first + 2], ARGV[first + 3])
+        if ok then results[i + 1] = reply
+        elseif type(reply) == 'table' then results[i + 1] = reply
+        else results[i + 1] = {err = tostring(reply)} end
+      else
+        results[i + 1] = redis.pcall(unpack(ARGV, first, first + tonumber(ARGV[first - 1]) - 1))
+      end
     end
     return results
+    """
+
+    /// The op SPOP becomes (`WritePlanner`): `PYLON.SPOP key count|single seed`. No client can
+    /// send it (it is no command of the table); the script above applies it.
+    public static let spopCommand = "PYLON.SPOP"
+
+    /// SPOP without chance: the members popped are those whose SHA-1 with the op's seed is
+    /// lowest, so every rack pops the same ones whatever order its set keeps them in. Replies
+    /// as SPOP does: a member or nil, or with a count the members popped.
+    static let spopFunction = """
+    local function spop(key, count, seed)
+      local members = redis.call('SMEMBERS', key)
+      local want = count == 'single' and 1 or tonumber(count)
+      if want > #members then want = #members end
+      local ranked = {}
+      for i = 1, #members do ranked[i] = {redis.sha1hex(seed .. members[i]), members[i]} end
+      table.sort(ranked, function(a, b) return a[1] < b[1] end)
+      local popped = {}
+      for i = 1, want do popped[i] = ranked[i][2] end
+      for i = 1, #popped, 1000 do redis.call('SREM', key, unpack(popped, i, math.min(i + 999, #popped))) end
+      if count == 'single' then return popped[1] or false end
+      return popped
+    end
     """
 
     /// Who applies a partition: the owner key and the epoch of the claim.

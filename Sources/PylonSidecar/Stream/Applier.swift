@@ -29,6 +29,8 @@ final class Applier: Sendable {
         var redisTimeout: TimeAmount
         /// This sidecar's name: replies for ops it originated are handed over in-process.
         var sidecarName: String
+        /// This rack's name: replies for ops of other racks are kept in `recent`.
+        var rackName: String
         /// Where a partition Redis has no checkpoint for starts, when not at the log's start.
         var catchUpOffsets: [Int32: Int64] = [:]
         var batchSize = 1000
@@ -50,6 +52,8 @@ final class Applier: Sendable {
     let stats = ApplierStats()
     /// Where replies to this sidecar's `applied` writes go.
     let replies: AppliedReplies
+    /// The replies to other racks' recent ops, for `PYLON REPLY`.
+    let recent = RecentReplies()
     /// Where the rack's writes go now (a Sentinel failover moves the master, a Redis Cluster its slots).
     fileprivate let rack: RackRedis
     fileprivate let group: EventLoopGroup
@@ -156,8 +160,12 @@ private final class ApplierRun: @unchecked Sendable {
     /// This applier's claim on each marker it wrote under since its assignment (see
     /// `AppliedOffsets.ownerScript`); a marker is claimed before its first run.
     var owners: [Unit: AppliedOffsets.Ownership] = [:]
-    /// Partitions another applier claimed since: nothing is applied there until the next assignment.
+    /// Partitions another applier claimed since: nothing is applied there until the next
+    /// assignment, or until `reviveDeposed` finds the claim gone or stale.
     var deposed: Set<Int32> = []
+    /// When each deposed partition was deposed.
+    var deposedAt: [Int32: ContinuousClock.Instant] = [:]
+    var lastRevivalCheck = ContinuousClock.now
     /// Replies owed to other sidecars (PUBLISH commands), sent with the next request.
     var publishes: [[ByteBuffer]] = []
     var needsResync = false
@@ -230,11 +238,10 @@ private final class ApplierRun: @unchecked Sendable {
             if batch.isEmpty {
                 if self.inFlight != nil { self.finishInFlight() } else { try? self.writeCheckpoints() }
             } else {
-                let sent = self.send(batch)
-                self.finishInFlight()
-                self.inFlight = sent
+                self.apply(batch)
             }
             self.publish()
+            self.reviveDeposed()
         }
         self.finishInFlight()
         self.consumer.close()
@@ -250,6 +257,7 @@ private final class ApplierRun: @unchecked Sendable {
         // A new assignment claims its markers anew (before their first run); a revocation ends the claims.
         self.owners = [:]
         self.deposed = []
+        self.deposedAt = [:]
         switch event {
         case .assigned(let partitions):
             self.logger.info("partitions assigned to this sidecar's applier", metadata: ["partitions": "\(partitions.map(\.partition))"])
@@ -360,10 +368,47 @@ private final class ApplierRun: @unchecked Sendable {
     /// was deposed and has not heard of the rebalance yet.
     func depose(_ partition: Int32, epoch: Int) {
         guard self.deposed.insert(partition).inserted else { return }
+        self.deposedAt[partition] = .now
         self.logger.warning("another applier of the rack claimed the partition: applying nothing there until the group assigns it again", metadata: [
             "partition": "\(partition)", "epoch": "\(epoch)",
         ])
         self.applier.count(.deposed)
+    }
+
+    /// How long a deposed applier that the group still assigns the partition to waits before it
+    /// claims the partition again: longer than a rebalance takes to revoke it (the session
+    /// timeout), so a rightful new owner is not disturbed, yet a partition whose claimant is
+    /// gone (a zombie, a sidecar stopped for good) is applied again without a rebalance.
+    static let deposedGrace = Duration.seconds(30)
+
+    /// Claims again, once a second at most, the deposed partitions whose claim has vanished from
+    /// Redis (its owner key is gone) or that the group has still assigned here after
+    /// `deposedGrace`. Safe whatever the other claimant does: the markers in Redis decide what
+    /// is applied, so ownership passing back and forth never applies an op twice.
+    func reviveDeposed() {
+        guard !self.deposed.isEmpty, ContinuousClock.now - self.lastRevivalCheck > .seconds(1) else { return }
+        self.lastRevivalCheck = .now
+        var requests = NodeRequests()
+        let units = self.owners.keys.filter { self.deposed.contains($0.partition) }
+        do {
+            for unit in units { try requests.add(["EXISTS", self.ownerKey(unit)], to: self.node(forKey: self.markerKey(unit)), as: .claim(unit)) }
+            let vanished = Set(try self.exchange(requests).compactMap { entry, reply -> Int32? in
+                guard case .claim(let unit) = entry, reply == .integer(0) else { return nil }
+                return unit.partition
+            })
+            let revived = self.deposed.filter { vanished.contains($0) || ContinuousClock.now - (self.deposedAt[$0] ?? .now) > Self.deposedGrace }
+            guard !revived.isEmpty else { return }
+            self.logger.notice("claiming deposed partitions again (their claim vanished, or no rebalance took them away)", metadata: ["partitions": "\(revived.sorted())"])
+            for partition in revived {
+                self.deposed.remove(partition)
+                self.deposedAt[partition] = nil
+                for unit in self.owners.keys where unit.partition == partition { self.owners[unit] = nil }
+            }
+            // Another applier may have moved the partition on: start again from the checkpoints.
+            self.needsResync = true
+        } catch {
+            self.doubt("redis failed while checking deposed partitions", error: error)
+        }
     }
 
     // MARK: - Redis
@@ -373,6 +418,8 @@ private final class ApplierRun: @unchecked Sendable {
         case checkpoint(Int32)
         case publish
         case claim(Unit)
+        /// A script flushing a partition's keys (`FlushOps`).
+        case flush
         /// A script applying these ops (their offsets) under one marker.
         case run(Unit, offsets: [Int64])
     }
@@ -507,7 +554,13 @@ private final class ApplierRun: @unchecked Sendable {
     struct Message {
         var offset: Int64
         var readable: Bool
-        var replyTo: String?
+        var replyTo: Origin?
+    }
+
+    /// Who waits for an op's reply.
+    struct Origin {
+        var sidecar: String
+        var rack: String
     }
 
     /// Sends a batch: the earned checkpoints and owed replies, then the ops under each marker
@@ -527,7 +580,8 @@ private final class ApplierRun: @unchecked Sendable {
                 let unit = self.unit(of: op, in: message.partition)
                 if ops[unit] == nil { order.append(unit) }
                 ops[unit, default: []].append(.init(op: op, offset: message.offset))
-                messages[message.partition, default: []].append(Message(offset: message.offset, readable: true, replyTo: op.wantsReply ? op.originSidecar : nil))
+                let origin = op.wantsReply ? Origin(sidecar: op.originSidecar, rack: op.originRack) : nil
+                messages[message.partition, default: []].append(Message(offset: message.offset, readable: true, replyTo: origin))
             } catch {
                 messages[message.partition, default: []].append(Message(offset: message.offset, readable: false))
                 self.logger.error("skipping a message of the log that is not a readable op", metadata: [
@@ -555,6 +609,121 @@ private final class ApplierRun: @unchecked Sendable {
             self.doubt("redis failed during a batch", error: error)
             return nil
         }
+    }
+
+    /// Applies a batch: its ops in pipelined runs (`send`), and each flush op on its own once
+    /// everything before it was applied (`flush`).
+    func apply(_ batch: [KafkaMessage]) {
+        var rest = batch[...]
+        while let index = rest.firstIndex(where: Self.isFlush) {
+            if index > rest.startIndex { self.sendBehindInFlight(Array(rest[..<index])) }
+            self.finishInFlight()
+            guard !self.needsResync else { return }
+            self.flush(rest[index])
+            guard !self.needsResync else { return }
+            rest = rest[(index + 1)...]
+        }
+        if !rest.isEmpty { self.sendBehindInFlight(Array(rest)) }
+    }
+
+    /// Sends a batch, then reads the replies of the one sent before.
+    private func sendBehindInFlight(_ batch: [KafkaMessage]) {
+        let sent = self.send(batch)
+        self.finishInFlight()
+        self.inFlight = sent
+    }
+
+    /// Whether a message is a flush op (only version 2 records can be: a byte is checked first).
+    static func isFlush(_ message: KafkaMessage) -> Bool {
+        guard message.value.getInteger(at: message.value.readerIndex + 2, as: UInt8.self) == 2 else { return false }
+        return (try? OpRecord(decoding: message.value)).flatMap(FlushOps.target) != nil
+    }
+
+    /// Applies a flush op (`FlushOps`): deletes the user keys of the partition's slots, fenced
+    /// and marked like any run, and hands over its reply.
+    func flush(_ message: KafkaMessage) {
+        let partition = message.partition
+        guard !self.deposed.contains(partition), let next = self.next[partition], message.offset >= next,
+              let op = try? OpRecord(decoding: message.value), let target = FlushOps.target(of: op) else { return }
+        let units = self.rack.perSlot
+            ? (0..<HashSlot.count).filter { OpRecord.partition(ofSlot: $0, count: target.partitions) == partition }.map { Unit(partition: partition, slot: $0) }
+            : [Unit(partition: partition, slot: -1)]
+        do {
+            try self.claim(units.filter { self.owners[$0] == nil })
+            guard !self.deposed.contains(partition) else { return }
+            let outcome = self.rack.perSlot
+                ? try self.flushSlots(units, offset: message.offset)
+                : try self.flushKeyspace(units[0], offset: message.offset, partitions: target.partitions)
+            let position = AppliedReplies.Position(partition: partition, offset: message.offset)
+            switch outcome {
+            case .applied(let reply):
+                self.applier.count(.applied)
+                self.logger.notice("flushed the keys of the partition's slots (FLUSHALL)", metadata: ["partition": "\(partition)", "offset": "\(message.offset)"])
+                if op.wantsReply { self.handOver(reply.encoded, for: position, to: Origin(sidecar: op.originSidecar, rack: op.originRack)) }
+            case .alreadyApplied:
+                self.applier.count(.duplicate)
+            case .deposed:
+                self.depose(partition, epoch: self.owners[units[0]]?.epoch ?? 0)
+                return
+            case .previousMissing, .rejected:
+                throw Doubt(description: "the flush at \(position) could not run: \(outcome)")
+            }
+            for unit in units { self.lastSent[unit] = message.offset }
+            self.advance(partition, past: message.offset)
+        } catch {
+            self.doubt("redis failed during a flush", error: error)
+        }
+    }
+
+    /// A flush on a standalone or Sentinel Redis: the keyspace a SCAN chunk at a time.
+    private func flushKeyspace(_ unit: Unit, offset: Int64, partitions: Int) throws -> AppliedOffsets.Outcome {
+        let (marker, owner) = (self.markerKey(unit), self.ownerKey(unit))
+        guard let epoch = self.owners[unit]?.epoch else { return .deposed }
+        let previous = self.lastSent[unit] ?? -1
+        var cursor = "0"
+        repeat {
+            var request = NodeRequests()
+            request.add(
+                ["EVAL", FlushOps.standaloneScript, "2", marker, owner, String(epoch), String(offset), String(previous), cursor, String(unit.partition), String(partitions)],
+                to: try self.node(forKey: marker), as: .flush
+            )
+            switch try self.exchange(request)[0].1 {
+            case .integer(-3): return .alreadyApplied
+            case .integer(-2): return .deposed
+            case .integer(-1): return .previousMissing
+            case .bulkString(let next?): cursor = String(buffer: next)
+            case let reply: throw Doubt(description: "a flush chunk answered \(reply)")
+            }
+        } while cursor != "0"
+        return .applied(reply: .ok)
+    }
+
+    /// A flush on Redis Cluster: every slot of the partition emptied by a script of its own, on
+    /// the node that owns it, all in one pipeline.
+    private func flushSlots(_ units: [Unit], offset: Int64) throws -> AppliedOffsets.Outcome {
+        var requests = NodeRequests()
+        for unit in units {
+            guard let epoch = self.owners[unit]?.epoch else { return .deposed }
+            let marker = self.markerKey(unit)
+            requests.add(
+                ["EVAL", FlushOps.slotScript, "2", marker, self.ownerKey(unit), String(epoch), String(offset), String(self.lastSent[unit] ?? -1), String(unit.slot)],
+                to: try self.node(forKey: marker), as: .flush
+            )
+        }
+        var flushed = false
+        for (_, reply) in try self.exchange(requests) {
+            switch reply {
+            case .integer(0): flushed = true
+            case .integer(-3): break
+            case .integer(-2): return .deposed
+            case .integer(-1): return .previousMissing
+            case .error(let message):
+                if ["MOVED", "ASK", "CLUSTERDOWN"].contains(where: { message.readableBytesView.starts(with: $0.utf8) }) { self.rack.slotsMoved() }
+                throw Doubt(description: "a slot's flush answered \(reply)")
+            default: throw Doubt(description: "a slot's flush answered \(reply)")
+            }
+        }
+        return flushed ? .applied(reply: .ok) : .alreadyApplied
     }
 
     /// Reads the replies of the batch in flight, if any, and records each partition's progress
@@ -635,13 +804,16 @@ private final class ApplierRun: @unchecked Sendable {
     }
 
     /// Gives an op's reply to the sidecar that waits for it: in-process, or published on its
-    /// channel with the next request.
-    func handOver(_ reply: ByteBuffer, for position: AppliedReplies.Position, to origin: String) {
-        if origin == self.settings.sidecarName {
+    /// channel with the next request; an op of another rack's sidecar has its reply kept in
+    /// case that sidecar asks for it (its own Redis is away: `PYLON REPLY`).
+    func handOver(_ reply: ByteBuffer, for position: AppliedReplies.Position, to origin: Origin) {
+        if origin.rack != self.settings.rackName {
+            self.applier.recent.keep(reply, for: position)
+        } else if origin.sidecar == self.settings.sidecarName {
             self.applier.replies.deliver(reply, for: position)
-            return
+        } else {
+            self.publishes.append([ByteBuffer(string: "PUBLISH"), ByteBuffer(string: AppliedReplies.channel(for: origin.sidecar)), AppliedReplies.message(reply, for: position)])
         }
-        self.publishes.append([ByteBuffer(string: "PUBLISH"), ByteBuffer(string: AppliedReplies.channel(for: origin)), AppliedReplies.message(reply, for: position)])
     }
 
     func advance(_ partition: Int32, past offset: Int64) {

@@ -3,17 +3,27 @@ import NIOCore
 /// One write as the world's log records it: the raw command arguments (bytes, never re-split
 /// strings), where it came from and when, and the hash slot that chose its partition.
 ///
-/// Wire format, version 1 (integers big-endian):
+/// Wire format, versions 1 and 2 (integers big-endian):
 ///
-///     "PY" | version u8 (1) | flags u8 (bit 0: the origin waits for the reply)
+///     "PY" | version u8 | flags u8 (bit 0: the origin waits for the reply)
 ///     timestamp ms i64 | slot u16 (0xFFFF: no key)
 ///     rack u16-length + UTF-8 | sidecar u16-length + UTF-8
 ///     argument count u32 | per argument: u32-length + bytes
 ///
+/// Version 2 is the same layout for ops only the applier of version 2 knows how to apply (the
+/// `PYLON.` ops such as SPOP's, `AppliedOffsets.script`); every other op is written as version
+/// 1, so sidecars of both versions apply it while a world is being upgraded.
+///
 /// A reader refuses versions it does not know rather than guess: a rack must never apply an op
 /// differently from another. Flags never change what an op does, so unknown flags are ignored.
 public struct OpRecord: Sendable, Equatable {
-    public static let version: UInt8 = 1
+    /// The newest version this sidecar reads and writes.
+    public static let version: UInt8 = 2
+
+    /// The version this op is written as: the oldest that can apply it.
+    var wireVersion: UInt8 {
+        self.arguments.first.map { $0.readableBytesView.starts(with: "PYLON.".utf8) } == true ? 2 : 1
+    }
     /// The slot value of ops that name no key (FLUSHALL): they go to partition 0.
     public static let noSlot = 0xFFFF
 
@@ -39,8 +49,13 @@ public struct OpRecord: Sendable, Equatable {
     /// The Kafka partition of this op: every op on a slot lands in one partition, so per-key
     /// order holds whatever the partition count.
     public func partition(of partitionCount: Int) -> Int32 {
+        Self.partition(ofSlot: self.slot, count: partitionCount)
+    }
+
+    /// The partition of the ops on `slot` (`noSlot`: partition 0).
+    public static func partition(ofSlot slot: Int, count partitionCount: Int) -> Int32 {
         precondition(partitionCount > 0)
-        return self.slot == Self.noSlot ? 0 : Int32(self.slot % partitionCount)
+        return slot == Self.noSlot ? 0 : Int32(slot % partitionCount)
     }
 
     public struct DecodingError: Error, Equatable, CustomStringConvertible {
@@ -49,7 +64,7 @@ public struct OpRecord: Sendable, Equatable {
 
     public func encode(into buffer: inout ByteBuffer) {
         buffer.writeStaticString("PY")
-        buffer.writeInteger(Self.version)
+        buffer.writeInteger(self.wireVersion)
         buffer.writeInteger(UInt8(self.wantsReply ? 1 : 0))
         buffer.writeInteger(self.timestampMilliseconds)
         buffer.writeInteger(UInt16(truncatingIfNeeded: self.slot))
@@ -76,8 +91,8 @@ public struct OpRecord: Sendable, Equatable {
         guard let version = buffer.readInteger(as: UInt8.self), let flags = buffer.readInteger(as: UInt8.self) else {
             throw fail("truncated header")
         }
-        guard version == Self.version else {
-            throw fail("version \(version) is not understood by this sidecar (it reads version \(Self.version)); upgrade the sidecar")
+        guard (1...Self.version).contains(version) else {
+            throw fail("version \(version) is not understood by this sidecar (it reads versions 1 to \(Self.version)); upgrade the sidecar")
         }
         guard let timestamp = buffer.readInteger(as: Int64.self), let slot = buffer.readInteger(as: UInt16.self) else {
             throw fail("truncated header")

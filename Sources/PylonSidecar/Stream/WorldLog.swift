@@ -19,13 +19,24 @@ final class WorldLog: Sendable {
     init(_ membership: SidecarConfiguration.WorldMembership, configuration: SidecarConfiguration, logger: Logger) throws {
         let (brokers, topic) = (membership.brokers, membership.topic)
         let producer = try KafkaProducer(
-            brokers: brokers, properties: configuration.kafkaProperties,
+            // Looking the topic up must not create it (a producer's metadata request would, with
+            // the broker's default partition count).
+            brokers: brokers, properties: ["allow.auto.create.topics": "false"].merging(configuration.kafkaProperties) { $1 },
             stallTimeout: .milliseconds(configuration.writeTimeoutMilliseconds), logger: logger
         )
         do {
-            try producer.createTopic(topic, partitions: Int32(configuration.partitions), replicationFactor: Int32(configuration.replicationFactor))
-            guard let partitions = try producer.partitionCount(topic: topic) else {
-                throw KafkaError("topic '\(topic)' does not exist after creating it")
+            // Looked up first: a sidecar of a least-privilege Kafka user (no CreateTopics right)
+            // starts on an existing topic; only a missing one is created.
+            let partitions: Int
+            if let existing = try producer.partitionCount(topic: topic) {
+                partitions = existing
+            } else {
+                logger.notice("the world's topic does not exist: creating it", metadata: ["topic": "\(topic)", "partitions": "\(configuration.partitions)"])
+                try producer.createTopic(topic, partitions: Int32(configuration.partitions), replicationFactor: Int32(configuration.replicationFactor))
+                guard let created = try producer.partitionCount(topic: topic) else {
+                    throw KafkaError("topic '\(topic)' does not exist after creating it")
+                }
+                partitions = created
             }
             if partitions != configuration.partitions {
                 logger.notice("the topic has another partition count than configured; using the topic's", metadata: [

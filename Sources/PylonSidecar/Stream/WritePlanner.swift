@@ -7,9 +7,11 @@ import NIOCore
 ///   slot) and refused otherwise, as Redis Cluster refuses it (`-CROSSSLOT`).
 /// - **Determinism.** Relative times are made absolute at the gateway with the gateway's clock
 ///   (EXPIRE/PEXPIRE/EXPIREAT → PEXPIREAT; SETEX/PSETEX and SET … EX/PX/EXAT → SET … PXAT;
-///   GETEX … EX/PX/EXAT → PXAT; RESTORE ttl → ABSTTL; XADD `*` → `<ms>-*`). Writes whose effect
-///   depends on chance or on each rack's own state are refused (SPOP, SET … GET, XAUTOCLAIM,
-///   XCLAIM, FLUSHALL/FLUSHDB).
+///   GETEX … EX/PX/EXAT → PXAT; RESTORE ttl → ABSTTL; XADD `*` → `<ms>-*`). SPOP's chance is
+///   a seed drawn here and carried in the op (`AppliedOffsets.spop`), so every rack pops the
+///   same members. Writes whose effect depends on each rack's own state are refused
+///   (XAUTOCLAIM, XCLAIM).
+/// - **Flushes.** FLUSHALL and FLUSHDB become one op per partition (`FlushOps`).
 /// - **Size.** An op carries at most `AppliedOffsets.maxArguments` arguments (the applier's Lua
 ///   limit); a longer write is refused before it reaches the log, never dropped after.
 public enum WritePlanner {
@@ -25,28 +27,35 @@ public enum WritePlanner {
     }
 
     static let refusals: [String: String] = [
-        "spop": "ERR pylon: SPOP removes random members, which would differ from rack to rack; use SRANDMEMBER then SREM",
         "xautoclaim": "ERR pylon: XAUTOCLAIM depends on each rack's idle times; consumer groups are not replicated by pylon yet",
         "xclaim": "ERR pylon: XCLAIM depends on each rack's idle times; consumer groups are not replicated by pylon yet",
-        "flushall": "ERR pylon: FLUSHALL cannot be ordered against writes in other partitions of the log; delete the keys (UNLINK), or retire the rack and create a new one",
-        "flushdb": "ERR pylon: FLUSHDB cannot be ordered against writes in other partitions of the log; delete the keys (UNLINK), or retire the rack and create a new one",
     ]
 
     /// Commands whose keys may be split into one op per slot.
     static let splittable: Set<String> = ["del", "unlink", "mset"]
 
     /// Plans a write. `now` is the gateway's clock, in Unix milliseconds.
-    public static func plan(_ arguments: [ByteBuffer], command: Command, now: Int64) throws -> [PlannedOp] {
-        let ops = try self.partitioned(arguments, command: command, now: now)
+    /// `partitions` is the log's partition count; `seed` makes SPOP's choice (random by
+    /// default; tests fix it).
+    public static func plan(
+        _ arguments: [ByteBuffer], command: Command, now: Int64, partitions: Int = 1, seed: UInt64 = .random(in: .min ... .max)
+    ) throws -> [PlannedOp] {
+        if command.name == "flushall" || command.name == "flushdb" {
+            guard arguments.count == 1 || (arguments.count == 2 && (arguments[1].equalsIgnoringASCIICase("ASYNC") || arguments[1].equalsIgnoringASCIICase("SYNC"))) else {
+                throw Refusal(description: "ERR syntax error")
+            }
+            return FlushOps.ops(partitions: partitions)
+        }
+        let ops = try self.partitioned(arguments, command: command, now: now, seed: seed)
         if let long = ops.first(where: { $0.arguments.count > AppliedOffsets.maxArguments }) {
             throw Refusal(description: "ERR pylon: a write may carry at most \(AppliedOffsets.maxArguments) arguments per hash slot (this one has \(long.arguments.count)); split it into smaller commands")
         }
         return ops
     }
 
-    static func partitioned(_ arguments: [ByteBuffer], command: Command, now: Int64) throws -> [PlannedOp] {
+    static func partitioned(_ arguments: [ByteBuffer], command: Command, now: Int64, seed: UInt64) throws -> [PlannedOp] {
         if let reason = refusals[command.name] { throw Refusal(description: reason) }
-        let rewritten = try self.deterministic(arguments, command: command.name, now: now)
+        let rewritten = try self.deterministic(arguments, command: command.name, now: now, seed: seed)
         guard let positions = command.keyPositions(in: rewritten) else {
             throw Refusal(description: "ERR wrong number of arguments for '\(command.name)' command")
         }
@@ -74,7 +83,7 @@ public enum WritePlanner {
 
     // MARK: - Determinism
 
-    static func deterministic(_ arguments: [ByteBuffer], command: String, now: Int64) throws -> [ByteBuffer] {
+    static func deterministic(_ arguments: [ByteBuffer], command: String, now: Int64, seed: UInt64 = 0) throws -> [ByteBuffer] {
         let time = Clock(arguments: arguments, command: command, now: now)
         var out = arguments
         switch command {
@@ -93,11 +102,19 @@ public enum WritePlanner {
         case "set":
             var index = 3
             while index < out.count {
-                if out[index].equalsIgnoringASCIICase("GET") {
-                    throw Refusal(description: "ERR pylon: SET … GET is not supported because it reads and writes at once; use GET then SET")
-                }
                 index += try self.rewriteExpiry(&out, at: index, time: time)
             }
+        case "spop":
+            // `PYLON.SPOP key count|single seed`: the members whose SHA-1 with the seed is
+            // lowest, whatever order a rack's set keeps them in.
+            var count = "single"
+            if arguments.count > 2 {
+                guard let n = Int(String(buffer: arguments[2])), n >= 0 else {
+                    throw Refusal(description: "ERR value is out of range, must be positive")
+                }
+                count = String(n)
+            }
+            out = [ByteBuffer(string: AppliedOffsets.spopCommand), arguments[1], ByteBuffer(string: count), ByteBuffer(string: String(seed, radix: 16))]
         case "getex":
             var index = 2
             while index < out.count {

@@ -1,17 +1,19 @@
 import NIOCore
 
-/// The reply a write gets once the world's log has it. The write has not been applied yet (every
-/// rack applies it from the log, this one included), so its real result is unknown: the gateway
-/// answers a valid reply of the type the command's clients expect, saying "accepted, no result
-/// known yet". With `applied` consistency the client gets the real reply instead (`applied(_:)`).
+/// The reply a write gets at the `log` consistency level, once the world's log has it. The write
+/// has not been applied yet (every rack applies it from the log, this one included), so its
+/// real result is unknown: the gateway answers a valid reply of the type the command's clients
+/// expect, saying "accepted, no result known yet". At the default `applied` level the client
+/// gets the real reply instead (`applied(_:)`).
 ///
 /// | Reply          | Commands                                                                   |
 /// |----------------|----------------------------------------------------------------------------|
 /// | `+OK`          | SET (any options), SETEX, PSETEX, MSET, LSET, LTRIM, RENAME, RESTORE,      |
 /// |                | HMSET, PFMERGE, XGROUP CREATE / SETID, XSETID                              |
-/// | nil (`$-1`)    | the *POP family (LPOP, RPOP, RPOPLPUSH, LMOVE, LMPOP, ZMPOP), GETDEL,       |
-/// |                | GETSET, GETEX, INCRBYFLOAT, HINCRBYFLOAT, ZINCRBY, ZADD … INCR, XADD       |
-/// | empty (`*0`)   | ZPOPMIN, ZPOPMAX, BITFIELD                                                 |
+/// | nil (`$-1`)    | the *POP family (LPOP, RPOP, RPOPLPUSH, LMOVE, LMPOP, ZMPOP, SPOP), GETDEL, |
+/// |                | GETSET, SET … GET, GETEX, INCRBYFLOAT, HINCRBYFLOAT, ZINCRBY, ZADD … INCR,  |
+/// |                | XADD                                                                       |
+/// | empty (`*0`)   | ZPOPMIN, ZPOPMAX, SPOP with a count, BITFIELD                              |
 /// | `:0`           | every other write (DEL, INCR, HSET, SADD, LPUSH, ZADD, EXPIRE, …): integer |
 /// |                | replies count effects, and none is known yet                               |
 public enum WriteReply: Sendable, Equatable {
@@ -24,7 +26,7 @@ public enum WriteReply: Sendable, Equatable {
             "xgroup|create", "xgroup|setid", "xsetid",
         ] { table[name] = .ok }
         for name in [
-            "lpop", "rpop", "rpoplpush", "lmove", "lmpop", "zmpop", "getdel", "getex", "incrbyfloat",
+            "lpop", "rpop", "rpoplpush", "lmove", "lmpop", "zmpop", "getdel", "getex", "getset", "spop", "incrbyfloat",
             "hincrbyfloat", "zincrby", "xadd",
         ] { table[name] = .null }
         for name in ["zpopmin", "zpopmax", "bitfield"] { table[name] = .emptyArray }
@@ -36,6 +38,10 @@ public enum WriteReply: Sendable, Equatable {
         if command.name == "zadd", arguments.dropFirst(2).contains(where: { $0.equalsIgnoringASCIICase("INCR") }) {
             return .null  // ZADD … INCR answers the new score, like ZINCRBY
         }
+        if command.name == "set", arguments.dropFirst(3).contains(where: { $0.equalsIgnoringASCIICase("GET") }) {
+            return .null  // SET … GET answers the old value, like GETSET
+        }
+        if command.name == "spop", arguments.count > 2 { return .emptyArray }
         return self.byCommand[command.name] ?? .zero
     }
 
@@ -59,6 +65,35 @@ public enum WriteReply: Sendable, Equatable {
             }
         }
         return RESPValue.integer(sum).encoded
+    }
+
+    /// A write's reply (real or placeholder, both RESP2: the applier's script speaks RESP2) as a
+    /// RESP3 client gets it from Redis: nulls as `_`, and the scores of sorted-set writes as
+    /// doubles (ZINCRBY, ZADD … INCR, ZPOPMIN/ZPOPMAX — pairs when given a count —, ZMPOP).
+    static func resp3(_ reply: ByteBuffer, command: Command, arguments: [ByteBuffer]) -> ByteBuffer {
+        let first = reply.getInteger(at: reply.readerIndex, as: UInt8.self)
+        guard first == UInt8(ascii: "$") || first == UInt8(ascii: "*") else { return reply }
+        var bytes = reply
+        guard let value = try? RESPValue.decode(from: &bytes) else { return reply }
+        func double(_ value: RESPValue) -> RESPValue {
+            if case .bulkString(.some(let text)) = value { return .double(text) }
+            return value
+        }
+        func pairs(_ flat: [RESPValue]) -> [RESPValue] {
+            stride(from: 0, to: flat.count - 1, by: 2).map { .array([flat[$0], double(flat[$0 + 1])]) }
+        }
+        let upgraded: RESPValue
+        switch (command.name, value) {
+        case ("zincrby", _), ("zadd", _):
+            upgraded = double(value)
+        case ("zpopmin", .array(.some(let flat))), ("zpopmax", .array(.some(let flat))):
+            upgraded = arguments.count > 2 ? .array(pairs(flat)) : .array(flat.enumerated().map { $0.offset % 2 == 1 ? double($0.element) : $0.element })
+        case ("zmpop", .array(.some(let popped))) where popped.count == 2:
+            upgraded = .array([popped[0], .array(popped[1].array?.map { .array(($0.array ?? []).enumerated().map { $0.offset == 1 ? double($0.element) : $0.element }) })])
+        default:
+            upgraded = value
+        }
+        return upgraded.encoded(.resp3)
     }
 
     public var encoded: ByteBuffer {

@@ -12,10 +12,16 @@ final class FailoverRouter: BackendRouter {
     private let context: RedisLayerContext
     private let eventLoop: EventLoop
     private let metrics: SidecarMetrics
+    /// The peers' sidecars speak both protocols too.
+    private let version: RESPVersion
     private var connections: [HostPort: BackendConnection] = [:]
 
-    init(local: BackendRouter, localServes: @escaping () -> Bool, peers: Peers, context: RedisLayerContext, eventLoop: EventLoop, metrics: SidecarMetrics) {
+    init(
+        local: BackendRouter, version: RESPVersion, localServes: @escaping () -> Bool, peers: Peers, context: RedisLayerContext, eventLoop: EventLoop,
+        metrics: SidecarMetrics
+    ) {
         self.local = local
+        self.version = version
         self.localServes = localServes
         self.peers = peers
         self.context = context
@@ -34,7 +40,7 @@ final class FailoverRouter: BackendRouter {
 
     private func connection(to peer: HostPort) -> BackendConnection {
         if let connection = self.connections[peer] { return connection }
-        let connection = self.context.connection(to: peer, on: self.eventLoop)
+        let connection = self.context.connection(to: peer, on: self.eventLoop, version: self.version)
         self.connections[peer] = connection
         return connection
     }

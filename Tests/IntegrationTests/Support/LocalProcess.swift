@@ -61,8 +61,11 @@ final class LocalProcess: @unchecked Sendable {
 
     deinit { self.stop(signal: SIGKILL) }
 
+    /// The executable `name` as the shell would find it (PATH first: `python3` is the one
+    /// `make deps` installed packages for), else in the system's folders.
     static func which(_ name: String) throws -> String {
-        for directory in ["/usr/bin", "/usr/sbin", "/usr/local/bin", "/bin"] {
+        let path = (ProcessInfo.processInfo.environment["PATH"] ?? "").split(separator: ":").map(String.init)
+        for directory in path + ["/usr/bin", "/usr/sbin", "/usr/local/bin", "/bin"] {
             let path = "\(directory)/\(name)"
             if FileManager.default.isExecutableFile(atPath: path) { return path }
         }
@@ -132,4 +135,22 @@ func eventually(timeout: Duration = .seconds(10), _ condition: () async throws -
         try await Task.sleep(for: .milliseconds(50))
     }
     return try await condition()
+}
+
+/// Runs a command to completion: its exit status and what it printed (stdout and stderr).
+func runToCompletion(_ executable: String, _ arguments: [String], input: String? = nil) throws -> (status: Int32, output: String) {
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: executable.hasPrefix("/") ? executable : try LocalProcess.which(executable))
+    process.arguments = arguments
+    let output = Pipe()
+    process.standardOutput = output
+    process.standardError = output
+    let stdin = Pipe()
+    process.standardInput = stdin
+    try process.run()
+    if let input { stdin.fileHandleForWriting.write(Data(input.utf8)) }
+    try stdin.fileHandleForWriting.close()
+    let text = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+    process.waitUntilExit()
+    return (process.terminationStatus, text)
 }
