@@ -14,17 +14,7 @@ fi
 SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
 
 # Debian's source packages: a deb-src entry beside the binary one.
-if ! grep -rqs '^Types:.*deb-src' /etc/apt/sources.list.d/ && ! grep -qs '^deb-src' /etc/apt/sources.list; then
-  echo "adding deb-src entries for bookworm" >&2
-  $SUDO tee /etc/apt/sources.list.d/pylon-deb-src.sources >/dev/null <<'SRC'
-Types: deb-src
-URIs: http://deb.debian.org/debian
-Suites: bookworm bookworm-updates
-Components: main
-Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
-SRC
-  $SUDO apt-get update -qq
-fi
+source "$(dirname "$0")/deb-src.sh"
 packages=(golang-go rsync jq golang-github-modern-go-reflect2-dev etcd-server dpkg-dev)
 missing=()
 for p in "${packages[@]}"; do

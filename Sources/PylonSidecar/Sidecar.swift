@@ -87,7 +87,8 @@ public final class Sidecar: Service, Sendable {
         }
         let writes = Gateway.WritePolicy(
             consistency: configuration.consistency, contentious: configuration.contentiousKeys.map(KeyPattern.init),
-            appliedTimeout: .milliseconds(Int64(configuration.appliedTimeoutMilliseconds)), replies: self.replies
+            appliedTimeout: .milliseconds(Int64(configuration.appliedTimeoutMilliseconds)), maxWriteBytes: configuration.maxWriteBytes,
+            replies: self.replies
         )
         self.gateway = Gateway(
             table: table, backend: backend, log: self.log, applier: self.applier, writes: writes, peers: self.peers, progress: self.progress,

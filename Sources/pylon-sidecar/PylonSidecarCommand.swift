@@ -63,13 +63,15 @@ struct PylonSidecarCommand: AsyncParsableCommand {
     var maxArguments: String?
     @Option(name: .customLong("max-inline-length"), help: "Longest inline command, bytes (default 65536).")
     var maxInlineLength: String?
+    @Option(name: .customLong("max-write-bytes"), help: "Most bytes one write may carry, its arguments together (default 67108864).")
+    var maxWriteBytes: String?
     @Option(name: .customLong("connect-timeout-ms"), help: "Give up connecting to Redis after this many ms (default 1000).")
     var connectTimeout: String?
     @Option(name: .customLong("shutdown-grace-ms"), help: "On SIGTERM, wait this long for in-flight replies (default 5000).")
     var shutdownGrace: String?
     @Option(help: "Event-loop threads (default 1).")
     var threads: String?
-    @Option(help: "When writes are acknowledged: log (Kafka has it; default) or applied (this rack applied it; the real reply).")
+    @Option(help: "When writes are acknowledged: applied (a rack applied it, with the real reply; default) or log (Kafka has it; a placeholder reply).")
     var consistency: String?
     @Option(name: .customLong("contentious-keys"), help: "A key pattern (Redis glob) whose writes are always acknowledged as applied; repeatable.")
     var contentiousKeys: [String] = []
@@ -95,7 +97,7 @@ struct PylonSidecarCommand: AsyncParsableCommand {
                 ("kafka-brokers", self.kafkaBrokers), ("topic", self.topic), ("partitions", self.partitions),
                 ("replication-factor", self.replicationFactor), ("write-timeout-ms", self.writeTimeout),
                 ("max-ready-lag", self.maxReadyLag), ("sidecar-name", self.sidecarName), ("max-arguments", self.maxArguments),
-                ("max-inline-length", self.maxInlineLength), ("connect-timeout-ms", self.connectTimeout),
+                ("max-inline-length", self.maxInlineLength), ("max-write-bytes", self.maxWriteBytes), ("connect-timeout-ms", self.connectTimeout),
                 ("shutdown-grace-ms", self.shutdownGrace), ("consistency", self.consistency), ("applied-timeout-ms", self.appliedTimeout),
                 ("peer-probe-interval-ms", self.peerProbeInterval), ("max-peer-lag", self.maxPeerLag), ("max-local-lag", self.maxLocalLag),
             ] + self.kafkaProperty.map { ("kafka-property", $0) } + self.kafkaPropertyFile.map { ("kafka-property-file", $0) } + self.contentiousKeys.map { ("contentious-keys", $0) }

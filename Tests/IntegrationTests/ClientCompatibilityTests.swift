@@ -245,6 +245,37 @@ struct ClientCompatibilityTests {
         #expect(applier.partitions.allSatisfy { !$0.deposed })
         for i in 0..<8 { #expect(try await redis.send("GET", "n:\(i)") == .bulk("2")) }
     }
+
+    @Test func writesUpTo64MBAndWithAnyArgumentCountAreAppliedOnEveryRack() async throws {
+        let world = try await WorldFixture(racks: 2)
+        defer { Task { await world.stop() } }
+        let a = try await world.racks[0].sidecar.client()
+        let b = try await world.racks[1].sidecar.client()
+        // SET big <value>: the arguments together are exactly the limit (64 MiB).
+        let limit = 64 << 20
+        let value = String(repeating: "0123456789abcdef", count: (limit - 6) / 16) + String(repeating: "x", count: (limit - 6) % 16)
+        #expect(try await a.send("SET", "big", value) == .ok)
+        #expect(try await b.send("STRLEN", "big") == .integer(value.utf8.count))
+        #expect(try await b.send("GET", "big") == .bulk(value))
+        // One byte over: refused, nothing in the log, nothing applied.
+        let reply = try await a.send("SET", "over", value + "y")
+        #expect(reply.string?.contains("max-write-bytes") == true, "\(reply.string?.prefix(200) ?? "")")
+        // More arguments than a script can pass on: applied in a transaction, with Redis's reply.
+        let members = (0..<20_000).map { "m\($0)" }
+        #expect(try await a.send(["SADD", "many"] + members) == .integer(20_000))
+        #expect(try await a.send(["SREM", "many"] + members.prefix(10_000)) == .integer(10_000))
+        #expect(try await a.send(["DEL"] + (0..<9000).map { "{t}\($0)" } + ["many"]) == .integer(1))
+        #expect(try await a.send(["RPUSH", "list"] + members) == .integer(20_000))
+        #expect(try await a.send(["HSET", "list"] + members).string?.hasPrefix("WRONGTYPE") == true)
+        #expect(try await world.waitUntilApplied())
+        for rack in world.racks {
+            let redis = try await rack.redis.client()
+            #expect(try await redis.send("EXISTS", "over", "many") == .integer(0), "\(rack.name)")
+            #expect(try await redis.send("LLEN", "list") == .integer(20_000), "\(rack.name)")
+            #expect(try await redis.send("STRLEN", "big") == .integer(value.utf8.count), "\(rack.name)")
+        }
+        #expect(try await a.send("INCR", "after") == .integer(1))
+    }
 }
 
 extension Array {

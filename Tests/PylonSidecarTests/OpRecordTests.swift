@@ -68,3 +68,31 @@ struct AppliedOffsetsTests {
         #expect(throws: OpRecord.DecodingError.self) { try AppliedOffsets.outcomes(of: .array([.bulk("1")])) }
     }
 }
+
+@Suite("Op chunks")
+struct OpChunkTests {
+    let record: ByteBuffer = {
+        let value = ByteBuffer(bytes: (0..<250_000).map { UInt8(truncatingIfNeeded: $0 &* 31) })
+        return OpRecord(arguments: [ByteBuffer(string: "SET"), ByteBuffer(string: "k"), value], originRack: "a", originSidecar: "s", timestampMilliseconds: 1, slot: 7).encoded
+    }()
+
+    @Test func anOpTravelsInChunksAndIsWholeAtItsLast() throws {
+        let chunks = OpChunk.split(self.record, id: 42, maxMessageBytes: 100_000)
+        #expect(chunks.count == 3 && chunks.allSatisfy { $0.readableBytes <= 100_000 && OpChunk.isChunk($0) })
+        #expect(!OpChunk.isChunk(self.record))
+        var assembly = OpChunk.Assembly()
+        // Another op's chunk in between, and the chunks out of order: still one whole op, at the last.
+        let other = OpChunk.split(self.record, id: 7, maxMessageBytes: 100_000)
+        #expect(assembly.add(try OpChunk(decoding: chunks[0]), partition: 1, offset: 10) == nil)
+        #expect(assembly.add(try OpChunk(decoding: other[0]), partition: 1, offset: 11) == nil)
+        #expect(assembly.add(try OpChunk(decoding: chunks[2]), partition: 1, offset: 12) == nil)
+        #expect(assembly.oldestUnfinished(in: 1, next: 13) == 10)
+        let whole = try #require(assembly.add(try OpChunk(decoding: chunks[1]), partition: 1, offset: 13))
+        #expect(whole == self.record)
+        #expect(try OpRecord(decoding: whole).arguments[2].readableBytes == 250_000)
+        // The other op is still unfinished: no checkpoint may pass its first chunk, until it is given up.
+        #expect(assembly.oldestUnfinished(in: 1, next: 14) == 11)
+        #expect(assembly.oldestUnfinished(in: 1, next: 11 + OpChunk.Assembly.abandonAfter + 1) == nil)
+        #expect(throws: OpRecord.DecodingError.self) { try OpChunk(decoding: self.record) }
+    }
+}

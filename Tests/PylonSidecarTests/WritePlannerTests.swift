@@ -94,13 +94,17 @@ struct WritePlannerTests {
         #expect(try self.plan("RENAME", "{a}.1", "{a}.2") == [["RENAME", "{a}.1", "{a}.2"]])
     }
 
-    @Test func refusesOpsLongerThanTheApplierTakes() throws {
-        // MSET + 3499 pairs in one slot: 6999 arguments; one pair more is over the limit.
-        let pairs = (0..<3500).flatMap { ["{k}.\($0)", "v"] }
-        #expect(try Self.planned(["MSET"] + pairs.dropLast(2)).count == 1)
-        #expect { try Self.planned(["MSET"] + pairs) } throws: { "\($0)".hasPrefix("ERR pylon: a write may carry at most 7000 arguments per hash slot (this one has 7001)") }
-        // Split per slot first: a long MSET over many slots passes.
-        #expect(try Self.planned(["MSET"] + (0..<4000).flatMap { ["key\($0)", "v"] }).count > 1)
+    @Test func refusesWritesLargerThanTheLimitAndNoArgumentCount() throws {
+        // Any argument count in one slot (the applier takes long ops in a transaction).
+        let pairs = (0..<10_000).flatMap { ["{k}.\($0)", "v"] }
+        #expect(try Self.planned(["MSET"] + pairs).map(\.arguments.count) == [20_001])
+        // The bytes of the arguments together are limited (max-write-bytes): up to it, not one byte over.
+        let buffers = ["SET", "k", String(repeating: "v", count: 96)].map { ByteBuffer(string: $0) }
+        guard case .command(let set) = CommandTable.shared.lookup(buffers) else { throw CancellationError() }
+        #expect(try WritePlanner.plan(buffers, command: set, now: 0, maxWriteBytes: 100).count == 1)
+        #expect { try WritePlanner.plan(buffers, command: set, now: 0, maxWriteBytes: 99) } throws: {
+            "\($0)" == "ERR pylon: a write may carry at most 99 bytes (max-write-bytes); this one has 100: split the value, or raise max-write-bytes"
+        }
     }
 
     static func planned(_ arguments: [String]) throws -> [WritePlanner.PlannedOp] {

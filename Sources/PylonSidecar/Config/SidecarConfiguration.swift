@@ -39,6 +39,9 @@ public struct SidecarConfiguration: Sendable, Equatable {
     public var kafkaProperties: [String: String] = [:]
     /// A write that Kafka has not taken within this time fails (and is never applied).
     public var writeTimeoutMilliseconds = 5000
+    /// The most bytes one write may carry, its arguments together (a larger one is carried by
+    /// the log in several messages: `OpChunk`).
+    public var maxWriteBytes = 64 << 20
     /// `/readyz` answers 503 while any partition this sidecar applies lags by more ops than this.
     public var maxReadyLag: Int64?
     /// This sidecar's name in the ops it writes; host name and port unless set.
@@ -131,7 +134,7 @@ public struct SidecarConfiguration: Sendable, Equatable {
         "kafka-brokers", "topic", "partitions", "replication-factor", "kafka-property", "write-timeout-ms",
         "max-ready-lag", "sidecar-name", "consistency", "contentious-keys", "applied-timeout-ms",
         "peers", "peer-probe-interval-ms", "max-peer-lag", "max-local-lag", "kafka-property-file",
-        "catch-up-offsets",
+        "catch-up-offsets", "max-write-bytes",
     ]
 
     /// Keys that may be given many times (flags repeated, YAML lists); each value adds one.
@@ -178,6 +181,7 @@ public struct SidecarConfiguration: Sendable, Equatable {
         case "max-bulk-length": self.limits.maxBulkLength = try integer(1...(1 << 40))
         case "max-arguments": self.limits.maxArrayLength = try integer(1...(1 << 30))
         case "max-inline-length": self.limits.maxInlineLength = try integer(16...(1 << 30))
+        case "max-write-bytes": self.maxWriteBytes = try integer(1...(1 << 40))
         case "shutdown-grace-ms": self.shutdownGraceMilliseconds = try integer(0...3_600_000)
         case "threads": self.threads = try integer(1...256)
         case "kafka-brokers":

@@ -40,6 +40,7 @@ final class Gateway: Sendable {
         var consistency: Consistency
         var contentious: [KeyPattern]
         var appliedTimeout: TimeAmount
+        var maxWriteBytes: Int
         /// Where `applied` writes wait for their replies (nil without a world).
         var replies: AppliedReplies?
 

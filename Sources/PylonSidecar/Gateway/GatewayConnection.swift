@@ -197,7 +197,7 @@ final class GatewayConnection: ChannelDuplexHandler, ReplySink {
         let now = Int64(Date().timeIntervalSince1970 * 1000)
         let ops: [WritePlanner.PlannedOp]
         do {
-            ops = try WritePlanner.plan(request.arguments, command: command, now: now, partitions: log.partitions)
+            ops = try WritePlanner.plan(request.arguments, command: command, now: now, partitions: log.partitions, maxWriteBytes: self.gateway.writes.maxWriteBytes)
         } catch {
             self.complete(tag, error: "\(error)")
             return

@@ -79,9 +79,18 @@ public enum AppliedOffsets {
         max(marker.map { $0 + 1 } ?? 0, checkpoint ?? 0)
     }
 
-    /// The most arguments an op may have: Lua's `unpack` in the script takes at most about 8000
-    /// values. The gateway refuses longer writes; the applier skips longer ops as unreadable.
-    public static let maxArguments = 7000
+    /// The most arguments an op applied by `script` may have: Lua's `unpack` takes at most about
+    /// 8000 values. A longer op is applied on its own in a MULTI/EXEC instead (`Applier`).
+    public static let maxScriptArguments = 7000
+
+    /// Sets the marker of an op passed without running (refused when queued in a MULTI): KEYS[1]
+    /// the marker, KEYS[2] the owner key; ARGV[1] the epoch, ARGV[2] the offset.
+    public static let markScript = """
+    if tonumber(redis.call('GET', KEYS[2]) or '0') ~= tonumber(ARGV[1]) then return -2 end
+    if tonumber(redis.call('GET', KEYS[1]) or '-1') >= tonumber(ARGV[2]) then return -3 end
+    redis.call('SET', KEYS[1], ARGV[2])
+    return 0
+    """
 
     /// One op for the script and where it is in its partition.
     public struct PendingOp: Sendable {

@@ -160,6 +160,8 @@ private final class ApplierRun: @unchecked Sendable {
     /// This applier's claim on each marker it wrote under since its assignment (see
     /// `AppliedOffsets.ownerScript`); a marker is claimed before its first run.
     var owners: [Unit: AppliedOffsets.Ownership] = [:]
+    /// Chunks of ops not yet whole (`OpChunk`), per partition.
+    var chunks = OpChunk.Assembly()
     /// Partitions another applier claimed since: nothing is applied there until the next
     /// assignment, or until `reviveDeposed` finds the claim gone or stale.
     var deposed: Set<Int32> = []
@@ -254,6 +256,7 @@ private final class ApplierRun: @unchecked Sendable {
         // The batch in flight belongs to the old assignment: record it before the assignment changes.
         self.finishInFlight()
         self.lastSent = [:]
+        self.chunks.removeAll()
         // A new assignment claims its markers anew (before their first run); a revocation ends the claims.
         self.owners = [:]
         self.deposed = []
@@ -324,6 +327,7 @@ private final class ApplierRun: @unchecked Sendable {
             try self.consumer.assign(zip(partitions, offsets).map { (self.settings.topic, $0, $1) })
             self.checkpoints = [:]
             self.lastSent = [:]
+            self.chunks.removeAll()
             self.needsResync = false
             self.backoffMilliseconds = 50
             if !partitions.isEmpty { self.logger.info("applier resynced from the checkpoints in redis", metadata: ["offsets": "\(self.next)"]) }
@@ -418,8 +422,8 @@ private final class ApplierRun: @unchecked Sendable {
         case checkpoint(Int32)
         case publish
         case claim(Unit)
-        /// A script flushing a partition's keys (`FlushOps`).
-        case flush
+        /// A request of an op applied on its own: a flush (`FlushOps`), a large op's transaction.
+        case ownTurn
         /// A script applying these ops (their offsets) under one marker.
         case run(Unit, offsets: [Int64])
     }
@@ -553,8 +557,17 @@ private final class ApplierRun: @unchecked Sendable {
     /// sidecar waiting for the op's reply.
     struct Message {
         var offset: Int64
-        var readable: Bool
+        var kind: Kind
         var replyTo: Origin?
+
+        enum Kind {
+            /// An op, applied in a run.
+            case op
+            /// Not a readable op (a newer format): passed where it stands, counted.
+            case unreadable
+            /// A chunk of an op not yet whole (`OpChunk`): passed, the op applied at its last.
+            case chunk
+        }
     }
 
     /// Who waits for an op's reply.
@@ -567,23 +580,36 @@ private final class ApplierRun: @unchecked Sendable {
     /// in runs of `opsPerScript`, each node's in one pipeline. The replies are read by
     /// `finishInFlight` after the next batch was sent, so Redis does not wait for the applier
     /// between batches.
-    func send(_ batch: [KafkaMessage]) -> InFlight? {
+    ///
+    /// It stops before an op that needs a turn of its own (`OwnTurn`: a flush, or more arguments
+    /// than a script takes) and returns it with where it is in the batch.
+    func send(_ batch: ArraySlice<KafkaMessage>) -> (sent: InFlight?, stop: OwnTurn?) {
         var ops: [Unit: [AppliedOffsets.PendingOp]] = [:]
         var order: [Unit] = []
         var messages: [Int32: [Message]] = [:]
-        for message in batch where !self.deposed.contains(message.partition) && (self.next[message.partition].map { message.offset >= $0 } ?? false) {
+        var stop: OwnTurn?
+        for (index, message) in zip(batch.indices, batch) where !self.deposed.contains(message.partition) && (self.next[message.partition].map { message.offset >= $0 } ?? false) {
             do {
-                let op = try OpRecord(decoding: message.value)
-                guard op.arguments.count <= AppliedOffsets.maxArguments else {
-                    throw OpRecord.DecodingError(description: "\(op.arguments.count) arguments, more than the applier's script takes (\(AppliedOffsets.maxArguments))")
+                var value = message.value
+                if OpChunk.isChunk(value) {
+                    guard let whole = self.chunks.add(try OpChunk(decoding: value), partition: message.partition, offset: message.offset) else {
+                        messages[message.partition, default: []].append(Message(offset: message.offset, kind: .chunk))
+                        continue
+                    }
+                    value = whole
+                }
+                let op = try OpRecord(decoding: value)
+                if FlushOps.target(of: op) != nil || op.arguments.count > AppliedOffsets.maxScriptArguments {
+                    stop = OwnTurn(index: index, message: message, op: op)
+                    break
                 }
                 let unit = self.unit(of: op, in: message.partition)
                 if ops[unit] == nil { order.append(unit) }
                 ops[unit, default: []].append(.init(op: op, offset: message.offset))
                 let origin = op.wantsReply ? Origin(sidecar: op.originSidecar, rack: op.originRack) : nil
-                messages[message.partition, default: []].append(Message(offset: message.offset, readable: true, replyTo: origin))
+                messages[message.partition, default: []].append(Message(offset: message.offset, kind: .op, replyTo: origin))
             } catch {
-                messages[message.partition, default: []].append(Message(offset: message.offset, readable: false))
+                messages[message.partition, default: []].append(Message(offset: message.offset, kind: .unreadable))
                 self.logger.error("skipping a message of the log that is not a readable op", metadata: [
                     "partition": "\(message.partition)", "offset": "\(message.offset)", "error": "\(error)",
                 ])
@@ -604,56 +630,132 @@ private final class ApplierRun: @unchecked Sendable {
                     self.lastSent[unit] = run.last!.offset
                 }
             }
-            return InFlight(requests: try self.transmit(requests), messages: messages)
+            return (InFlight(requests: try self.transmit(requests), messages: messages), stop)
         } catch {
             self.doubt("redis failed during a batch", error: error)
-            return nil
+            return (nil, nil)
         }
     }
 
-    /// Applies a batch: its ops in pipelined runs (`send`), and each flush op on its own once
-    /// everything before it was applied (`flush`).
+    /// An op applied on its own, once everything before it was (see `send`).
+    struct OwnTurn {
+        /// Where it is in the batch.
+        var index: Int
+        var message: KafkaMessage
+        var op: OpRecord
+    }
+
+    /// Applies a batch: its ops in pipelined runs (`send`, each batch sent before the replies of
+    /// the one before are read), and an op that needs a turn of its own once everything before
+    /// it was applied (`flush`, `applyAlone`).
     func apply(_ batch: [KafkaMessage]) {
         var rest = batch[...]
-        while let index = rest.firstIndex(where: Self.isFlush) {
-            if index > rest.startIndex { self.sendBehindInFlight(Array(rest[..<index])) }
+        while !rest.isEmpty {
+            let (sent, stop) = self.send(rest)
+            self.finishInFlight()
+            self.inFlight = sent
+            guard let stop else { return }
             self.finishInFlight()
             guard !self.needsResync else { return }
-            self.flush(rest[index])
+            if let target = FlushOps.target(of: stop.op) {
+                self.flush(stop.message, partitions: target.partitions, op: stop.op)
+            } else {
+                self.applyAlone(stop.message, op: stop.op)
+            }
             guard !self.needsResync else { return }
-            rest = rest[(index + 1)...]
+            rest = rest[(stop.index + 1)...]
         }
-        if !rest.isEmpty { self.sendBehindInFlight(Array(rest)) }
     }
 
-    /// Sends a batch, then reads the replies of the one sent before.
-    private func sendBehindInFlight(_ batch: [KafkaMessage]) {
-        let sent = self.send(batch)
-        self.finishInFlight()
-        self.inFlight = sent
+    /// Applies an op with more arguments than a script can pass on (Lua's stack): in a
+    /// transaction watching its marker and owner key, so it is fenced and applied exactly once
+    /// like any run — the marker is set in the same MULTI/EXEC as the op.
+    func applyAlone(_ message: KafkaMessage, op: OpRecord) {
+        let partition = message.partition
+        let unit = self.unit(of: op, in: partition)
+        let position = AppliedReplies.Position(partition: partition, offset: message.offset)
+        do {
+            if self.owners[unit] == nil { try self.claim([unit]) }
+            guard !self.deposed.contains(partition), let epoch = self.owners[unit]?.epoch else { return }
+            let (marker, owner) = (self.markerKey(unit), self.ownerKey(unit))
+            let node = try self.node(forKey: marker)
+            var check = NodeRequests()
+            check.add(["WATCH", marker, owner], to: node, as: .ownTurn)
+            check.add(["MGET", owner, marker], to: node, as: .ownTurn)
+            let stored = try self.exchange(check)[1].1.array ?? []
+            let applied = stored.count == 2 ? stored[1].string.flatMap { Int64($0) } ?? -1 : -1
+            let outcome: AppliedOffsets.Outcome
+            if stored.first?.string.flatMap({ Int($0) }) != epoch {
+                outcome = .deposed
+            } else if applied >= message.offset {
+                outcome = .alreadyApplied
+            } else if (self.lastSent[unit] ?? -1) > applied {
+                outcome = .previousMissing
+            } else {
+                var transaction = NodeRequests()
+                transaction.add(["MULTI"], to: node, as: .ownTurn)
+                transaction.add(["SET", marker, String(message.offset)], to: node, as: .ownTurn)
+                transaction.add(op.arguments, to: node, as: .ownTurn)
+                transaction.add(["EXEC"], to: node, as: .ownTurn)
+                let replies = try self.exchange(transaction).map(\.1)
+                switch replies[3] {
+                case .array(let results?) where results.count == 2:
+                    if case .error(let error) = results[1] { outcome = .rejected(error: String(buffer: error)) } else { outcome = .applied(reply: results[1]) }
+                case .error(let error) where String(buffer: error).hasPrefix("EXECABORT") && !Self.isTransient(replies[2]):
+                    // Refused when queued (the same on every rack): passed, as a rejected op.
+                    outcome = .rejected(error: replies[2].string ?? "EXECABORT")
+                    _ = try self.exchange({ var r = NodeRequests(); r.add(["EVAL", AppliedOffsets.markScript, "2", marker, owner, String(epoch), String(message.offset)], to: node, as: .ownTurn); return r }())
+                default:
+                    throw Doubt(description: "a transaction applying op \(position) answered \(replies[3]) (\(replies[2]))")
+                }
+            }
+            try self.finishAlone(outcome, op: op, position: position, unit: unit)
+        } catch {
+            self.doubt("redis failed applying a large op", error: error)
+        }
     }
 
-    /// Whether a message is a flush op (only version 2 records can be: a byte is checked first).
-    static func isFlush(_ message: KafkaMessage) -> Bool {
-        guard message.value.getInteger(at: message.value.readerIndex + 2, as: UInt8.self) == 2 else { return false }
-        return (try? OpRecord(decoding: message.value)).flatMap(FlushOps.target) != nil
+    /// Whether a queued command's reply is an error that may pass (OOM, LOADING, a moved slot…).
+    static func isTransient(_ reply: RESPValue) -> Bool {
+        guard case .error(let message) = reply else { return false }
+        return ["OOM", "LOADING", "READONLY", "MOVED", "ASK", "CLUSTERDOWN", "TRYAGAIN", "BUSY", "MASTERDOWN"].contains { message.readableBytesView.starts(with: $0.utf8) }
+    }
+
+    /// Records what an op applied on its own did, as `record` does for runs.
+    private func finishAlone(_ outcome: AppliedOffsets.Outcome, op: OpRecord, position: AppliedReplies.Position, unit: Unit) throws {
+        switch outcome {
+        case .applied(let reply):
+            self.applier.count(.applied)
+            if op.wantsReply { self.handOver(reply.encoded, for: position, to: Origin(sidecar: op.originSidecar, rack: op.originRack)) }
+        case .rejected(let error):
+            self.applier.count(.rejected)
+            self.logger.warning("op rejected by redis", metadata: ["partition": "\(position.partition)", "offset": "\(position.offset)", "error": "\(error)"])
+            if op.wantsReply { self.handOver(.respError(error), for: position, to: Origin(sidecar: op.originSidecar, rack: op.originRack)) }
+        case .alreadyApplied:
+            self.applier.count(.duplicate)
+        case .deposed:
+            self.depose(position.partition, epoch: self.owners[unit]?.epoch ?? 0)
+            return
+        case .previousMissing:
+            throw Doubt(description: "the op before \(position) did not apply")
+        }
+        self.lastSent[unit] = position.offset
+        self.advance(position.partition, past: position.offset)
     }
 
     /// Applies a flush op (`FlushOps`): deletes the user keys of the partition's slots, fenced
     /// and marked like any run, and hands over its reply.
-    func flush(_ message: KafkaMessage) {
+    func flush(_ message: KafkaMessage, partitions: Int, op: OpRecord) {
         let partition = message.partition
-        guard !self.deposed.contains(partition), let next = self.next[partition], message.offset >= next,
-              let op = try? OpRecord(decoding: message.value), let target = FlushOps.target(of: op) else { return }
         let units = self.rack.perSlot
-            ? (0..<HashSlot.count).filter { OpRecord.partition(ofSlot: $0, count: target.partitions) == partition }.map { Unit(partition: partition, slot: $0) }
+            ? (0..<HashSlot.count).filter { OpRecord.partition(ofSlot: $0, count: partitions) == partition }.map { Unit(partition: partition, slot: $0) }
             : [Unit(partition: partition, slot: -1)]
         do {
             try self.claim(units.filter { self.owners[$0] == nil })
             guard !self.deposed.contains(partition) else { return }
             let outcome = self.rack.perSlot
                 ? try self.flushSlots(units, offset: message.offset)
-                : try self.flushKeyspace(units[0], offset: message.offset, partitions: target.partitions)
+                : try self.flushKeyspace(units[0], offset: message.offset, partitions: partitions)
             let position = AppliedReplies.Position(partition: partition, offset: message.offset)
             switch outcome {
             case .applied(let reply):
@@ -685,7 +787,7 @@ private final class ApplierRun: @unchecked Sendable {
             var request = NodeRequests()
             request.add(
                 ["EVAL", FlushOps.standaloneScript, "2", marker, owner, String(epoch), String(offset), String(previous), cursor, String(unit.partition), String(partitions)],
-                to: try self.node(forKey: marker), as: .flush
+                to: try self.node(forKey: marker), as: .ownTurn
             )
             switch try self.exchange(request)[0].1 {
             case .integer(-3): return .alreadyApplied
@@ -707,7 +809,7 @@ private final class ApplierRun: @unchecked Sendable {
             let marker = self.markerKey(unit)
             requests.add(
                 ["EVAL", FlushOps.slotScript, "2", marker, self.ownerKey(unit), String(epoch), String(offset), String(self.lastSent[unit] ?? -1), String(unit.slot)],
-                to: try self.node(forKey: marker), as: .flush
+                to: try self.node(forKey: marker), as: .ownTurn
             )
         }
         var flushed = false
@@ -781,10 +883,16 @@ private final class ApplierRun: @unchecked Sendable {
     /// the sidecars that wait for them.
     func record(_ outcomes: [Int64: AppliedOffsets.Outcome], partition: Int32, messages: [Message], counts: inout [ApplierStats.Outcome: Int]) {
         for message in messages {
-            guard message.readable else {
+            switch message.kind {
+            case .chunk:
+                self.advance(partition, past: message.offset)
+                continue
+            case .unreadable:
                 counts[.undecodable, default: 0] += 1
                 self.advance(partition, past: message.offset)
                 continue
+            case .op:
+                break
             }
             guard let outcome = outcomes[message.offset] else { return }
             let position = AppliedReplies.Position(partition: partition, offset: message.offset)
@@ -816,9 +924,10 @@ private final class ApplierRun: @unchecked Sendable {
         }
     }
 
+    /// The checkpoint never passes the first chunk of an op not yet whole: a restart must read it again.
     func advance(_ partition: Int32, past offset: Int64) {
         self.next[partition] = offset + 1
-        self.checkpoints[partition] = offset + 1
+        self.checkpoints[partition] = min(offset + 1, self.chunks.oldestUnfinished(in: partition, next: offset + 1) ?? .max)
     }
 
     func doubt(_ what: String, error: Error) {

@@ -13,6 +13,9 @@ final class WorldLog: Sendable {
     let partitions: Int
     let rack: String
     let sidecar: String
+    /// The largest message this sidecar writes: an op larger than this travels as chunks
+    /// (`OpChunk`), below the producer's `message.max.bytes` and its request overhead.
+    let maxMessageBytes: Int
 
     /// Connects, creates the topic when it is missing and learns its partition count. Blocks
     /// (start-up only).
@@ -52,6 +55,8 @@ final class WorldLog: Sendable {
         self.topic = topic
         self.rack = membership.rack
         self.sidecar = configuration.resolvedSidecarName
+        let messageMaxBytes = configuration.kafkaProperties["message.max.bytes"].flatMap(Int.init) ?? 1_000_000
+        self.maxMessageBytes = max(64 * 1024, messageMaxBytes - 16 * 1024)
     }
 
     /// Appends the ops one write became; succeeds when Kafka has all of them, with where each is.
@@ -63,7 +68,23 @@ final class WorldLog: Sendable {
             )
             // The key names the slot, for tools reading the topic; the partition is chosen here.
             let key: [UInt8] = [UInt8(truncatingIfNeeded: op.slot >> 8), UInt8(truncatingIfNeeded: op.slot)]
-            return self.producer.send(topic: self.topic, partition: record.partition(of: self.partitions), key: key, value: record.encoded, on: eventLoop)
+            let partition = record.partition(of: self.partitions)
+            let encoded = record.encoded
+            guard encoded.readableBytes > self.maxMessageBytes else {
+                return self.producer.send(topic: self.topic, partition: partition, key: key, value: encoded, on: eventLoop)
+            }
+            // Chunks, in order, to the op's partition: the op is where its last chunk is.
+            let chunks = OpChunk.split(encoded, id: .random(in: .min ... .max), maxMessageBytes: self.maxMessageBytes).map {
+                self.producer.send(topic: self.topic, partition: partition, key: key, value: $0, on: eventLoop)
+            }
+            return EventLoopFuture.whenAllComplete(chunks, on: eventLoop).flatMapThrowing { results in
+                let failures = results.compactMap { result -> Error? in
+                    if case .failure(let error) = result { return error }
+                    return nil
+                }
+                if let failure = failures.first(where: { ($0 as? KafkaError)?.mayBeInLog == true }) ?? failures.first { throw failure }
+                return results.compactMap { try? $0.get() }.max { $0.offset < $1.offset }!
+            }
         }
         if sends.count == 1 { return sends[0].map { [$0] } }
         return EventLoopFuture.whenAllComplete(sends, on: eventLoop).flatMapThrowing { results in

@@ -12,8 +12,9 @@ import NIOCore
 ///   same members. Writes whose effect depends on each rack's own state are refused
 ///   (XAUTOCLAIM, XCLAIM).
 /// - **Flushes.** FLUSHALL and FLUSHDB become one op per partition (`FlushOps`).
-/// - **Size.** An op carries at most `AppliedOffsets.maxArguments` arguments (the applier's Lua
-///   limit); a longer write is refused before it reaches the log, never dropped after.
+/// - **Size.** A write carries at most `maxWriteBytes` bytes of arguments (`max-write-bytes`,
+///   64 MB by default); a larger one is refused before it reaches the log, never dropped after.
+///   An op larger than a Kafka message travels in several (`OpChunk`).
 public enum WritePlanner {
     /// One op to append: its arguments and slot.
     public struct PlannedOp: Sendable, Equatable {
@@ -38,19 +39,20 @@ public enum WritePlanner {
     /// `partitions` is the log's partition count; `seed` makes SPOP's choice (random by
     /// default; tests fix it).
     public static func plan(
-        _ arguments: [ByteBuffer], command: Command, now: Int64, partitions: Int = 1, seed: UInt64 = .random(in: .min ... .max)
+        _ arguments: [ByteBuffer], command: Command, now: Int64, partitions: Int = 1, maxWriteBytes: Int = 64 << 20,
+        seed: UInt64 = .random(in: .min ... .max)
     ) throws -> [PlannedOp] {
+        let bytes = arguments.reduce(0) { $0 + $1.readableBytes }
+        guard bytes <= maxWriteBytes else {
+            throw Refusal(description: "ERR pylon: a write may carry at most \(maxWriteBytes) bytes (max-write-bytes); this one has \(bytes): split the value, or raise max-write-bytes")
+        }
         if command.name == "flushall" || command.name == "flushdb" {
             guard arguments.count == 1 || (arguments.count == 2 && (arguments[1].equalsIgnoringASCIICase("ASYNC") || arguments[1].equalsIgnoringASCIICase("SYNC"))) else {
                 throw Refusal(description: "ERR syntax error")
             }
             return FlushOps.ops(partitions: partitions)
         }
-        let ops = try self.partitioned(arguments, command: command, now: now, seed: seed)
-        if let long = ops.first(where: { $0.arguments.count > AppliedOffsets.maxArguments }) {
-            throw Refusal(description: "ERR pylon: a write may carry at most \(AppliedOffsets.maxArguments) arguments per hash slot (this one has \(long.arguments.count)); split it into smaller commands")
-        }
-        return ops
+        return try self.partitioned(arguments, command: command, now: now, seed: seed)
     }
 
     static func partitioned(_ arguments: [ByteBuffer], command: Command, now: Int64, seed: UInt64) throws -> [PlannedOp] {
