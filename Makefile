@@ -3,7 +3,7 @@ SHELL := /bin/bash
 SWIFT ?= swift
 CONFIG ?= debug
 
-.PHONY: deps kube build release test unit-test integration-test run bench manifests chart images clean
+.PHONY: deps kube redis-tests build release test unit-test integration-test run bench compat manifests chart images clean
 
 ## deps: install the Debian packages Pylon needs (idempotent; skips what is installed)
 deps:
@@ -14,6 +14,10 @@ deps:
 kube: deps
 	@scripts/install-kube.sh > /dev/null
 
+## redis-tests: Redis's own Tcl test suite from Debian's redis source package (into ~/.cache/pylon)
+redis-tests: deps
+	@scripts/install-redis-tests.sh > /dev/null
+
 ## build: debug build of every target
 build: deps
 	$(SWIFT) build
@@ -23,7 +27,7 @@ release: deps
 
 ## test: the whole suite — unit tests and integration tests against real redis-server, broker and
 ## kube-apiserver processes
-test: deps kube
+test: deps kube redis-tests
 	$(SWIFT) build --build-tests
 	$(SWIFT) test --skip-build --no-parallel
 
@@ -32,12 +36,19 @@ run: release
 	@scripts/run-local.sh
 
 ## bench: redis-benchmark against direct Redis, twemproxy and pylon-sidecar, side by side:
-## the read path, the write path (SET, replication lag, catch-up), the clustering layer
+## the read path, the write path (SET, replication lag, catch-up), the consistency levels, the
+## clustering layer, the operator
 bench: release
 	@scripts/bench.sh
 	@scripts/bench-writes.sh
+	@scripts/bench-consistency.sh
 	@scripts/bench-world.sh
 	@scripts/bench-operator.sh
+
+## compat: Redis's own test suite against redis-server and through a sidecar, side by side (about
+## 20 minutes); fails on a failure the README does not list
+compat: release redis-tests
+	@scripts/compat.sh
 
 ## manifests: render charts/pylon into manifests/ (rbac, operator, webhook, and pylon.yaml — what
 ## `kubectl apply -f manifests/` installs)

@@ -29,7 +29,9 @@ run_units() {  # label, port: runs every unit, writes $WORK/<label>.results (uni
   : > "$WORK/$label.results"
   for unit in $UNITS; do
     log="$WORK/$label-${unit//\//_}.log"
-    (cd "$suite" && timeout 1200 tclsh tests/test_helper.tcl --host 127.0.0.1 --port "$port" "${options[@]}" --single "$unit") 2>&1 \
+    # --baseport: the suite's own test server takes a port below it; a random one lets runs coexist.
+    (cd "$suite" && timeout 1200 tclsh tests/test_helper.tcl --host 127.0.0.1 --port "$port" --baseport $((20000 + RANDOM % 20000)) \
+      "${options[@]}" --single "$unit") 2>&1 \
       | sed 's/\x1b\[[0-9;]*m//g' > "$log" || true
     python3 - "$unit" "$log" >> "$WORK/$label.results" <<'PY'
 import re, sys

@@ -277,11 +277,3 @@ struct ClientCompatibilityTests {
         #expect(try await a.send("INCR", "after") == .integer(1))
     }
 }
-
-extension Array {
-    func asyncMap<T>(_ transform: (Element) async throws -> T) async rethrows -> [T] {
-        var results: [T] = []
-        for element in self { results.append(try await transform(element)) }
-        return results
-    }
-}

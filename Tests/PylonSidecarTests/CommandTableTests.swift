@@ -37,7 +37,7 @@ struct CommandTableTests {
         (["SCAN", "0"], .read), (["INFO"], .read), (["TTL", "k"], .read), (["OBJECT", "ENCODING", "k"], .read),
         (["MEMORY", "USAGE", "k"], .read), (["COMMAND"], .read), (["COMMAND", "DOCS", "get"], .read),
         (["SELECT", "3"], .ignored), (["CONFIG", "GET", "maxmemory"], .read), (["GETSET", "k", "v"], .write), (["SPOP", "s"], .write),
-        (["FUNCTION", "FLUSH"], .ignored),
+        (["FUNCTION", "FLUSH"], .ignored), (["CONFIG", "SET", "hash-max-listpack-entries", "4", "save", ""], .read),
         (["PING"], .internal), (["ECHO", "x"], .internal), (["CLIENT", "SETNAME", "a"], .internal), (["HELLO"], .internal),
         (["PYLON", "INFO"], .internal),
     ])
@@ -60,6 +60,7 @@ struct CommandTableTests {
         (["CLUSTER", "INFO"], "cluster"), (["READONLY"], "cluster"),
         (["AUTH", "p"], "AUTH"),
         (["SORT", "l", "STORE", "d"], "SORT … STORE"), (["CONFIG", "SET", "x", "y"], "administrative"),
+        (["CONFIG", "SET", "save", "", "maxmemory", "1"], "administrative"), (["CONFIG", "SET", "stream-node-max-entries", "1"], "administrative"),
         (["SHUTDOWN"], "administrative"), (["MONITOR"], "administrative"), (["CLIENT", "KILL", "ID", "1"], "administrative"),
         (["MOVE", "k", "1"], "database 0"), (["CLIENT", "TRACKING", "on"], "client-side caching"),
     ])

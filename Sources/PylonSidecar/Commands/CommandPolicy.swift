@@ -45,6 +45,9 @@ public enum ArgumentRule: Sendable, Equatable {
     case refuseWithKeyword([String], reason: String)
     /// A write when one of the keywords appears, a read otherwise (GEORADIUS … STORE).
     case writeWithKeyword([String])
+    /// Sent to the local Redis when every parameter it sets is one of these (CONFIG SET of a
+    /// rack's own memory layout), refused otherwise.
+    case localWithParameters(Set<String>)
 }
 
 /// Pylon's policy: how every Redis command is handled, and why. The rules read Redis's own
@@ -111,6 +114,18 @@ public enum CommandPolicy {
         "xreadgroup": .refuseWithKeyword(["BLOCK"], reason: Reason.blocking),
         "georadius": .writeWithKeyword(["STORE", "STOREDIST"]),
         "georadiusbymember": .writeWithKeyword(["STORE", "STOREDIST"]),
+        "config|set": .localWithParameters(rackLocalParameters),
+    ]
+
+    /// Settings of a rack's own Redis that change no reply, only how it keeps data in memory or
+    /// on disk: CONFIG SET of them goes to this rack's Redis only (each rack may lay out its data
+    /// as it likes; test suites tune them). Stream node sizes are not among them: they change
+    /// what XADD … MAXLEN ~ trims.
+    static let rackLocalParameters: Set<String> = [
+        "hash-max-listpack-entries", "hash-max-listpack-value", "hash-max-ziplist-entries", "hash-max-ziplist-value",
+        "list-max-listpack-size", "list-max-ziplist-size", "list-compress-depth", "set-max-intset-entries",
+        "zset-max-listpack-entries", "zset-max-listpack-value", "zset-max-ziplist-entries", "zset-max-ziplist-value",
+        "save", "activerehashing",
     ]
 
     /// Classifies one command (or subcommand) of Redis's table.

@@ -45,6 +45,10 @@ public final class Command: Sendable {
             return arguments.dropFirst().contains { keywords.contains(where: $0.equalsIgnoringASCIICase) } ? .refused(reason) : self.disposition
         case .writeWithKeyword(let keywords):
             return arguments.dropFirst().contains { keywords.contains(where: $0.equalsIgnoringASCIICase) } ? .write : self.disposition
+        case .localWithParameters(let allowed):
+            // CONFIG SET name value [name value …]
+            let names = stride(from: 2, to: arguments.count, by: 2).map { String(buffer: arguments[$0]).lowercased() }
+            return !names.isEmpty && names.allSatisfy(allowed.contains) ? .read : self.disposition
         }
     }
 

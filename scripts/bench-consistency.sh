@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# Writes at Pylon's default consistency level (applied: the real reply, once a rack applied the
+# write) beside the log level (acknowledged once Kafka has it), twemproxy and direct Redis, in one
+# run: SET and INCR, -c 1 and -c 50, unpipelined and -P 16 — req/s, p50, p99 (the median of ROUNDS
+# interleaved rounds) — and CPU per acknowledged write: the writing sidecar (gateway + its applier,
+# from /proc) beside twemproxy's per SET. The broker is librdkafka's mock cluster
+# (scripts/mock-kafka), which honours a fetch's max wait: noida-db spins on idle fetches and
+# would be what is measured.
+# Usage: scripts/bench-consistency.sh [ROUNDS]     env: REQUESTS=50000
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROUNDS=${1:-3}
+REQUESTS=${REQUESTS:-50000}
+BIN=${BIN:-.build/release/pylon-sidecar}
+[ -x "$BIN" ] || swift build -c release
+source scripts/lib.sh
+
+gcc -O2 -o "$WORK/mock-kafka" scripts/mock-kafka/mock-kafka.c -lrdkafka
+"$WORK/mock-kafka" pylon.bench.ops 8 > "$WORK/mock-kafka.out" 2> "$WORK/mock-kafka.log" &
+track $!
+for _ in $(seq 100); do [ -s "$WORK/mock-kafka.out" ] && break; sleep 0.05; done
+bootstrap=$(head -n 1 "$WORK/mock-kafka.out")
+
+direct=$(free_port); nc_port=$(free_port); nc_stats=$(free_port)
+start_redis "$direct"
+start_twemproxy "$nc_port" "$nc_stats" "$direct"
+nc_pid=$LAST_PID
+rack() {  # name, consistency → sets sidecar_port, sidecar_pid
+  local redis_port
+  redis_port=$(free_port); sidecar_port=$(free_port)
+  start_redis "$redis_port"
+  "$BIN" --listen "127.0.0.1:$sidecar_port" --admin "127.0.0.1:$(free_port)" --redis "redis://127.0.0.1:$redis_port" \
+    --kafka-brokers "$bootstrap" --world bench --rack "$1" --consistency "$2" --log-level warning 2> "$WORK/sidecar-$1.log" &
+  track $!
+  sidecar_pid=$LAST_PID
+  wait_port "$sidecar_port"
+}
+# Two racks apply every write either way: rack a's sidecar acknowledges at the default level,
+# rack b's at the log level.
+rack a applied; applied_port=$sidecar_port; applied_pid=$sidecar_pid
+rack b log; log_port=$sidecar_port; log_pid=$sidecar_pid
+until [ "$(redis-cli -p "$applied_port" INCR warm-up)" -ge 1 ] 2>/dev/null; do sleep 0.1; done
+
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+results="$WORK/results.csv"
+for round in $(seq "$ROUNDS"); do
+  for test in set incr; do
+    for clients in 1 50; do
+      for pipeline in 1 16; do
+        for target in direct twemproxy applied log; do
+          case $target in
+            direct) port=$direct pid="" ;;
+            twemproxy) port=$nc_port pid=$nc_pid ;;
+            applied) port=$applied_port pid=$applied_pid ;;
+            log) port=$log_port pid=$log_pid ;;
+          esac
+          n=$REQUESTS; [ "$clients" = 1 ] && [ "$pipeline" = 1 ] && n=$((REQUESTS / 5))
+          before=${pid:+$(cpu_ticks "$pid")}
+          line=$(redis-benchmark -p "$port" -c "$clients" -n "$n" -P "$pipeline" -r 100000 -d 3 --csv -t "$test" 2>/dev/null | tail -n 1 | tr -d '"')
+          ticks=${pid:+$(( $(cpu_ticks "$pid") - before ))}
+          IFS=, read -r _ rps _ _ p50 _ p99 _ <<< "$line"
+          echo "$test,$clients,$pipeline,$target,$rps,$p50,$p99,${ticks:-0},$n" >> "$results"
+        done
+      done
+    done
+  done
+done
+
+python3 - "$results" "$(getconf CLK_TCK)" <<'PY'
+import csv, statistics, sys
+rows, hz = list(csv.reader(open(sys.argv[1]))), int(sys.argv[2])
+data = {}
+for test, clients, pipeline, target, rps, p50, p99, ticks, n in rows:
+    data.setdefault((test, int(clients), int(pipeline)), {}).setdefault(target, []).append(
+        (float(rps), float(p50), float(p99), int(ticks) / hz * 1e6 / int(n)))
+print("| test | clients | pipeline | target | req/s | p50 ms | p99 ms | CPU µs/write | vs twemproxy |")
+print("|---|---|---|---|---|---|---|---|---|")
+for key in sorted(data):
+    med = {t: [statistics.median(x[i] for x in v) for i in range(4)] for t, v in data[key].items()}
+    for t in ("direct", "twemproxy", "applied", "log"):
+        rps, p50, p99, cpu = med[t]
+        cpu_text = "" if t == "direct" else f"{cpu:.1f}"
+        print(f"| {key[0].upper()} | {key[1]} | {key[2]} | {t} | {rps:,.0f} | {p50:.3f} | {p99:.3f} | {cpu_text} | {rps / med['twemproxy'][0]:.2f} |")
+one = {t: [statistics.median(x[i] for x in v) for i in range(4)] for t, v in data[("set", 1, 1)].items()}
+fifty = {t: [statistics.median(x[i] for x in v) for i in range(4)] for t, v in data[("set", 50, 1)].items()}
+print(f"\ntargets: SET p50 at the default level / log level, one client: {one['applied'][1] / one['log'][1]:.2f} (target <= 1.5)")
+print(f"         SET req/s at the default level / twemproxy, -c 50: {fifty['applied'][0] / fifty['twemproxy'][0]:.2f} (target >= 0.6)")
+print(f"         CPU per SET, sidecar at the default level / twemproxy, -c 50: {fifty['applied'][3] / max(fifty['twemproxy'][3], 1e-9):.2f} (target <= 3)")
+PY
