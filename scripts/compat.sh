@@ -24,11 +24,13 @@ for tag in needs:debug needs:repl needs:config-maxmemory needs:config-resetstat 
   options+=(--tags "-$tag")
 done
 
-run_units() {  # label, port: runs every unit, writes $WORK/<label>.results (unit|test|error)
-  local label=$1 port=$2 unit log
+run_units() {  # label, port (none: a new redis-server per unit): runs every unit, writes $WORK/<label>.results (unit|test|error)
+  local label=$1 port=${2:-} unit log
   : > "$WORK/$label.results"
   for unit in $UNITS; do
     log="$WORK/$label-${unit//\//_}.log"
+    # A unit may leave settings behind (bitops raises proto-max-bulk-len): each gets its own server.
+    if [ -z "${2:-}" ]; then port=$(free_port); start_redis "$port"; fi
     # --baseport: the suite's own test server takes a port below it; a random one lets runs coexist.
     (cd "$suite" && timeout 1200 tclsh tests/test_helper.tcl --host 127.0.0.1 --port "$port" --baseport $((20000 + RANDOM % 20000)) \
       "${options[@]}" --single "$unit") 2>&1 \
@@ -53,10 +55,8 @@ PY
   done
 }
 
-# The baseline: a plain redis-server.
-plain=$(free_port)
-start_redis "$plain"
-run_units redis "$plain"
+# The baseline: plain redis-servers.
+run_units redis
 
 # The world: a broker and two racks; the suite talks to rack a's sidecar.
 kafka=$(free_port)

@@ -246,6 +246,8 @@ private final class ApplierRun: @unchecked Sendable {
             self.reviveDeposed()
         }
         self.finishInFlight()
+        // The replies and checkpoints this applier owes go out before it leaves.
+        try? self.writeCheckpoints()
         self.consumer.close()
         self.dropConnections()
     }
@@ -279,6 +281,8 @@ private final class ApplierRun: @unchecked Sendable {
             }
         case .revoked(let partitions):
             self.logger.info("partitions revoked from this sidecar's applier", metadata: ["partitions": "\(partitions.map(\.partition))"])
+            // Owed replies (their clients wait) and earned checkpoints go out before the partitions do.
+            try? self.writeCheckpoints()
             self.next = [:]
             self.checkpoints = [:]
             self.publish()
