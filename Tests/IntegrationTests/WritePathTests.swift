@@ -27,6 +27,13 @@ struct WritePathTests {
         #expect(try await a.send("ZPOPMIN", "z") == .array([.bulk("m"), .bulk("1")]))
         #expect(try await a.send("EXPIRE", "greeting", "100") == .integer(1))
         #expect(try await a.send("HSET", "list", "f", "v").string?.hasPrefix("WRONGTYPE") == true)
+        // Integers beyond a double's 53 bits, exact (the applier's Lua sees them rounded).
+        #expect(try await a.send("INCRBY", "huge", "9223372036854775806") == .integer(9_223_372_036_854_775_806))
+        #expect(try await a.send("INCR", "huge") == .integer(.max))
+        #expect(try await a.send("INCR", "huge") == .error("ERR increment or decrement would overflow"))
+        #expect(try await a.send("HINCRBY", "h", "n", "-9223372036854775808") == .integer(.min))
+        // LMPOP's nil is a null array, as Redis gives it.
+        #expect(try await a.send("LMPOP", "1", "nothing", "LEFT") == .array(nil))
         // Read-modify-write commands, with their real replies.
         #expect(try await a.send("SET", "greeting", "hi", "GET") == .bulk("hello"))
         #expect(try await a.send("GETSET", "greeting", "hey") == .bulk("hi"))

@@ -63,6 +63,8 @@ struct AppliedOffsetsTests {
             .alreadyApplied, .alreadyApplied, .applied(reply: .integer(7)), .rejected(error: "WRONGTYPE x"), .applied(reply: .null),
         ])
         #expect(try AppliedOffsets.outcomes(of: .array([.integer(-1)])) == [.previousMissing])
+        // An integer beyond Lua's doubles, read back exactly by the script.
+        #expect(try AppliedOffsets.outcomes(of: .array([.integer(0), .simple("PYLON.INT -9223372036854775808")])) == [.applied(reply: .integer(.min))])
         #expect(throws: OpRecord.DecodingError.self) { try AppliedOffsets.outcomes(of: .ok) }
         #expect(throws: OpRecord.DecodingError.self) { try AppliedOffsets.outcomes(of: .array([.integer(-5)])) }
         #expect(throws: OpRecord.DecodingError.self) { try AppliedOffsets.outcomes(of: .array([.bulk("1")])) }

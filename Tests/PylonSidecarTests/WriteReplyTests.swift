@@ -41,6 +41,21 @@ struct WriteReplyTests {
         }
     }
 
+    @Test func repliesAreGivenTheShapesRedisGivesEachProtocol() throws {
+        func forClient(_ reply: String, _ arguments: String..., version: RESPVersion) throws -> String {
+            let buffers = arguments.map { ByteBuffer(string: $0) }
+            guard case .command(let command) = CommandTable.shared.lookup(buffers) else { throw CancellationError() }
+            return String(buffer: WriteReply.forClient(ByteBuffer(string: reply), command: command, arguments: buffers, version: version))
+        }
+        #expect(try forClient("$-1\r\n", "LMPOP", "1", "l", "LEFT", version: .resp2) == "*-1\r\n")
+        #expect(try forClient("$-1\r\n", "LMPOP", "1", "l", "LEFT", version: .resp3) == "_\r\n")
+        #expect(try forClient("$-1\r\n", "LPOP", "l", version: .resp2) == "$-1\r\n")
+        #expect(try forClient("$3\r\n2.5\r\n", "ZINCRBY", "z", "1", "m", version: .resp3) == ",2.5\r\n")
+        #expect(try forClient("*4\r\n$1\r\na\r\n$1\r\n1\r\n$1\r\nb\r\n$1\r\n2\r\n", "ZPOPMIN", "z", "2", version: .resp3)
+            == "*2\r\n*2\r\n$1\r\na\r\n,1\r\n*2\r\n$1\r\nb\r\n,2\r\n")
+        #expect(try forClient(":7\r\n", "INCR", "n", version: .resp3) == ":7\r\n")
+    }
+
     @Test func anAppliedWriteSplitBySlotAnswersTheSumOfItsParts() {
         func raw(_ value: RESPValue) -> ByteBuffer { value.encoded }
         #expect(WriteReply.applied([raw(.integer(7))]) == raw(.integer(7)))

@@ -140,7 +140,7 @@ extension GatewayConnection {
 
     /// A write's reply in this client's protocol.
     private func forClient(_ reply: ByteBuffer, command: Command, arguments: [ByteBuffer]) -> ByteBuffer {
-        self.version == .resp3 ? WriteReply.resp3(reply, command: command, arguments: arguments) : reply
+        WriteReply.forClient(reply, command: command, arguments: arguments, version: self.version)
     }
 
     // MARK: - Read-your-writes

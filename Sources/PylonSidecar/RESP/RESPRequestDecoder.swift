@@ -159,17 +159,20 @@ public struct RESPRequestDecoder: NIOSingleStepByteToMessageDecoder {
             index += 1
             guard end > index else { return nil }
         }
+        // Accumulated negatively, so Int.min (a reply Redis can give) fits.
         var value = 0
         while index < end {
             let digit = Int(buffer.getInteger(at: index, as: UInt8.self)!) - 48
             guard digit >= 0, digit <= 9 else { return nil }
             let (times10, o1) = value.multipliedReportingOverflow(by: 10)
-            let (sum, o2) = times10.addingReportingOverflow(digit)
+            let (sum, o2) = times10.subtractingReportingOverflow(digit)
             guard !o1, !o2 else { return nil }
             value = sum
             index += 1
         }
-        return negative ? -value : value
+        if negative { return value }
+        let (positive, overflow) = (0).subtractingReportingOverflow(value)
+        return overflow ? nil : positive
     }
 
     static func printable(_ byte: UInt8) -> String {

@@ -120,7 +120,7 @@ public enum AppliedOffsets {
     /// the previous op is not applied: it failed on the way (a dropped connection, OOM), and
     /// applying this run would move the marker past it for good. Replies `{-2}` when another
     /// applier claimed the partition since: this one is deposed.
-    public static let script = spopFunction + "\n" + """
+    public static let script = spopFunction + "\n" + exactFunction + "\n" + """
     if tonumber(redis.call('GET', KEYS[2]) or '0') ~= tonumber(ARGV[2]) then return {-2} end
     local applied = tonumber(redis.call('GET', KEYS[1]) or '-1')
     if tonumber(ARGV[1]) > applied then return {-1} end
@@ -140,10 +140,27 @@ public enum AppliedOffsets {
         elseif type(reply) == 'table' then results[i + 1] = reply
         else results[i + 1] = {err = tostring(reply)} end
       else
-        results[i + 1] = redis.pcall(unpack(ARGV, first, first + tonumber(ARGV[first - 1]) - 1))
+        local reply = redis.pcall(unpack(ARGV, first, first + tonumber(ARGV[first - 1]) - 1))
+        if type(reply) == 'number' and (reply >= 9007199254740992 or reply <= -9007199254740992) then reply = exact(first, reply) end
+        results[i + 1] = reply
       end
     end
     return results
+    """
+
+    /// Lua's numbers are doubles: an integer reply beyond 2^53 reaches a script rounded. For the
+    /// commands whose reply is a stored integer (INCR, INCRBY, DECR, DECRBY, HINCRBY) the exact
+    /// value is read back and handed out as `+PYLON.INT <digits>` (`outcomes` makes it an
+    /// integer again); another such reply stays rounded (see the README).
+    static let exactFunction = """
+    local function exact(first, rounded)
+      local name = string.lower(ARGV[first])
+      local value
+      if name == 'incr' or name == 'decr' or name == 'incrby' or name == 'decrby' then value = redis.call('GET', ARGV[first + 1])
+      elseif name == 'hincrby' then value = redis.call('HGET', ARGV[first + 1], ARGV[first + 2]) end
+      if value then return {ok = 'PYLON.INT ' .. value} end
+      return rounded
+    end
     """
 
     /// The op SPOP becomes (`WritePlanner`): `PYLON.SPOP key count|single seed`. No client can
@@ -218,8 +235,14 @@ public enum AppliedOffsets {
         if skipped == -1 { return [.previousMissing] }
         if skipped == -2 { return [.deposed] }
         return Array(repeating: .alreadyApplied, count: skipped) + fields.dropFirst().map { field in
-            if case .error(let message) = field { return .rejected(error: String(buffer: message)) }
-            return .applied(reply: field)
+            switch field {
+            case .error(let message):
+                return .rejected(error: String(buffer: message))
+            case .simpleString(let text) where text.readableBytesView.starts(with: "PYLON.INT ".utf8):
+                return .applied(reply: .integer(Int(String(buffer: text).dropFirst(10)) ?? 0))
+            default:
+                return .applied(reply: field)
+            }
         }
     }
 }

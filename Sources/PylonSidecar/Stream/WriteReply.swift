@@ -67,9 +67,21 @@ public enum WriteReply: Sendable, Equatable {
         return RESPValue.integer(sum).encoded
     }
 
-    /// A write's reply (real or placeholder, both RESP2: the applier's script speaks RESP2) as a
-    /// RESP3 client gets it from Redis: nulls as `_`, and the scores of sorted-set writes as
-    /// doubles (ZINCRBY, ZADD … INCR, ZPOPMIN/ZPOPMAX — pairs when given a count —, ZMPOP).
+    /// A write's reply (real or placeholder, both RESP2: the applier's script speaks RESP2, and
+    /// Lua has one nil for both of RESP2's) as a client of `version` gets it from Redis.
+    static func forClient(_ reply: ByteBuffer, command: Command, arguments: [ByteBuffer], version: RESPVersion) -> ByteBuffer {
+        var reply = reply
+        if Self.nullArrayCommands.contains(command.name), reply.readableBytesView.elementsEqual("$-1\r\n".utf8) { reply = Self.nullArrayBytes }
+        return version == .resp3 ? Self.resp3(reply, command: command, arguments: arguments) : reply
+    }
+
+    /// Writes whose nil is a null array in RESP2 (`*-1`).
+    static let nullArrayCommands: Set = ["lmpop", "zmpop"]
+    private static let nullArrayBytes = ByteBuffer(string: "*-1\r\n")
+
+    /// A RESP2 reply as a RESP3 client gets it from Redis: nulls as `_`, and the scores of
+    /// sorted-set writes as doubles (ZINCRBY, ZADD … INCR, ZPOPMIN/ZPOPMAX — pairs when given a
+    /// count —, ZMPOP).
     static func resp3(_ reply: ByteBuffer, command: Command, arguments: [ByteBuffer]) -> ByteBuffer {
         let first = reply.getInteger(at: reply.readerIndex, as: UInt8.self)
         guard first == UInt8(ascii: "$") || first == UInt8(ascii: "*") else { return reply }
