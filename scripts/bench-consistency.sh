@@ -6,12 +6,16 @@
 # from /proc) beside twemproxy's per SET. The broker is librdkafka's mock cluster
 # (scripts/mock-kafka), which honours a fetch's max wait: noida-db spins on idle fetches and
 # would be what is measured.
-# Usage: scripts/bench-consistency.sh [ROUNDS]     env: REQUESTS=50000
+# Usage: scripts/bench-consistency.sh [ROUNDS]     env: REQUESTS=50000 FETCH_WAIT_MS=1
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${1:-3}
 REQUESTS=${REQUESTS:-50000}
 BIN=${BIN:-.build/release/pylon-sidecar}
+# The mock cluster answers a fetch only when its max wait is over, not when a write arrives (a
+# real broker answers at once): with the applier's default 100 ms every applied write would wait
+# that long. 1 ms bounds the wait, at the cost of an idle consumer polling each millisecond.
+FETCH_WAIT_MS=${FETCH_WAIT_MS:-1}
 [ -x "$BIN" ] || swift build -c release
 source scripts/lib.sh
 
@@ -30,7 +34,8 @@ rack() {  # name, consistency → sets sidecar_port, sidecar_pid
   redis_port=$(free_port); sidecar_port=$(free_port)
   start_redis "$redis_port"
   "$BIN" --listen "127.0.0.1:$sidecar_port" --admin "127.0.0.1:$(free_port)" --redis "redis://127.0.0.1:$redis_port" \
-    --kafka-brokers "$bootstrap" --world bench --rack "$1" --consistency "$2" --log-level warning 2> "$WORK/sidecar-$1.log" &
+    --kafka-brokers "$bootstrap" --world bench --rack "$1" --consistency "$2" --log-level warning \
+    --kafka-property "fetch.wait.max.ms=$FETCH_WAIT_MS" 2> "$WORK/sidecar-$1.log" &
   track $!
   sidecar_pid=$LAST_PID
   wait_port "$sidecar_port"

@@ -255,7 +255,8 @@ struct ClientCompatibilityTests {
         let limit = 64 << 20
         let value = String(repeating: "0123456789abcdef", count: (limit - 6) / 16) + String(repeating: "x", count: (limit - 6) % 16)
         #expect(try await a.send("SET", "big", value) == .ok)
-        #expect(try await b.send("STRLEN", "big") == .integer(value.utf8.count))
+        #expect(try await a.send("STRLEN", "big") == .integer(value.utf8.count))  // its own write, at once
+        #expect(try await eventually(timeout: .seconds(30)) { try await b.send("STRLEN", "big") == .integer(value.utf8.count) })
         #expect(try await b.send("GET", "big") == .bulk(value))
         // One byte over: refused, nothing in the log, nothing applied.
         let reply = try await a.send("SET", "over", value + "y")
