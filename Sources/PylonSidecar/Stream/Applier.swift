@@ -578,6 +578,13 @@ private final class ApplierRun: @unchecked Sendable {
     struct Origin {
         var sidecar: String
         var rack: String
+
+        /// The origin of an op that waits for its reply; nil when none does.
+        init?(replyTo op: OpRecord) {
+            guard op.wantsReply else { return nil }
+            self.sidecar = op.originSidecar
+            self.rack = op.originRack
+        }
     }
 
     /// Sends a batch: the earned checkpoints and owed replies, then the ops under each marker
@@ -610,8 +617,7 @@ private final class ApplierRun: @unchecked Sendable {
                 let unit = self.unit(of: op, in: message.partition)
                 if ops[unit] == nil { order.append(unit) }
                 ops[unit, default: []].append(.init(op: op, offset: message.offset))
-                let origin = op.wantsReply ? Origin(sidecar: op.originSidecar, rack: op.originRack) : nil
-                messages[message.partition, default: []].append(Message(offset: message.offset, kind: .op, replyTo: origin))
+                messages[message.partition, default: []].append(Message(offset: message.offset, kind: .op, replyTo: Origin(replyTo: op)))
             } catch {
                 messages[message.partition, default: []].append(Message(offset: message.offset, kind: .unreadable))
                 self.logger.error("skipping a message of the log that is not a readable op", metadata: [
@@ -713,7 +719,7 @@ private final class ApplierRun: @unchecked Sendable {
                     throw Doubt(description: "a transaction applying op \(position) answered \(replies[3]) (\(replies[2]))")
                 }
             }
-            try self.finishAlone(outcome, op: op, position: position, unit: unit)
+            try self.finish(outcome, of: op, at: position, units: [unit])
         } catch {
             self.doubt("redis failed applying a large op", error: error)
         }
@@ -725,25 +731,27 @@ private final class ApplierRun: @unchecked Sendable {
         return ["OOM", "LOADING", "READONLY", "MOVED", "ASK", "CLUSTERDOWN", "TRYAGAIN", "BUSY", "MASTERDOWN"].contains { message.readableBytesView.starts(with: $0.utf8) }
     }
 
-    /// Records what an op applied on its own did, as `record` does for runs.
-    private func finishAlone(_ outcome: AppliedOffsets.Outcome, op: OpRecord, position: AppliedReplies.Position, unit: Unit) throws {
+    /// Records what an op applied on its own (a large op, a flush under each of `units`' markers)
+    /// did, as `record` does for runs.
+    private func finish(_ outcome: AppliedOffsets.Outcome, of op: OpRecord, at position: AppliedReplies.Position, units: [Unit]) throws {
+        let origin = Origin(replyTo: op)
         switch outcome {
         case .applied(let reply):
             self.applier.count(.applied)
-            if op.wantsReply { self.handOver(reply.encoded, for: position, to: Origin(sidecar: op.originSidecar, rack: op.originRack)) }
+            if let origin { self.handOver(reply.encoded, for: position, to: origin) }
         case .rejected(let error):
             self.applier.count(.rejected)
             self.logger.warning("op rejected by redis", metadata: ["partition": "\(position.partition)", "offset": "\(position.offset)", "error": "\(error)"])
-            if op.wantsReply { self.handOver(.respError(error), for: position, to: Origin(sidecar: op.originSidecar, rack: op.originRack)) }
+            if let origin { self.handOver(.respError(error), for: position, to: origin) }
         case .alreadyApplied:
             self.applier.count(.duplicate)
         case .deposed:
-            self.depose(position.partition, epoch: self.owners[unit]?.epoch ?? 0)
+            self.depose(position.partition, epoch: units.first.flatMap { self.owners[$0]?.epoch } ?? 0)
             return
         case .previousMissing:
             throw Doubt(description: "the op before \(position) did not apply")
         }
-        self.lastSent[unit] = position.offset
+        for unit in units { self.lastSent[unit] = position.offset }
         self.advance(position.partition, past: position.offset)
     }
 
@@ -760,22 +768,10 @@ private final class ApplierRun: @unchecked Sendable {
             let outcome = self.rack.perSlot
                 ? try self.flushSlots(units, offset: message.offset)
                 : try self.flushKeyspace(units[0], offset: message.offset, partitions: partitions)
-            let position = AppliedReplies.Position(partition: partition, offset: message.offset)
-            switch outcome {
-            case .applied(let reply):
-                self.applier.count(.applied)
+            if case .applied = outcome {
                 self.logger.notice("flushed the keys of the partition's slots (FLUSHALL)", metadata: ["partition": "\(partition)", "offset": "\(message.offset)"])
-                if op.wantsReply { self.handOver(reply.encoded, for: position, to: Origin(sidecar: op.originSidecar, rack: op.originRack)) }
-            case .alreadyApplied:
-                self.applier.count(.duplicate)
-            case .deposed:
-                self.depose(partition, epoch: self.owners[units[0]]?.epoch ?? 0)
-                return
-            case .previousMissing, .rejected:
-                throw Doubt(description: "the flush at \(position) could not run: \(outcome)")
             }
-            for unit in units { self.lastSent[unit] = message.offset }
-            self.advance(partition, past: message.offset)
+            try self.finish(outcome, of: op, at: AppliedReplies.Position(partition: partition, offset: message.offset), units: units)
         } catch {
             self.doubt("redis failed during a flush", error: error)
         }
