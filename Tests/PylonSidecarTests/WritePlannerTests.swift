@@ -69,6 +69,7 @@ struct WritePlannerTests {
             }
         }
         #expect(self.refusal("FLUSHALL", "LATER") == "ERR syntax error")
+        #expect(self.refusal("SET", "pylon:owner:t:0", "1")?.hasPrefix("ERR pylon: keys starting with 'pylon:'") == true)
     }
 
     @Test func keepsRedisErrorsForBadTimes() {

@@ -16,7 +16,8 @@ enum Bookkeeping {
 
     static let patternRefusal = "ERR pylon: a SORT BY or GET pattern that could name a key starting with 'pylon:' (Pylon's own bookkeeping) is refused; start the pattern with a fixed prefix of your own keys"
 
-    /// How the gateway sends a read or write that may touch the bookkeeping.
+    /// How the gateway sends a read that may touch the bookkeeping (a write naming it is refused
+    /// by `WritePlanner`, which finds the write's keys anyway).
     enum Treatment {
         /// As it is.
         case unchanged

@@ -168,11 +168,7 @@ final class GatewayConnection: ChannelDuplexHandler, ReplySink {
             case .replaced(let replacement): self.read(replacement, command: self.gateway.eval, tag: tag, sink: self, partitionsOf: command, original: request)
             }
         case .write:
-            if case .refused(let reason) = Bookkeeping.treatment(of: request.arguments, command: command, bookkeepingKeys: { nil }) {
-                self.complete(tag, error: reason)
-            } else {
-                self.write(request, command: command, tag: tag)
-            }
+            self.write(request, command: command, tag: tag)
         case .refused(let reason):
             self.complete(tag, error: reason)
         case .ignored:

@@ -61,6 +61,8 @@ public enum WritePlanner {
         guard let positions = command.keyPositions(in: rewritten) else {
             throw Refusal(description: "ERR wrong number of arguments for '\(command.name)' command")
         }
+        // The keys are found once here, so the planner also keeps writes off Pylon's bookkeeping.
+        if positions.contains(where: { Bookkeeping.isBookkeeping(rewritten[$0]) }) { throw Refusal(description: Bookkeeping.refusal) }
         guard !positions.isEmpty else {
             return [PlannedOp(arguments: rewritten, slot: OpRecord.noSlot)]
         }
