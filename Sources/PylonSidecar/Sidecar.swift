@@ -50,11 +50,14 @@ public final class Sidecar: Service, Sendable {
         settings.requestTimeout = .milliseconds(Int64(configuration.redisTimeoutMilliseconds))
         settings.connectTimeout = .milliseconds(Int64(configuration.connectTimeoutMilliseconds))
         let layer = RedisLayerContext(group: group, settings: settings, status: status, logger: logger)
-        let backend = Self.makeBackend(configuration, context: layer)
+        var worldLog: WorldLog?
+        if let membership = configuration.membership {
+            worldLog = try await Self.blocking { try WorldLog(membership, configuration: configuration, logger: logger) }
+        }
+        let backend = Self.makeBackend(configuration, context: layer, log: worldLog)
         self.backend = backend
         self.layer = layer
-        if let membership = configuration.membership {
-            let log = try await Self.blocking { try WorldLog(membership, configuration: configuration, logger: logger) }
+        if let membership = configuration.membership, let log = worldLog {
             let replies = AppliedReplies()
             let rack = RackRedis(backend)
             self.log = log
@@ -76,7 +79,7 @@ public final class Sidecar: Service, Sendable {
                     properties: (configuration.hasStableName ? ["group.instance.id": log.sidecar] : [:]).merging(configuration.kafkaProperties) { $1 },
                     redisTimeout: settings.requestTimeout, sidecarName: log.sidecar, rackName: membership.rack, catchUpOffsets: configuration.catchUpOffsets
                 ),
-                replies: replies, rack: rack, group: group, metrics: metrics, logger: logger
+                replies: replies, ownWrites: log.ownWrites, rack: rack, metrics: metrics, logger: logger
             )
         } else {
             self.log = nil
@@ -105,12 +108,12 @@ public final class Sidecar: Service, Sendable {
         }
     }
 
-    static func makeBackend(_ configuration: SidecarConfiguration, context: RedisLayerContext) -> RedisBackend {
+    static func makeBackend(_ configuration: SidecarConfiguration, context: RedisLayerContext, log: WorldLog? = nil) -> RedisBackend {
         switch configuration.redis {
         case .standalone(let address):
             StandaloneBackend(address: address, context: context)
         case .cluster(let seeds):
-            ClusterBackend(seeds: seeds, context: context)
+            ClusterBackend(seeds: seeds, context: context, bookkeepingKeys: log.map { Bookkeeping.keys(topic: $0.topic, partitions: $0.partitions, perSlot: true) } ?? [])
         case .sentinel(let sentinels, let master):
             SentinelBackend(sentinels: sentinels, masterName: master, readFrom: configuration.readFrom, context: context)
         }

@@ -274,6 +274,21 @@ struct ClusterRackTests {
         let partition = Int32(HashSlot.of("tag") % world.partitions)
         let marker = AppliedOffsets.markerKey(topic: world.topic, partition: partition, slot: HashSlot.of("tag"))
         #expect(try await owner.client().send("EXISTS", marker) == .integer(1))
+        // The keyspace through the cluster rack's sidecar is every primary's user keys: KEYS,
+        // DBSIZE, a whole SCAN, RANDOMKEY — none of Pylon's per-slot markers and owners.
+        let userKeys = Set(counters + (0..<10).map { "s\($0)" } + ["{tag}.h"])
+        #expect(Set(try await reader.send("KEYS", "*").array?.compactMap(\.string) ?? []) == userKeys)
+        #expect(try await reader.send("DBSIZE") == .integer(userKeys.count))
+        var scanned: [String] = []
+        var cursor = "0"
+        repeat {
+            let page = try await reader.send("SCAN", cursor, "COUNT", "7").array ?? []
+            cursor = page.first?.string ?? "0"
+            scanned += page.last?.array?.compactMap(\.string) ?? []
+        } while cursor != "0"
+        #expect(Set(scanned) == userKeys)
+        #expect(scanned.count >= userKeys.count)
+        for _ in 0..<5 { #expect(userKeys.contains(try await reader.send("RANDOMKEY").string ?? "")) }
         // FLUSHALL empties every slot of the cluster rack, its bookkeeping kept: INCRs start again at 1.
         #expect(try await a.send("FLUSHALL") == .ok)
         let flushed = try await a.send("PYLON", "LASTWRITE").string ?? ""
@@ -282,6 +297,9 @@ struct ClusterRackTests {
             let keys = try await node.client().send("KEYS", "*").array?.compactMap(\.string) ?? []
             #expect(keys.allSatisfy { $0.hasPrefix("pylon:") }, "\(keys.filter { !$0.hasPrefix("pylon:") }.prefix(5))")
         }
+        #expect(try await reader.send("DBSIZE") == .integer(0))
+        #expect(try await reader.send("RANDOMKEY") == .null)
+        #expect(try await reader.send("KEYS", "*") == .array([]))
         #expect(try await reader.send("INCR", "n1") == .integer(1))
         #expect(try await owner.client().send("EXISTS", marker) == .integer(1))
     }

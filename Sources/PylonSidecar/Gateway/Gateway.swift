@@ -73,12 +73,7 @@ final class Gateway: Sendable {
         if case .cluster = identity.redis {
             self.bookkeepingKeys = nil
         } else if let log {
-            self.bookkeepingKeys = (0..<Int32(log.partitions)).flatMap { partition in
-                [
-                    AppliedOffsets.markerKey(topic: log.topic, partition: partition), AppliedOffsets.ownerKey(topic: log.topic, partition: partition),
-                    AppliedOffsets.checkpointKey(topic: log.topic, partition: partition),
-                ]
-            }
+            self.bookkeepingKeys = Bookkeeping.keys(topic: log.topic, partitions: log.partitions, perSlot: false)
         } else {
             self.bookkeepingKeys = []
         }

@@ -52,9 +52,13 @@ final class ClusterBackend: RedisBackend {
     /// How often the slot map is re-read even without a MOVED (new nodes, failovers).
     let refreshInterval: Duration = .seconds(10)
 
-    init(seeds: [HostPort], context: RedisLayerContext) {
+    /// Every key Pylon may keep in this rack (`Bookkeeping.keys`), which DBSIZE does not count.
+    let bookkeepingKeys: [String]
+
+    init(seeds: [HostPort], context: RedisLayerContext, bookkeepingKeys: [String] = []) {
         self.seeds = seeds
         self.context = context
+        self.bookkeepingKeys = bookkeepingKeys
     }
 
     private var logger: Logger { self.context.logger }
@@ -168,6 +172,8 @@ final class ClusterRouter: BackendRouter {
     private var connections: [HostPort: BackendConnection] = [:]
     private var topology = ClusterTopology()
     private var nextKeyless = 0
+    /// Each primary's share of the bookkeeping keys, for the slot map it was made from.
+    private var localBookkeeping: (version: Int, keys: [HostPort: [String]])?
     /// Redirects a request may follow before its last error goes to the client.
     static let maxRedirects = 5
 
@@ -206,8 +212,15 @@ final class ClusterRouter: BackendRouter {
             return Self.fail(sink, tag, "ERR wrong number of arguments for '\(command.name)' command")
         }
         if positions.isEmpty {
-            // Keyless reads (INFO, DBSIZE, SCAN, …) go to one primary, in turn.
             guard !self.topology.primaries.isEmpty else { return Self.fail(sink, tag, Self.noSlotMap) }
+            // Reads of the whole keyspace ask every primary; other keyless reads (INFO, TIME…) one, in turn.
+            switch command.name {
+            case "keys": return self.keys(request, sink: sink, tag: tag)
+            case "dbsize": return self.dbsize(sink: sink, tag: tag)
+            case "scan": return self.scan(request, sink: sink, tag: tag)
+            case "randomkey": return self.randomKey(sink: sink, tag: tag)
+            default: break
+            }
             self.nextKeyless = (self.nextKeyless + 1) % self.topology.primaries.count
             self.connection(to: self.topology.primaries[self.nextKeyless]).send(request.raw, sink: sink, tag: tag)
             return
@@ -299,6 +312,146 @@ final class ClusterRouter: BackendRouter {
 
     private static func fail(_ sink: ReplySink, _ tag: Int, _ message: String) {
         sink.deliver(.respError(message), tag: tag)
+    }
+
+    // MARK: - The whole keyspace
+
+    /// The primaries in a fixed order (by address), which a SCAN cursor's node index refers to.
+    private var orderedPrimaries: [HostPort] { self.topology.primaries.sorted { ($0.host, $0.port) < ($1.host, $1.port) } }
+
+    /// KEYS: every primary's keys, together.
+    private func keys(_ request: RedisRequest, sink: ReplySink, tag: Int) {
+        let nodes = self.orderedPrimaries
+        let assembler = KeyspaceAssembler(.concatenate, parts: nodes.count, target: sink, targetTag: tag)
+        for (part, node) in nodes.enumerated() { self.connection(to: node).send(request.raw, sink: assembler, tag: part) }
+    }
+
+    /// DBSIZE: the sum of every primary's, less the bookkeeping keys each holds.
+    private func dbsize(sink: ReplySink, tag: Int) {
+        if self.localBookkeeping?.version != self.topology.version {
+            var local: [HostPort: [String]] = [:]
+            for key in self.backend.bookkeepingKeys {
+                if let owner = self.topology.owner(of: HashSlot.of(key)) { local[owner, default: []].append(key) }
+            }
+            self.localBookkeeping = (self.topology.version, local)
+        }
+        let nodes = self.orderedPrimaries
+        let assembler = KeyspaceAssembler(.sum, parts: nodes.count, target: sink, targetTag: tag)
+        for (part, node) in nodes.enumerated() {
+            let request = RedisRequest(strings: ["EVAL", Bookkeeping.clusterDBSizeScript, "0"] + (self.localBookkeeping?.keys[node] ?? []))
+            self.connection(to: node).send(request.raw, sink: assembler, tag: part)
+        }
+    }
+
+    /// SCAN: the primaries one after another, the cursor naming the node and its own cursor
+    /// (`node cursor × primaries + node index`). A cursor from before a change of the primaries
+    /// may skip or repeat keys, as Redis allows a SCAN to.
+    private func scan(_ request: RedisRequest, sink: ReplySink, tag: Int) {
+        let nodes = self.orderedPrimaries
+        let count = UInt64(nodes.count)
+        guard request.arguments.count >= 2, let cursor = UInt64(String(buffer: request.arguments[1])) else {
+            return Self.fail(sink, tag, "ERR invalid cursor")
+        }
+        let (index, nodeCursor) = (Int(cursor % count), cursor / count)
+        let forward = ScanCursorSink(node: UInt64(index), nodes: count, target: sink)
+        let arguments = [request.arguments[0], ByteBuffer(string: String(nodeCursor))] + request.arguments.dropFirst(2)
+        self.connection(to: nodes[index]).send(RedisRequest(arguments).raw, sink: forward, tag: tag)
+    }
+
+    /// RANDOMKEY: a random primary's random user key; the next primary's when it has none.
+    private func randomKey(sink: ReplySink, tag: Int) {
+        let nodes = self.orderedPrimaries
+        let first = Int.random(in: 0..<nodes.count)
+        let request = RedisRequest(strings: ["EVAL", Bookkeeping.randomKeyScript, "0"]).raw
+        func ask(_ attempt: Int) {
+            self.connection(to: nodes[(first + attempt) % nodes.count]).send(request, sink: ReplyCallback { reply in
+                if attempt + 1 < nodes.count, reply.readableBytesView.starts(with: "$-1".utf8) || reply.readableBytesView.starts(with: "_".utf8) {
+                    ask(attempt + 1)
+                } else {
+                    sink.deliver(reply, tag: tag)
+                    sink.flushReplies()
+                }
+            }, tag: 0)
+        }
+        ask(0)
+    }
+}
+
+/// Collects one reply per primary for a read of the whole keyspace and answers once.
+final class KeyspaceAssembler: ReplySink {
+    enum Merge {
+        /// The arrays, one after another (KEYS).
+        case concatenate
+        /// The sum of the integers (DBSIZE).
+        case sum
+    }
+
+    private let merge: Merge
+    private let target: ReplySink
+    private let targetTag: Int
+    private var elements: [RESPValue] = []
+    private var sum = 0
+    private var error: RESPValue?
+    private var remaining: Int
+    var flushRequested = false
+
+    init(_ merge: Merge, parts: Int, target: ReplySink, targetTag: Int) {
+        self.merge = merge
+        self.remaining = parts
+        self.target = target
+        self.targetTag = targetTag
+    }
+
+    func deliver(_ reply: ByteBuffer, tag: Int) {
+        var reply = reply
+        switch ((try? RESPValue.decode(from: &reply)) ?? .error("ERR pylon: unreadable reply from redis"), self.merge) {
+        case (.array(let keys?), .concatenate): self.elements += keys
+        case (.integer(let n), .sum): self.sum += n
+        case (let error, _): if self.error == nil { self.error = error.isError ? error : .error("ERR pylon: unexpected reply from a cluster node") }
+        }
+        self.remaining -= 1
+        guard self.remaining == 0 else { return }
+        self.target.deliver((self.error ?? (self.merge == .sum ? .integer(self.sum) : .array(self.elements))).encoded, tag: self.targetTag)
+    }
+
+    func flushReplies() {
+        self.target.flushReplies()
+    }
+}
+
+/// Turns one primary's SCAN reply into the cluster-wide one: its cursor becomes the composite
+/// cursor, or the next primary's start once this one is done, or 0 after the last.
+final class ScanCursorSink: ReplySink {
+    private let node: UInt64
+    private let nodes: UInt64
+    private let target: ReplySink
+    var flushRequested = false
+
+    init(node: UInt64, nodes: UInt64, target: ReplySink) {
+        self.node = node
+        self.nodes = nodes
+        self.target = target
+    }
+
+    func deliver(_ reply: ByteBuffer, tag: Int) {
+        var bytes = reply
+        guard case .array(let page?)? = try? RESPValue.decode(from: &bytes), page.count == 2,
+              let cursor = page[0].string.flatMap({ UInt64($0) }) else {
+            return self.target.deliver(reply, tag: tag)
+        }
+        let next: UInt64
+        if cursor != 0 {
+            let (product, overflow) = cursor.multipliedReportingOverflow(by: self.nodes)
+            guard !overflow else { return self.target.deliver(.respError("ERR pylon: a node's SCAN cursor is too large to combine with the node's index"), tag: tag) }
+            next = product + self.node
+        } else {
+            next = self.node + 1 < self.nodes ? self.node + 1 : 0
+        }
+        self.target.deliver(RESPValue.array([.bulkString(ByteBuffer(string: String(next))), page[1]]).encoded, tag: tag)
+    }
+
+    func flushReplies() {
+        self.target.flushReplies()
     }
 }
 

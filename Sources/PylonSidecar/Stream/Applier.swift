@@ -54,20 +54,21 @@ final class Applier: Sendable {
     let replies: AppliedReplies
     /// The replies to other racks' recent ops, for `PYLON REPLY`.
     let recent = RecentReplies()
+    /// This sidecar's ops as Kafka acknowledged them, applied without waiting for their fetch.
+    let ownWrites: OwnWrites
     /// Where the rack's writes go now (a Sentinel failover moves the master, a Redis Cluster its slots).
     fileprivate let rack: RackRedis
-    fileprivate let group: EventLoopGroup
     private let metrics: SidecarMetrics
     fileprivate let logger: Logger
     private let running = Atomic<Bool>(false)
     private let finished = DispatchSemaphore(value: 0)
     private let statusBox = Mutex<[PartitionStatus]>([])
 
-    init(settings: Settings, replies: AppliedReplies, rack: RackRedis, group: EventLoopGroup, metrics: SidecarMetrics, logger: Logger) {
+    init(settings: Settings, replies: AppliedReplies, ownWrites: OwnWrites, rack: RackRedis, metrics: SidecarMetrics, logger: Logger) {
         self.settings = settings
         self.replies = replies
+        self.ownWrites = ownWrites
         self.rack = rack
-        self.group = group
         self.metrics = metrics
         var logger = logger
         logger[metadataKey: "topic"] = "\(settings.topic)"
@@ -146,10 +147,13 @@ private final class ApplierRun: @unchecked Sendable {
     let applier: Applier
     var consumer: KafkaConsumer!
     /// One connection per node that takes writes, opened by the last resync.
-    var connections: [HostPort: RedisClient] = [:]
+    var connections: [HostPort: BlockingRedisConnection] = [:]
     var sha = ""
     /// Assigned partitions and the next offset to apply in each.
     var next: [Int32: Int64] = [:]
+    /// Where the next message sent to Redis must be in each assigned partition (ahead of `next`
+    /// by what is in flight): which fetched messages and own writes go next.
+    var cursor = LogCursor()
     /// Checkpoints earned by confirmed batches, written with the next batch.
     var checkpoints: [Int32: Int64] = [:]
     /// The batch sent to Redis whose replies are not read yet.
@@ -173,6 +177,7 @@ private final class ApplierRun: @unchecked Sendable {
     var needsResync = false
     var backoffMilliseconds: Int32 = 50
     var lastCommit = ContinuousClock.now
+    var lastCheckpoints = ContinuousClock.now
     var lastConsumerError: String?
     var settings: Applier.Settings { self.applier.settings }
     var rack: RackRedis { self.applier.rack }
@@ -221,6 +226,7 @@ private final class ApplierRun: @unchecked Sendable {
             onRebalance: { [unowned self] in self.rebalanced($0) }
         )
         try self.consumer.subscribe([applier.settings.topic])
+        applier.ownWrites.attach(wake: { [consumer = self.consumer!] in consumer.wake() })
     }
 
     func loop() {
@@ -235,8 +241,10 @@ private final class ApplierRun: @unchecked Sendable {
                 }
             }
             // With a batch in flight, only take what is already fetched: its replies come first.
-            let batch = self.poll(timeoutMilliseconds: self.inFlight == nil ? 100 : 0)
+            // An own write handed over wakes the poll.
+            let fetched = self.poll(timeoutMilliseconds: self.inFlight == nil ? 100 : 0)
             if self.needsResync { continue }  // a rebalance during the poll: its messages are re-read
+            let batch = self.cursor.admit(fetched: fetched, own: self.applier.ownWrites.take())
             if batch.isEmpty {
                 if self.inFlight != nil { self.finishInFlight() } else { try? self.writeCheckpoints() }
             } else {
@@ -245,6 +253,7 @@ private final class ApplierRun: @unchecked Sendable {
             self.publish()
             self.reviveDeposed()
         }
+        self.applier.ownWrites.attach(wake: nil)
         self.finishInFlight()
         // The replies and checkpoints this applier owes go out before it leaves.
         try? self.writeCheckpoints()
@@ -267,6 +276,7 @@ private final class ApplierRun: @unchecked Sendable {
         case .assigned(let partitions):
             self.logger.info("partitions assigned to this sidecar's applier", metadata: ["partitions": "\(partitions.map(\.partition))"])
             self.next = [:]
+            self.cursor.removeAll()
             do {
                 try self.connectAll()
                 let offsets = try self.startingOffsets(partitions.map(\.partition))
@@ -275,7 +285,10 @@ private final class ApplierRun: @unchecked Sendable {
             } catch {
                 // Fetch nothing yet (the log's end); the resync starts each partition properly.
                 self.logger.warning("cannot read the checkpoints from redis yet", metadata: ["error": "\(error)"])
-                for partition in partitions { self.next[partition.partition] = KafkaConsumer.end }
+                for partition in partitions {
+                    self.next[partition.partition] = KafkaConsumer.end
+                    self.cursor.start(partition.partition, at: KafkaConsumer.end)
+                }
                 self.needsResync = true
                 return partitions.map { _ in KafkaConsumer.end }
             }
@@ -284,6 +297,7 @@ private final class ApplierRun: @unchecked Sendable {
             // Owed replies (their clients wait) and earned checkpoints go out before the partitions do.
             try? self.writeCheckpoints()
             self.next = [:]
+            self.cursor.removeAll()
             self.checkpoints = [:]
             self.publish()
             return []
@@ -303,19 +317,22 @@ private final class ApplierRun: @unchecked Sendable {
             if case .checkpoint(let partition) = entry, let offset = reply.string.flatMap({ Int64($0) }) { offsets[partition] = offset }
         }
         return partitions.map { partition in
-            if let offset = offsets[partition] {
-                self.next[partition] = offset
-                return offset
+            let offset: Int64
+            if let checkpoint = offsets[partition] {
+                offset = checkpoint
+            } else if let catchUp = self.settings.catchUpOffsets[partition] {
+                self.logger.notice("this rack's redis has no record of the partition: starting at its catch-up offset", metadata: ["partition": "\(partition)", "offset": "\(catchUp)"])
+                offset = catchUp
+            } else {
+                self.logger.notice("this rack's redis has no record of the partition: replaying the world's log from its start", metadata: ["partition": "\(partition)"])
+                self.applier.count(.replay)
+                self.next[partition] = 0
+                self.cursor.start(partition, at: KafkaConsumer.beginning)
+                return KafkaConsumer.beginning
             }
-            if let offset = self.settings.catchUpOffsets[partition] {
-                self.logger.notice("this rack's redis has no record of the partition: starting at its catch-up offset", metadata: ["partition": "\(partition)", "offset": "\(offset)"])
-                self.next[partition] = offset
-                return offset
-            }
-            self.logger.notice("this rack's redis has no record of the partition: replaying the world's log from its start", metadata: ["partition": "\(partition)"])
-            self.applier.count(.replay)
-            self.next[partition] = 0
-            return KafkaConsumer.beginning
+            self.next[partition] = offset
+            self.cursor.start(partition, at: offset)
+            return offset
         }
     }
 
@@ -451,16 +468,39 @@ private final class ApplierRun: @unchecked Sendable {
         }
     }
 
-    /// Sends each node its pipeline; the replies come back with what they answer.
-    func transmit(_ requests: NodeRequests) throws -> [(replies: EventLoopFuture<[RESPValue]>, entries: [Entry])] {
+    /// One node's pipeline, sent: its replies are still to be read.
+    struct Sent {
+        var connection: BlockingRedisConnection
+        var ticket: BlockingRedisConnection.Ticket
+        var entries: [Entry]
+    }
+
+    /// Sends each node its pipeline; the replies are read by `receive`.
+    func transmit(_ requests: NodeRequests) throws -> [Sent] {
         try requests.byNode.map { node, request in
-            (try self.sameConnection(to: node).pipeline(request.bytes, replies: request.entries.count), request.entries)
+            let connection = try self.sameConnection(to: node)
+            do {
+                return Sent(connection: connection, ticket: try connection.send(request.bytes, replies: request.entries.count), entries: request.entries)
+            } catch {
+                self.dropConnections()
+                throw error
+            }
+        }
+    }
+
+    /// Reads a sent pipeline's replies, with what each answers. A failure (Redis closed the
+    /// connection, or did not answer within the Redis timeout) closes every connection: a late
+    /// reply must not be mistaken for another request's.
+    func receive(_ sent: Sent) throws -> [(Entry, RESPValue)] {
+        do { return zip(sent.entries, try sent.connection.receive(sent.ticket)).map { ($0, $1) } } catch {
+            self.dropConnections()
+            throw error
         }
     }
 
     /// Sends and waits.
     func exchange(_ requests: NodeRequests) throws -> [(Entry, RESPValue)] {
-        try self.transmit(requests).flatMap { sent in zip(sent.entries, try self.wait(sent.replies)).map { ($0, $1) } }
+        try self.transmit(requests).flatMap { try self.receive($0) }
     }
 
     /// The node that takes writes for `key`.
@@ -475,15 +515,15 @@ private final class ApplierRun: @unchecked Sendable {
     func connectAll() throws {
         let nodes = self.rack.nodes()
         guard !nodes.isEmpty else { throw Doubt(description: "the rack's redis master is not known yet") }
-        for (node, client) in self.connections where !nodes.contains(node) || !client.channel.isActive {
-            client.channel.close(promise: nil)
+        for (node, connection) in self.connections where !nodes.contains(node) || !connection.isOpen {
+            connection.close()
             self.connections[node] = nil
         }
         for node in nodes where self.connections[node] == nil {
-            let client = try self.wait(RedisClient.connecting(to: node, on: self.applier.group.any(), timeout: self.settings.redisTimeout))
-            let reply = try self.wait(client.pipeline(RedisRequest(strings: ["SCRIPT", "LOAD", AppliedOffsets.script]).raw, replies: 1))[0]
+            let client = try BlockingRedisConnection(to: node, timeout: self.settings.redisTimeout)
+            let reply = try client.exchange(RedisRequest(strings: ["SCRIPT", "LOAD", AppliedOffsets.script]).raw, replies: 1)[0]
             guard let sha = reply.string, sha.count == 40 else {
-                client.channel.close(promise: nil)
+                client.close()
                 throw Doubt(description: "SCRIPT LOAD answered \(reply)")
             }
             self.sha = sha
@@ -493,8 +533,8 @@ private final class ApplierRun: @unchecked Sendable {
 
     /// The connection to `node` opened by the last resync; a closed or missing one (Redis
     /// restarted, a failover moved the master, a slot moved) calls for a resync.
-    func sameConnection(to node: HostPort) throws -> RedisClient {
-        guard let client = self.connections[node], client.channel.isActive else {
+    func sameConnection(to node: HostPort) throws -> BlockingRedisConnection {
+        guard let client = self.connections[node], client.isOpen else {
             self.needsResync = true
             throw Doubt(description: "no open connection to redis at \(node)")
         }
@@ -502,23 +542,8 @@ private final class ApplierRun: @unchecked Sendable {
     }
 
     func dropConnections() {
-        for client in self.connections.values { client.channel.close(promise: nil) }
+        for client in self.connections.values { client.close() }
         self.connections = [:]
-    }
-
-    /// Waits for `future` up to the Redis timeout; a timeout closes the connections (a late reply
-    /// must not be mistaken for another request's).
-    func wait<Value: Sendable>(_ future: EventLoopFuture<Value>) throws -> Value {
-        let promise = future.eventLoop.makePromise(of: Value.self)
-        let timeout = future.eventLoop.scheduleTask(in: self.settings.redisTimeout) {
-            promise.fail(Doubt(description: "redis did not answer within \(self.settings.redisTimeout.nanoseconds / 1_000_000) ms"))
-        }
-        future.cascade(to: promise)
-        defer { timeout.cancel() }
-        do { return try promise.futureResult.wait() } catch {
-            self.dropConnections()
-            throw error
-        }
     }
 
     // MARK: - Applying
@@ -552,7 +577,7 @@ private final class ApplierRun: @unchecked Sendable {
     /// A batch sent to Redis whose replies have not been read yet.
     struct InFlight {
         /// Each node's replies, and what each answers.
-        var requests: [(replies: EventLoopFuture<[RESPValue]>, entries: [Entry])]
+        var requests: [Sent]
         /// Each partition's messages in log order.
         var messages: [Int32: [Message]]
     }
@@ -599,7 +624,7 @@ private final class ApplierRun: @unchecked Sendable {
         var order: [Unit] = []
         var messages: [Int32: [Message]] = [:]
         var stop: OwnTurn?
-        for (index, message) in zip(batch.indices, batch) where !self.deposed.contains(message.partition) && (self.next[message.partition].map { message.offset >= $0 } ?? false) {
+        for (index, message) in zip(batch.indices, batch) where !self.deposed.contains(message.partition) {
             do {
                 var value = message.value
                 if OpChunk.isChunk(value) {
@@ -835,7 +860,7 @@ private final class ApplierRun: @unchecked Sendable {
         guard let batch = self.inFlight.take() else { return }
         var replies: [(Entry, RESPValue)] = []
         do {
-            for request in batch.requests { replies += zip(request.entries, try self.wait(request.replies)).map { ($0, $1) } }
+            for request in batch.requests { replies += try self.receive(request) }
         } catch {
             if !self.needsResync { self.doubt("redis failed during a batch", error: error) }
             return
@@ -938,10 +963,18 @@ private final class ApplierRun: @unchecked Sendable {
 
     // MARK: - Checkpoints and monitoring
 
-    /// Adds the earned checkpoints and the owed replies to a request (each checkpoint to the
-    /// node of its key; replies to any node: a Redis Cluster forwards a PUBLISH to every node).
-    func addCheckpointsAndPublishes(to requests: inout NodeRequests) throws {
-        for (partition, offset) in self.checkpoints {
+    /// How often a busy applier writes its checkpoints. They only say where a restart reads
+    /// from (the markers decide what is applied, so an older one costs a few skipped ops), yet
+    /// written with every batch they were as many Redis commands as the ops themselves when
+    /// batches are small (one op per partition under many clients).
+    static let checkpointInterval = Duration.milliseconds(10)
+
+    /// Adds the owed replies and, `checkpointInterval` after the last ones (or when `force`d),
+    /// the earned checkpoints to a request (each checkpoint to the node of its key; replies to
+    /// any node: a Redis Cluster forwards a PUBLISH to every node).
+    func addCheckpointsAndPublishes(to requests: inout NodeRequests, force: Bool = false) throws {
+        let checkpointsDue = force || ContinuousClock.now - self.lastCheckpoints >= Self.checkpointInterval
+        for (partition, offset) in self.checkpoints where checkpointsDue {
             let key = AppliedOffsets.checkpointKey(topic: self.settings.topic, partition: partition)
             try requests.add(["SET", key, String(offset)], to: self.node(forKey: key), as: .checkpoint(partition))
         }
@@ -949,7 +982,10 @@ private final class ApplierRun: @unchecked Sendable {
             for publish in self.publishes { requests.add(publish, to: node, as: .publish) }
         }
         // Sent checkpoints are not sent again; if they fail, the resync re-reads them anyway.
-        self.checkpoints = [:]
+        if checkpointsDue {
+            self.checkpoints = [:]
+            self.lastCheckpoints = .now
+        }
         self.publishes = []
     }
 
@@ -959,7 +995,7 @@ private final class ApplierRun: @unchecked Sendable {
         for node in self.connections.keys { _ = try self.sameConnection(to: node) }
         guard !self.checkpoints.isEmpty || !self.publishes.isEmpty else { return }
         var requests = NodeRequests()
-        try self.addCheckpointsAndPublishes(to: &requests)
+        try self.addCheckpointsAndPublishes(to: &requests, force: true)
         _ = try self.exchange(requests)
         self.commitForMonitoring()
     }

@@ -16,6 +16,8 @@ final class WorldLog: Sendable {
     /// The largest message this sidecar writes: an op larger than this travels as chunks
     /// (`OpChunk`), below the producer's `message.max.bytes` and its request overhead.
     let maxMessageBytes: Int
+    /// Each op this sidecar appends, once acknowledged, for its applier.
+    let ownWrites = OwnWrites()
 
     /// Connects, creates the topic when it is missing and learns its partition count. Blocks
     /// (start-up only).
@@ -71,7 +73,9 @@ final class WorldLog: Sendable {
             let partition = record.partition(of: self.partitions)
             let encoded = record.encoded
             guard encoded.readableBytes > self.maxMessageBytes else {
-                return self.producer.send(topic: self.topic, partition: partition, key: key, value: encoded, on: eventLoop)
+                return self.producer.send(topic: self.topic, partition: partition, key: key, value: encoded, on: eventLoop) { [ownWrites = self.ownWrites, topic = self.topic] delivery in
+                    ownWrites.add(encoded, topic: topic, at: delivery)
+                }
             }
             // Chunks, in order, to the op's partition: the op is where its last chunk is.
             let chunks = OpChunk.split(encoded, id: .random(in: .min ... .max), maxMessageBytes: self.maxMessageBytes).map {

@@ -8,6 +8,14 @@ public struct KafkaMessage: Sendable, Equatable {
     public var offset: Int64
     public var key: [UInt8]?
     public var value: ByteBuffer
+
+    public init(topic: String, partition: Int32, offset: Int64, key: [UInt8]?, value: ByteBuffer) {
+        self.topic = topic
+        self.partition = partition
+        self.offset = offset
+        self.key = key
+        self.value = value
+    }
 }
 
 /// A thin wrapper over a librdkafka consumer with explicit assignment: the caller says where
@@ -19,6 +27,8 @@ public final class KafkaConsumer: @unchecked Sendable {
     // thread at a time, which is how the applier uses it.
     private let handle: OpaquePointer
     private let rebalance: RebalanceBox?
+    /// The queue `poll` reads (the group's, once `rd_kafka_poll_set_consumer` redirected the rest), for `wake`.
+    private let queue: OpaquePointer
 
     /// What a consumer-group rebalance did to this member. Called on the thread that polls.
     public enum Rebalance {
@@ -68,6 +78,7 @@ public final class KafkaConsumer: @unchecked Sendable {
         rd_kafka_poll_set_consumer(handle)
         self.handle = handle
         self.rebalance = box
+        self.queue = rd_kafka_queue_get_consumer(handle)
     }
 
     /// Joins the group for these topics; partitions arrive through the rebalance handler.
@@ -114,6 +125,12 @@ public final class KafkaConsumer: @unchecked Sendable {
         return KafkaMessage(topic: String(cString: rd_kafka_topic_name(m.rkt)), partition: m.partition, offset: m.offset, key: key, value: value)
     }
 
+    /// Makes the current (or else the next) `poll` return at once, from any thread: someone has
+    /// work for the polling thread that does not come from the log.
+    public func wake() {
+        rd_kafka_queue_yield(self.queue)
+    }
+
     /// Commits offsets (the next offset to read): Kafka's view of progress, for monitoring.
     public func commit(_ partitions: [(topic: String, partition: Int32, offset: Int64)], async: Bool = false) throws {
         let list = Self.list(partitions)
@@ -124,6 +141,7 @@ public final class KafkaConsumer: @unchecked Sendable {
 
     /// Leaves the group (revoking through the handler) and releases the consumer.
     public func close() {
+        rd_kafka_queue_destroy(self.queue)
         rd_kafka_consumer_close(self.handle)
         rd_kafka_destroy(self.handle)
         withExtendedLifetime(self.rebalance) {}

@@ -8,6 +8,11 @@ import Synchronization
 public struct KafkaDelivery: Sendable, Equatable {
     public var partition: Int32
     public var offset: Int64
+
+    public init(partition: Int32, offset: Int64) {
+        self.partition = partition
+        self.offset = offset
+    }
 }
 
 /// A Kafka error, with librdkafka's own words.
@@ -45,7 +50,7 @@ public final class KafkaProducer: Sendable {
         /// Uptime (ms) of the last progress: a delivery report, or the first message after idling.
         let lastProgress = Atomic<Int64>(0)
         /// Delivery reports of the current poll, completed together afterwards.
-        let reports = Mutex<[(EventLoopPromise<KafkaDelivery>, Result<KafkaDelivery, KafkaError>)]>([])
+        let reports = Mutex<[(DeliveryCompletion, Result<KafkaDelivery, KafkaError>)]>([])
         init(_ pointer: OpaquePointer) { self.pointer = pointer }
 
         /// Completes the collected reports with one task per event loop instead of one thread
@@ -57,9 +62,10 @@ public final class KafkaProducer: Sendable {
             }
             guard !reports.isEmpty else { return }
             var byLoop: [ObjectIdentifier: (EventLoop, [(EventLoopPromise<KafkaDelivery>, Result<KafkaDelivery, KafkaError>)])] = [:]
-            for report in reports {
-                let loop = report.0.futureResult.eventLoop
-                byLoop[ObjectIdentifier(loop), default: (loop, [])].1.append(report)
+            for (completion, result) in reports {
+                if case .success(let delivery) = result { completion.onDelivery?(delivery) }
+                let loop = completion.promise.futureResult.eventLoop
+                byLoop[ObjectIdentifier(loop), default: (loop, [])].1.append((completion.promise, result))
             }
             for (loop, batch) in byLoop.values {
                 loop.execute { for (promise, result) in batch { promise.completeWith(result.mapError { $0 }) } }
@@ -103,7 +109,7 @@ public final class KafkaProducer: Sendable {
                     let neverSent = rd_kafka_message_status(message) == RD_KAFKA_MSG_STATUS_NOT_PERSISTED
                     result = .failure(KafkaError(String(cString: rd_kafka_err2str(message.pointee.err)), mayBeInLog: !neverSent))
                 }
-                completion.handle.reports.withLock { $0.append((completion.promise, result)) }
+                completion.handle.reports.withLock { $0.append((completion, result)) }
             }
         }
         let wrapped = Handle(handle)
@@ -128,20 +134,28 @@ public final class KafkaProducer: Sendable {
         thread.start()
     }
 
-    private final class DeliveryCompletion {
+    /// What waits for a message's delivery report.
+    private final class DeliveryCompletion: Sendable {
         let promise: EventLoopPromise<KafkaDelivery>
+        let onDelivery: (@Sendable (KafkaDelivery) -> Void)?
         let handle: Handle
-        init(_ promise: EventLoopPromise<KafkaDelivery>, handle: Handle) {
+        init(_ promise: EventLoopPromise<KafkaDelivery>, onDelivery: (@Sendable (KafkaDelivery) -> Void)?, handle: Handle) {
             self.promise = promise
+            self.onDelivery = onDelivery
             self.handle = handle
         }
     }
 
     /// Sends one message; the future completes when Kafka acknowledged it (acks=all) or failed.
-    public func send(topic: String, partition: Int32, key: [UInt8]?, value: ByteBuffer, on eventLoop: EventLoop) -> EventLoopFuture<KafkaDelivery> {
+    /// `onDelivery` runs on the polling thread as soon as the acknowledgement arrives, before the
+    /// future completes on its event loop: for work that should not wait for the hop there.
+    public func send(
+        topic: String, partition: Int32, key: [UInt8]?, value: ByteBuffer, on eventLoop: EventLoop,
+        onDelivery: (@Sendable (KafkaDelivery) -> Void)? = nil
+    ) -> EventLoopFuture<KafkaDelivery> {
         let promise = eventLoop.makePromise(of: KafkaDelivery.self)
         let topicHandle = self.topic(topic)
-        let opaque = Unmanaged.passRetained(DeliveryCompletion(promise, handle: self.handle)).toOpaque()
+        let opaque = Unmanaged.passRetained(DeliveryCompletion(promise, onDelivery: onDelivery, handle: self.handle)).toOpaque()
         if self.handle.outstanding.add(1, ordering: .relaxed).oldValue == 0 {
             self.handle.lastProgress.store(Handle.now(), ordering: .relaxed)
         }
