@@ -106,7 +106,9 @@ let package = Package(
                 "Shared",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Yams", package: "Yams"),
-            ]
+            ],
+            // Discovery documents of several Kubernetes releases, read by path.
+            exclude: ["Discovery"]
         ),
         .testTarget(
             name: "PylonSidecarTests",

@@ -64,6 +64,13 @@ struct PylonOperatorCommand: AsyncParsableCommand {
             throw ValidationError("\(error)")
         }
         let client = KubeClient(config: config)
+        do {
+            let versions = try await client.discoverVersions()
+            logger.info("API versions served", metadata: ["versions": "\(versions.versions.sorted { $0.key < $1.key }.map { "\($0.key)/\($0.value)" })"])
+        } catch {
+            logger.critical("cannot use this Kubernetes API server", metadata: ["server": "\(config.server)", "error": "\(error)"])
+            throw ExitCode.failure
+        }
         let service = PylonOperatorService(client: client, settings: .init(namespace: self.namespace, renderer: .init(sidecarImage: self.sidecarImage)), logger: logger)
         let election = LeaderElection(
             client: client,

@@ -83,7 +83,7 @@ struct HelmChartTests {
     @Test func theAPIServerAcceptsWhatItRenders() async throws {
         let api = try await KubeAPIServer()
         defer { api.stop() }
-        let client = api.client()
+        let client = try await api.client()
         try await KubeAPITests.installCRDs(client)
         _ = try await client.create(.namespaces, ["apiVersion": "v1", "kind": "Namespace", "metadata": ["name": "infra"]])
         for document in try self.render("replicas: 3", namespace: "infra") {

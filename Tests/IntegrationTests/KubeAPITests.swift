@@ -77,7 +77,7 @@ struct KubeAPITests {
     @Test func theCRDsAcceptTheSamplesWithDefaultsAndRefuseBadSpecsWithClearMessages() async throws {
         let api = try await KubeAPIServer()
         defer { api.stop() }
-        let client = api.client()
+        let client = try await api.client()
         try await Self.installCRDs(client)
         let world = try await client.create(Self.worlds, namespace: "default", try Self.manifest("samples/world.yaml"))
         #expect(world[path: "spec.consistency"] == "applied")  // a default
@@ -110,7 +110,7 @@ struct KubeAPITests {
     @Test func serverSideApplyIsIdempotentAndStatusIsItsOwnSubresource() async throws {
         let api = try await KubeAPIServer()
         defer { api.stop() }
-        let client = api.client()
+        let client = try await api.client()
         try await Self.installCRDs(client)
         let config: JSON = ["apiVersion": "v1", "kind": "ConfigMap", "metadata": ["name": "sidecar"], "data": ["listen": "0.0.0.0:6380"]]
         let first = try await client.apply(.configMaps, namespace: "default", name: "sidecar", config)
@@ -131,7 +131,7 @@ struct KubeAPITests {
     @Test func aWatchMissesNothingAcrossAnAPIServerRestart() async throws {
         let api = try await KubeAPIServer()
         defer { api.stop() }
-        let client = api.client()
+        let client = try await api.client()
         let informer = Informer(client: client, resource: .configMaps, namespace: "default", logger: Logger(label: "test")) { _ in }
         _ = try await client.create(.configMaps, namespace: "default", ["apiVersion": "v1", "kind": "ConfigMap", "metadata": ["name": "before"]])
         informer.start()
@@ -158,8 +158,8 @@ struct KubeAPITests {
         defer { api.stop() }
         let flaky = try await KubeAPIServer(sharing: api)
         defer { flaky.stop() }
-        let client = api.client()
-        let informer = Informer(client: flaky.client(), resource: .configMaps, namespace: "default", logger: Logger(label: "test")) { _ in }
+        let client = try await api.client()
+        let informer = Informer(client: try await flaky.client(), resource: .configMaps, namespace: "default", logger: Logger(label: "test")) { _ in }
         _ = try await client.create(.configMaps, namespace: "default", ["apiVersion": "v1", "kind": "ConfigMap", "metadata": ["name": "before"]])
         _ = try await client.create(.configMaps, namespace: "default", ["apiVersion": "v1", "kind": "ConfigMap", "metadata": ["name": "doomed"]])
         informer.start()
@@ -199,7 +199,7 @@ struct KubeAPITests {
 
         let api = try await KubeAPIServer()
         defer { api.stop() }
-        let client = api.client()
+        let client = try await api.client()
         try await Self.install(client)
         let deployment = try await client.get(KubeResource(group: "apps", version: "v1", plural: "deployments"), namespace: "pylon-system", name: "pylon-operator")
         #expect(deployment[path: "spec.template.spec.serviceAccountName"] == "pylon-operator")
@@ -221,7 +221,7 @@ struct KubeAPITests {
         }
         #expect(samples == 5)
         // The operator's identity may do what it needs, and not more.
-        let asOperator = api.client(token: api.operatorToken)
+        let asOperator = try await api.client(token: api.operatorToken)
         _ = try await asOperator.list(Pylon.racks)
         _ = try await asOperator.list(.statefulSets)
         func status(_ request: () async throws -> Any) async -> Int {

@@ -17,11 +17,11 @@ struct OperatorTests {
         let api = try await KubeAPIServer()
         defer { api.stop() }
         let broker = try KafkaBroker()
-        let client = api.client()
+        let client = try await api.client()
         // Installed as users install it; the operator runs as its ServiceAccount, with only the
         // rights manifests/rbac grants it: anything more it needs fails this test.
         try await KubeAPITests.install(client)
-        let operatorClient = api.client(token: api.operatorToken)
+        let operatorClient = try await api.client(token: api.operatorToken)
         let service = PylonOperatorService(
             client: operatorClient, settings: .init(namespace: "default", renderer: .init(sidecarImage: "pylon/sidecar:test"), caughtUpLag: 10, resync: .seconds(1)),
             logger: Logger(label: "test")
@@ -54,10 +54,15 @@ struct OperatorTests {
         let config = try await client.get(.configMaps, namespace: "default", name: "shop-eu-1-sidecar")
         let sidecarYAML = config[path: "data"]?["sidecar.yml"]?.string ?? ""
         #expect(sidecarYAML.contains("kafka-brokers: \(broker.bootstrap)") && sidecarYAML.contains("rack: shop-eu-1") && sidecarYAML.contains("world: shop"), "\(sidecarYAML)")
-        #expect(sidecarYAML.contains("contentious-keys: [\"lock:*\"]"))
+        #expect(sidecarYAML.contains("contentious-keys:\n- lock:*\n"), "\(sidecarYAML)")
         for (resource, name) in [(KubeResource.services, "shop-eu-1"), (.services, "shop-eu-1-headless"), (.podDisruptionBudgets, "shop-eu-1")] {
             #expect(try await client.get(resource, namespace: "default", name: name)[path: "metadata.ownerReferences"]?.array?.first?["uid"] == uid)
         }
+        // The PodDisruptionBudget at the version this API server serves (1.20: policy/v1beta1;
+        // policy/v1 from 1.21), found by discovery.
+        #expect(client.servedVersions.versions["policy"] == "v1beta1")
+        let budget = try await client.get(.podDisruptionBudgets, namespace: "default", name: "shop-eu-1")
+        #expect(budget["apiVersion"] == "policy/v1beta1" && budget[path: "spec.maxUnavailable"] == 1)
         // Truthful status: reconciled, not ready (no pods run on this test control plane).
         #expect(try await eventually(timeout: .seconds(30)) {
             let status = try await client.get(Pylon.racks, namespace: "default", name: "shop-eu-1")["status"]
@@ -141,7 +146,7 @@ struct OperatorTests {
             return pods?.compactMap { $0["name"]?.string } == ["redis", "sentinel", "pylon-sidecar"]
         })
         let sentinelConfig = try await client.get(.configMaps, namespace: "default", name: "shop-us-1-sidecar")[path: "data"]?["sidecar.yml"]?.string ?? ""
-        #expect(sentinelConfig.contains("redis: redis-sentinel://shop-us-1-0.shop-us-1-headless.default.svc:26379,") && sentinelConfig.contains("\"3=14990\""), "\(sentinelConfig)")
+        #expect(sentinelConfig.contains("redis: redis-sentinel://shop-us-1-0.shop-us-1-headless.default.svc:26379,") && sentinelConfig.contains("- 3=14990\n"), "\(sentinelConfig)")
 
         // Deleting the world while racks remain is refused with a clear condition.
         try await client.delete(Pylon.worlds, namespace: "default", name: "shop")
@@ -176,10 +181,10 @@ struct OperatorTests {
         let api = try await KubeAPIServer()
         defer { api.stop() }
         let broker = try KafkaBroker()
-        let client = api.client()
+        let client = try await api.client()
         try await KubeAPITests.install(client)
         try api.startGarbageCollector()
-        let service = PylonOperatorService(client: api.client(token: api.operatorToken), settings: .init(namespace: "default", resync: .seconds(1)), logger: Logger(label: "test"))
+        let service = PylonOperatorService(client: try await api.client(token: api.operatorToken), settings: .init(namespace: "default", resync: .seconds(1)), logger: Logger(label: "test"))
         service.start()
         var worldObject = try KubeAPITests.manifest("samples/world.yaml")
         worldObject["spec"]?["kafka"]?["bootstrapServers"] = .string(broker.bootstrap)
@@ -225,7 +230,7 @@ struct OperatorExecutableTests {
     @Test func onlyTheLeaseHolderReconcilesAndAnotherTakesOverWhenItDies() async throws {
         let api = try await KubeAPIServer()
         defer { api.stop() }
-        let client = api.client()
+        let client = try await api.client()
         try await KubeAPITests.install(client)
         let kubeconfig = try api.kubeconfig(token: api.operatorToken)
         let scratch = try ScratchDirectory()
@@ -264,7 +269,7 @@ struct OperatorExecutableTests {
     @Test func theExecutableServesTheSidecarInjectionWebhook() async throws {
         let api = try await KubeAPIServer()
         defer { api.stop() }
-        let admin = api.client()
+        let admin = try await api.client()
         try await KubeAPITests.install(admin)
         let scratch = try ScratchDirectory()
         let (port, webhookPort) = (try Ports.free(), try Ports.free())

@@ -50,12 +50,12 @@ struct WebhookTests {
     @Test func optedInPodsGetTheSidecarAndNothingElseIsTouched() async throws {
         let api = try await KubeAPIServer()
         defer { api.stop() }
-        let admin = api.client()
+        let admin = try await api.client()
         try await KubeAPITests.install(admin)
         // The webhook runs as the operator, with the rights manifests/rbac gives it; its
         // certificate lives 8 s here, so it is renewed (at 2/3) while the test runs.
         let webhook = try await WebhookService.start(
-            client: api.client(token: api.operatorToken), renderer: RackRenderer(settings: .init(sidecarImage: "pylon/sidecar:test")),
+            client: try await api.client(token: api.operatorToken), renderer: RackRenderer(settings: .init(sidecarImage: "pylon/sidecar:test")),
             settings: .init(host: "127.0.0.1", port: 0, certificates: .secret(namespace: "pylon-system", name: "pylon-webhook-cert", hosts: ["127.0.0.1"], validity: 8)),
             logger: Logger(label: "test")
         )

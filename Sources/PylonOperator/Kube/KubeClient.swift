@@ -32,7 +32,7 @@ public struct KubeResource: Sendable, Hashable {
     public static let services = KubeResource(group: "", version: "v1", plural: "services")
     public static let events = KubeResource(group: "", version: "v1", plural: "events")
     public static let statefulSets = KubeResource(group: "apps", version: "v1", plural: "statefulsets")
-    public static let podDisruptionBudgets = KubeResource(group: "policy", version: "v1beta1", plural: "poddisruptionbudgets")
+    public static let podDisruptionBudgets = KubeResource(group: "policy", version: "v1", plural: "poddisruptionbudgets")
     public static let jobs = KubeResource(group: "batch", version: "v1", plural: "jobs")
     public static let leases = KubeResource(group: "coordination.k8s.io", version: "v1", plural: "leases")
     public static let customResourceDefinitions = KubeResource(group: "apiextensions.k8s.io", version: "v1", plural: "customresourcedefinitions", namespaced: false)
@@ -54,7 +54,9 @@ public struct KubeError: Error, CustomStringConvertible, Sendable {
 
 /// A small client of the Kubernetes API over libcurl: get, list, create, merge-patch, server-side
 /// apply, the status subresource, delete, and watches (`KubeWatch`). Requests run on a thread
-/// pool, each bounded by `timeoutSeconds`.
+/// pool, each bounded by `timeoutSeconds`. Every request goes to the version of its group the
+/// server serves (`ServedVersions`, from `discoverVersions`); callers name resources and write
+/// objects at the newest version Pylon knows.
 public final class KubeClient: Sendable {
     public let config: KubeConfig
     public let fieldManager: String
@@ -62,6 +64,7 @@ public final class KubeClient: Sendable {
     /// Requests sent, by verb (GET, POST, PATCH, PUT, DELETE, WATCH): what each reconcile costs
     /// the API server.
     public let requests = Mutex<[String: Int]>([:])
+    private let served = Mutex(ServedVersions.newest)
 
     public init(config: KubeConfig, fieldManager: String = "pylon-operator", timeoutSeconds: Int = 30) {
         self.config = config
@@ -69,32 +72,57 @@ public final class KubeClient: Sendable {
         self.timeoutSeconds = timeoutSeconds
     }
 
+    /// Reads the API server's discovery document and chooses the version of each group Pylon
+    /// writes; throws, naming the kinds, when the server serves none Pylon knows for one.
+    @discardableResult
+    public func discoverVersions() async throws -> ServedVersions {
+        let versions = try ServedVersions(groupList: try await self.call("GET", "/apis"))
+        self.served.withLock { $0 = versions }
+        return versions
+    }
+
+    /// The versions requests go to.
+    public var servedVersions: ServedVersions { self.served.withLock { $0 } }
+
+    /// Where `resource`'s objects live at the served version.
+    func path(_ resource: KubeResource, namespace: String? = nil, name: String? = nil) -> String {
+        self.servedVersions.resource(resource).path(namespace: namespace, name: name)
+    }
+
+    /// `object` with the `apiVersion` of the served version of `resource`.
+    private func atServedVersion(_ object: JSON, of resource: KubeResource) -> JSON {
+        guard object["apiVersion"] != nil else { return object }
+        var object = object
+        object["apiVersion"] = .string(self.servedVersions.apiVersion(of: resource))
+        return object
+    }
+
     public func get(_ resource: KubeResource, namespace: String? = nil, name: String) async throws -> JSON {
-        try await self.call("GET", resource.path(namespace: namespace, name: name))
+        try await self.call("GET", self.path(resource, namespace: namespace, name: name))
     }
 
     /// Every object (`items`) and the list's resourceVersion, in one request.
     public func list(_ resource: KubeResource, namespace: String? = nil, labelSelector: String? = nil) async throws -> (items: [JSON], resourceVersion: String) {
-        var path = resource.path(namespace: namespace)
+        var path = self.path(resource, namespace: namespace)
         if let labelSelector { path += "?labelSelector=\(Self.escape(labelSelector))" }
         let list = try await self.call("GET", path)
         return (list["items"]?.array ?? [], list[path: "metadata.resourceVersion"]?.string ?? "")
     }
 
     public func create(_ resource: KubeResource, namespace: String? = nil, _ object: JSON) async throws -> JSON {
-        try await self.call("POST", resource.path(namespace: namespace), body: object, contentType: "application/json")
+        try await self.call("POST", self.path(resource, namespace: namespace), body: self.atServedVersion(object, of: resource), contentType: "application/json")
     }
 
     /// Server-side apply as `fieldManager`: the object holds only the fields Pylon owns; applying
     /// the same object again changes nothing.
     public func apply(_ resource: KubeResource, namespace: String? = nil, name: String, _ object: JSON, force: Bool = true, subresource: String? = nil) async throws -> JSON {
-        let path = resource.path(namespace: namespace, name: name) + (subresource.map { "/\($0)" } ?? "")
-        return try await self.call("PATCH", "\(path)?fieldManager=\(self.fieldManager)&force=\(force)", body: object, contentType: "application/apply-patch+yaml")
+        let path = self.path(resource, namespace: namespace, name: name) + (subresource.map { "/\($0)" } ?? "")
+        return try await self.call("PATCH", "\(path)?fieldManager=\(self.fieldManager)&force=\(force)", body: self.atServedVersion(object, of: resource), contentType: "application/apply-patch+yaml")
     }
 
     /// A JSON merge patch (e.g. removing a finalizer).
     public func patch(_ resource: KubeResource, namespace: String? = nil, name: String, merge: JSON, subresource: String? = nil) async throws -> JSON {
-        let path = resource.path(namespace: namespace, name: name) + (subresource.map { "/\($0)" } ?? "")
+        let path = self.path(resource, namespace: namespace, name: name) + (subresource.map { "/\($0)" } ?? "")
         return try await self.call("PATCH", path, body: merge, contentType: "application/merge-patch+json")
     }
 
@@ -102,7 +130,7 @@ public final class KubeClient: Sendable {
     @discardableResult
     public func delete(_ resource: KubeResource, namespace: String? = nil, name: String, propagation: String = "Background") async throws -> JSON? {
         do {
-            return try await self.call("DELETE", resource.path(namespace: namespace, name: name), body: ["kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": .string(propagation)], contentType: "application/json")
+            return try await self.call("DELETE", self.path(resource, namespace: namespace, name: name), body: ["kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": .string(propagation)], contentType: "application/json")
         } catch let error as KubeError where error.isNotFound {
             return nil
         }

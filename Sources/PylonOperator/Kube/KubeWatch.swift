@@ -82,7 +82,7 @@ public final class KubeWatch: Sendable {
     }
 
     private func list() throws -> String {
-        let path = self.resource.path(namespace: self.namespace) + (self.labelSelector.map { "?labelSelector=\(KubeClient.escape($0))" } ?? "")
+        let path = self.client.path(self.resource, namespace: self.namespace) + (self.labelSelector.map { "?labelSelector=\(KubeClient.escape($0))" } ?? "")
         let response = try self.client.transfer("GET", path, timeoutSeconds: self.client.timeoutSeconds).perform()
         let list = try KubeClient.decode(response, method: "GET", path: path)
         self.lists.add(1, ordering: .relaxed)
@@ -92,7 +92,7 @@ public final class KubeWatch: Sendable {
 
     /// One watch request, until the server ends it; returns the last resourceVersion seen.
     private func watch(from version: String) throws -> String {
-        let path = self.resource.path(namespace: self.namespace) + "?watch=1&allowWatchBookmarks=true&timeoutSeconds=300&resourceVersion=\(version)"
+        let path = self.client.path(self.resource, namespace: self.namespace) + "?watch=1&allowWatchBookmarks=true&timeoutSeconds=300&resourceVersion=\(version)"
             + (self.labelSelector.map { "&labelSelector=\(KubeClient.escape($0))" } ?? "")
         var transfer = self.client.transfer("GET", path, timeoutSeconds: 0)
         transfer.isCancelled = { [self] in !self.isRunning }

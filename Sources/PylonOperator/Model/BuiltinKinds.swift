@@ -195,7 +195,7 @@ public struct PersistentVolumeClaim: Codable, Sendable, Equatable {
 
 public struct PodDisruptionBudget: KubeObject, Equatable {
     public static let resource = KubeResource.podDisruptionBudgets
-    public var apiVersion = "policy/v1beta1"
+    public var apiVersion = "policy/v1"
     public var kind = "PodDisruptionBudget"
     public var metadata: ObjectMeta
     public var spec: Spec

@@ -1,4 +1,5 @@
 import Foundation
+import Yams
 
 /// What a PylonRack becomes in Kubernetes, as a pure function of the rack and its world: the
 /// sidecar's configuration (a ConfigMap), a headless Service (pod DNS), a client Service (port
@@ -29,8 +30,7 @@ public struct RackRenderer: Sendable {
     /// The rendered objects, in the order to apply them.
     public func render(rack: PylonRack, world: PylonWorld) throws -> [any KubeObject] {
         let shape = try RackShape(rack: rack)
-        let configText = try self.sidecarConfiguration(rack: rack, world: world, shape: shape)
-            .sorted { $0.key < $1.key }.map { "\($0.key): \($0.value)" }.joined(separator: "\n") + "\n"
+        let configText = try Self.yaml(self.sidecarConfiguration(rack: rack, world: world, shape: shape))
         var ports = [
             Service.Port(name: "pylon", port: 6380, targetPort: "pylon"),
             Service.Port(name: "redis", port: 6379, targetPort: "redis"),
@@ -81,8 +81,33 @@ public struct RackRenderer: Sendable {
         ))
     }
 
+    /// One key of the sidecar's YAML file, as data: rendered by Yams, so no value (a key pattern
+    /// with quotes, a setting holding `: ` or a newline) can change the document's shape.
+    enum Setting: Equatable {
+        case value(String)
+        case list([String])
+        case map([String: String])
+    }
+
+    /// The sidecar's YAML file: its keys in order, every value a string (quoted where YAML would
+    /// read it as something else).
+    static func yaml(_ settings: [String: Setting]) throws -> String {
+        // Quoted where YAML would read the text as a boolean, a null or a number (`yes`, `~`, `1e3`).
+        func string(_ text: String) -> Node {
+            Node(text, Tag(.str), Resolver.default.resolveTag(of: Node(text)) == .str ? .any : .singleQuoted)
+        }
+        let pairs = settings.sorted { $0.key < $1.key }.map { key, setting -> (Node, Node) in
+            switch setting {
+            case .value(let value): (string(key), string(value))
+            case .list(let items): (string(key), Node(items.map(string)))
+            case .map(let entries): (string(key), Node(entries.sorted { $0.key < $1.key }.map { (string($0.key), string($0.value)) }))
+            }
+        }
+        return try Yams.serialize(node: Node(pairs), width: -1)
+    }
+
     /// The sidecar's YAML keys: the rack's settings over what the world and the rack imply.
-    func sidecarConfiguration(rack: PylonRack, world: PylonWorld, shape: RackShape) throws -> [String: String] {
+    func sidecarConfiguration(rack: PylonRack, world: PylonWorld, shape: RackShape) throws -> [String: Setting] {
         let kafka = world.spec.kafka
         let redis: String
         switch shape.topology {
@@ -94,18 +119,18 @@ public struct RackRenderer: Sendable {
             redis = url
         }
         let partitions = world.spec.partitions ?? 8
-        var keys: [String: String] = [
-            "listen": "0.0.0.0:6380", "admin": "0.0.0.0:9480", "redis": redis, "log-format": "json",
-            "world": world.name, "rack": shape.name, "kafka-brokers": kafka.bootstrapServers, "topic": world.topic,
-            "partitions": "\(partitions)", "replication-factor": "\(world.spec.replicationFactor ?? 3)",
-            "consistency": world.spec.consistency ?? "applied",
+        var keys: [String: Setting] = [
+            "listen": .value("0.0.0.0:6380"), "admin": .value("0.0.0.0:9480"), "redis": .value(redis), "log-format": .value("json"),
+            "world": .value(world.name), "rack": .value(shape.name), "kafka-brokers": .value(kafka.bootstrapServers), "topic": .value(world.topic),
+            "partitions": .value("\(partitions)"), "replication-factor": .value("\(world.spec.replicationFactor ?? 3)"),
+            "consistency": .value(world.spec.consistency ?? "applied"),
             // Every sidecar of the world, through the world's headless Service (`peersService`):
             // racks come and go without a new configuration (nor rolled pods) for the others.
-            "peers": "\(Self.peersService(world: world.name)).\(shape.namespace).svc:6380",
+            "peers": .value("\(Self.peersService(world: world.name)).\(shape.namespace).svc:6380"),
         ]
-        if let contentious = world.spec.contentiousKeys, !contentious.isEmpty { keys["contentious-keys"] = Self.yamlList(contentious) }
+        if let contentious = world.spec.contentiousKeys, !contentious.isEmpty { keys["contentious-keys"] = .list(contentious) }
         if let offsets = try Self.catchUpOffsets(rack.spec.catchUp, partitions: partitions) {
-            keys["catch-up-offsets"] = Self.yamlList(offsets.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" })
+            keys["catch-up-offsets"] = .list(offsets.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" })
         }
         var properties = kafka.properties ?? [:]
         var secretFiles: [String] = []
@@ -125,11 +150,10 @@ public struct RackRenderer: Sendable {
         if tls || !secretFiles.isEmpty {
             properties["security.protocol"] = secretFiles.isEmpty ? "SSL" : tls ? "SASL_SSL" : "SASL_PLAINTEXT"
         }
-        if !properties.isEmpty {
-            keys["kafka-properties"] = "{" + properties.sorted { $0.key < $1.key }.map { "\"\($0.key)\": \"\($0.value)\"" }.joined(separator: ", ") + "}"
-        }
-        if !secretFiles.isEmpty { keys["kafka-property-file"] = Self.yamlList(secretFiles) }
-        keys.merge(rack.spec.sidecar?.settings ?? [:]) { $1 }
+        if !properties.isEmpty { keys["kafka-properties"] = .map(properties) }
+        if !secretFiles.isEmpty { keys["kafka-property-file"] = .list(secretFiles) }
+        // The rack's settings are single values, taken as they are written.
+        keys.merge((rack.spec.sidecar?.settings ?? [:]).mapValues(Setting.value)) { $1 }
         return keys
     }
 
@@ -280,7 +304,6 @@ public struct RackRenderer: Sendable {
         ))]
     }
 
-    static func yamlList(_ items: [String]) -> String { "[" + items.map { "\"\($0)\"" }.joined(separator: ", ") + "]" }
 
     /// A short stable digest of the configuration (FNV-1a, hex).
     static func hash(_ text: String) -> String {

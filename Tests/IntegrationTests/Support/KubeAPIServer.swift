@@ -132,10 +132,13 @@ final class KubeAPIServer: Sendable {
     }
 
     /// A client as `admin`, or with another bearer token (`operatorToken`).
-    func client(token: String? = nil) -> KubeClient {
+    /// A client that has read the server's discovery document, as the operator does at start.
+    func client(token: String? = nil) async throws -> KubeClient {
         var config = self.config
         if let token { config.token = .fixed(token) }
-        return KubeClient(config: config)
+        let client = KubeClient(config: config)
+        try await client.discoverVersions()
+        return client
     }
 
     /// A kubeconfig file for kubectl and for `--kubeconfig`.
