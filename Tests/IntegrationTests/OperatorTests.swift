@@ -172,6 +172,76 @@ struct OperatorTests {
         probe.close()
     }
 
+    /// Retiring a rack deletes what the rack owns (by owner reference) and nothing else, though
+    /// a rack named like its world shares the world's labels; and with the world's Kafka down the
+    /// deletion says why it waits, retries, and completes once the rack is annotated to skip the
+    /// Kafka clean-up.
+    @Test func retiringTouchesOnlyTheRacksObjectsAndSaysWhyItWaitsWhileKafkaIsDown() async throws {
+        let api = try await KubeAPIServer()
+        defer { api.stop() }
+        let broker = try KafkaBroker()
+        let client = try await api.client()
+        try await KubeAPITests.install(client)
+        let service = PylonOperatorService(
+            client: try await api.client(token: api.operatorToken), settings: .init(namespace: "default", resync: .seconds(1)), logger: Logger(label: "test")
+        )
+        service.start()
+        defer { Task { await service.stop() } }
+        func world(_ name: String, kafka: String) throws -> JSON {
+            var world = try KubeAPITests.manifest("samples/world.yaml")
+            world["metadata"]?["name"] = .string(name)
+            world["spec"]?["kafka"]?["bootstrapServers"] = .string(kafka)
+            return world
+        }
+        func rack(_ name: String, world: String) throws -> JSON {
+            var rack = try KubeAPITests.manifest("samples/rack-standalone.yaml")
+            rack["metadata"]?["name"] = .string(name)
+            rack["spec"]?["world"] = .string(world)
+            return rack
+        }
+        func exists(_ resource: KubeResource, _ name: String) async -> Bool { (try? await client.get(resource, namespace: "default", name: name)) != nil }
+
+        // A rack named like its world: its objects and the world's (the headless Service
+        // `twin-sidecars`) carry the same instance label.
+        _ = try await client.create(Pylon.worlds, namespace: "default", try world("twin", kafka: broker.bootstrap))
+        _ = try await client.create(Pylon.racks, namespace: "default", try rack("twin", world: "twin"))
+        #expect(try await eventually(timeout: .seconds(30)) {
+            let (rackObjects, worldObjects) = (await exists(.statefulSets, "twin"), await exists(.services, "twin-sidecars"))
+            return rackObjects && worldObjects
+        })
+        // Its uid: a Service the world's reconcile made again would have another.
+        let worldService = try await client.get(.services, namespace: "default", name: "twin-sidecars")[path: "metadata.uid"]
+        try await client.delete(Pylon.racks, namespace: "default", name: "twin")
+        #expect(try await eventually(timeout: .seconds(30)) { await !exists(Pylon.racks, "twin") })
+        for (resource, name) in [(KubeResource.statefulSets, "twin"), (.configMaps, "twin-sidecar"), (.services, "twin-headless"), (.podDisruptionBudgets, "twin")] {
+            #expect(await !exists(resource, name), "\(resource.plural)/\(name)")
+        }
+        #expect(try await client.get(.services, namespace: "default", name: "twin-sidecars")[path: "metadata.uid"] == worldService, "the world's Service must survive its namesake rack")
+        #expect(try await client.get(Pylon.worlds, namespace: "default", name: "twin")[path: "metadata.deletionTimestamp"] == nil)
+
+        // A world whose Kafka is down: the deleted rack waits, and says why.
+        let nowhere = "127.0.0.1:\(try Ports.free())"
+        _ = try await client.create(Pylon.worlds, namespace: "default", try world("dark", kafka: nowhere))
+        _ = try await client.create(Pylon.racks, namespace: "default", try rack("dark-1", world: "dark"))
+        #expect(try await eventually(timeout: .seconds(30)) { await exists(.statefulSets, "dark-1") })
+        try await client.delete(Pylon.racks, namespace: "default", name: "dark-1")
+        var retiring: JSON?
+        #expect(try await eventually(timeout: .seconds(60)) {
+            let rack = try await client.get(Pylon.racks, namespace: "default", name: "dark-1")
+            retiring = rack[path: "status.conditions"]?.array?.first { $0["type"] == "Retiring" }
+            return retiring?["status"] == "False" && retiring?["reason"] == "KafkaUnreachable"
+        })
+        #expect(retiring?["message"]?.string?.contains(nowhere) == true && retiring?["message"]?.string?.contains(Pylon.skipKafkaCleanup) == true)
+        let events = { try await client.list(.events, namespace: "default").items.filter { $0[path: "involvedObject.name"] == "dark-1" }.compactMap { $0["reason"]?.string } }
+        #expect(try await events().contains("RetireBlocked"))
+        #expect(await exists(.statefulSets, "dark-1"), "nothing is deleted while the consumer group cannot be")
+        // The way out: retired without the Kafka clean-up, which an Event names.
+        _ = try await client.patch(Pylon.racks, namespace: "default", name: "dark-1", merge: ["metadata": ["annotations": [.init(Pylon.skipKafkaCleanup): "true"]]])
+        #expect(try await eventually(timeout: .seconds(60)) { await !exists(Pylon.racks, "dark-1") })
+        #expect(await !exists(.statefulSets, "dark-1"))
+        #expect(try await events().contains("KafkaCleanupSkipped"))
+    }
+
     /// A sample's value in Prometheus text (0 when absent).
     static func metric(_ text: String, _ sample: String) -> Int {
         text.split(separator: "\n").first { $0.hasPrefix(sample + " ") }.flatMap { Double($0.split(separator: " ").last ?? "") }.map { Int($0) } ?? 0

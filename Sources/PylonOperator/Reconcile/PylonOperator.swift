@@ -96,12 +96,14 @@ public final class PylonOperatorService: Sendable {
                 while let key = await self.queue.next() {
                     let started = ContinuousClock.now
                     var failed = false
-                    do { try await self.reconcile(key) } catch {
+                        var again: Duration?
+                    do { again = try await self.reconcile(key) } catch {
                         failed = true
                         self.logger.warning("reconcile failed; retrying with backoff", metadata: ["object": "\(key)", "error": "\(error)"])
                     }
                     self.metrics.reconciled(key, failed: failed, in: .now - started)
                     await self.queue.done(key, failed: failed)
+                    if let again { await self.queue.add(key, after: again) }
                 }
             } }
         }
@@ -115,8 +117,8 @@ public final class PylonOperatorService: Sendable {
 
     /// Queues what a watch event concerns: the object itself; for a rack, its world (its rack
     /// count); for a world whose spec changed, every rack of it (their configuration); for an
-    /// object the operator made, the rack or world it belongs to (so a change someone else made
-    /// is set right at once).
+    /// object the operator made, the rack or world its owner reference names (so a change someone
+    /// else made is set right at once).
     private func observed(_ event: KubeWatch.Event, as resource: KubeResource) {
         let objects: [JSON]
         switch event {
@@ -138,10 +140,10 @@ public final class PylonOperatorService: Sendable {
                     await self.queue.add(.rack(namespace: namespace, name: name))
                     if let world = object[path: "spec.world"]?.string { await self.queue.add(.world(namespace: namespace, name: world)) }
                 default:
-                    if let rack = metadata.labels?["pylon.io/rack"] {
-                        await self.queue.add(.rack(namespace: namespace, name: rack))
-                    } else if metadata.labels?["app.kubernetes.io/name"] == "pylon-world", let world = metadata.labels?["app.kubernetes.io/instance"] {
-                        await self.queue.add(.world(namespace: namespace, name: world))
+                    switch metadata.ownerReferences?.first(where: { $0.controller == true && $0.apiVersion.hasPrefix(Pylon.worlds.group + "/") }) {
+                    case let owner? where owner.kind == "PylonRack": await self.queue.add(.rack(namespace: namespace, name: owner.name))
+                    case let owner? where owner.kind == "PylonWorld": await self.queue.add(.world(namespace: namespace, name: owner.name))
+                    default: break
                     }
                 }
             }
@@ -165,20 +167,25 @@ public final class PylonOperatorService: Sendable {
 
     // MARK: - Reconciling
 
-    func reconcile(_ key: ReconcileKey) async throws {
+    /// Reconciles one key; answers when to look at it again though nothing changed (nil: only
+    /// when something does).
+    func reconcile(_ key: ReconcileKey) async throws -> Duration? {
         switch key {
-        case .world(let namespace, let name): try await self.reconcileWorld(namespace: namespace, name: name)
-        case .rack(let namespace, let name): try await self.reconcileRack(namespace: namespace, name: name)
+        case .world(let namespace, let name):
+            try await self.reconcileWorld(namespace: namespace, name: name)
+            return nil
+        case .rack(let namespace, let name):
+            return try await self.reconcileRack(namespace: namespace, name: name)
         }
     }
 
-    func reconcileRack(namespace: String, name: String) async throws {
-        guard let rack = try self.cached(PylonRack.self, namespace: namespace, name: name) else { return }
+    func reconcileRack(namespace: String, name: String) async throws -> Duration? {
+        guard let rack = try self.cached(PylonRack.self, namespace: namespace, name: name) else { return nil }
         let finalizers = rack.metadata.finalizers ?? []
         if rack.metadata.deletionTimestamp != nil {
-            guard finalizers.contains(Pylon.rackFinalizer) else { return }
+            guard finalizers.contains(Pylon.rackFinalizer) else { return nil }
             try await self.retire(rack, finalizers: finalizers)
-            return
+            return nil
         }
         if !finalizers.contains(Pylon.rackFinalizer) {
             try await self.setFinalizers(rack, finalizers + [Pylon.rackFinalizer])
@@ -191,7 +198,7 @@ public final class PylonOperatorService: Sendable {
             try await self.setStatus(of: rack, status, conditions: [
                 Condition(type: "Ready", status: false, reason: "WorldNotFound", message: "PylonWorld \(rack.spec.world) does not exist in \(namespace); create it"),
             ])
-            return
+            return nil
         }
         let objects: [any KubeObject]
         do { objects = try self.renderer.render(rack: rack, world: world) } catch let error as RackRenderer.RenderError {
@@ -200,7 +207,7 @@ public final class PylonOperatorService: Sendable {
             }
             status.phase = "Failed"
             try await self.setStatus(of: rack, status, conditions: [Condition(type: "Ready", status: false, reason: "InvalidSpec", message: error.description)])
-            return
+            return nil
         }
         var statefulSet: StatefulSet?
         for object in objects {
@@ -238,7 +245,7 @@ public final class PylonOperatorService: Sendable {
             caughtUp,
         ])
         // Lag and readiness change without events on the rack: look again later.
-        await self.queue.add(.rack(namespace: namespace, name: name), after: self.settings.resync)
+        return self.settings.resync
     }
 
     /// The rack's lag per partition: its consumer group's committed offsets against the log end.
@@ -266,24 +273,49 @@ public final class PylonOperatorService: Sendable {
         }
     }
 
-    /// A deleted rack: its consumer group leaves Kafka, its objects are deleted, then the
-    /// finalizer is released.
+    /// A deleted rack: its consumer group leaves Kafka, the objects it owns are deleted, then the
+    /// finalizer is released. While the world's Kafka cannot be reached the rack says so
+    /// (condition `Retiring` False, reason `KafkaUnreachable`, and a Warning Event) and the
+    /// reconcile fails, so it is retried with backoff; the annotation `pylon.io/skip-kafka-cleanup:
+    /// "true"` retires it without the Kafka clean-up, saying so in an Event.
     func retire(_ rack: PylonRack, finalizers: [String]) async throws {
         let namespace = rack.metadata.namespace ?? ""
+        let group = PylonWorld.consumerGroup(world: rack.spec.world, rack: rack.name)
+        var retired = "consumer group \(group) removed from Kafka"
         if let world = try self.cached(PylonWorld.self, namespace: namespace, name: rack.spec.world) {
-            let (retireGroup, brokers, group) = (self.settings.kafka.retire, world.spec.kafka.bootstrapServers, world.consumerGroup(rack: rack.name))
-            try await Task.detached { try retireGroup(brokers, group) }.value
-            self.logger.info("retired the rack's consumer group", metadata: ["rack": "\(rack.key)", "group": "\(group)"])
+            let brokers = world.spec.kafka.bootstrapServers
+            if rack.metadata.annotations?[Pylon.skipKafkaCleanup] == "true" {
+                retired = "consumer group \(group) left in Kafka at \(brokers) (annotation \(Pylon.skipKafkaCleanup)); delete it there once Kafka is back"
+                await self.event(on: rack, type: "Warning", reason: "KafkaCleanupSkipped", message: retired)
+            } else {
+                let retireGroup = self.settings.kafka.retire
+                do {
+                    try await Task.detached { try retireGroup(brokers, group) }.value
+                } catch {
+                    let message = "cannot delete consumer group \(group) from Kafka at \(brokers): \(error); retrying with backoff (to retire the rack without it, annotate it \(Pylon.skipKafkaCleanup)=true)"
+                    let known = rack.status?.conditions?.contains { $0.type == "Retiring" && $0.status == "False" && $0.reason == "KafkaUnreachable" } == true
+                    if !known { await self.event(on: rack, type: "Warning", reason: "RetireBlocked", message: message) }
+                    var status = rack.status ?? PylonRack.Status()
+                    status.phase = "Retiring"
+                    try await self.setStatus(of: rack, status, conditions: [Condition(type: "Retiring", status: false, reason: "KafkaUnreachable", message: message)])
+                    throw error
+                }
+                self.logger.info("retired the rack's consumer group", metadata: ["rack": "\(rack.key)", "group": "\(group)"])
+            }
         }
-        await self.event(on: rack, reason: "Retired", message: "consumer group \(PylonWorld.consumerGroup(world: rack.spec.world, rack: rack.name)) removed from Kafka and the rack's objects deleted")
-        // Everything made for the rack carries its labels (owner references let the garbage
-        // collector do this too, where one runs — not before the finalizer is released, though).
-        let selector = Pylon.labelSelector(Pylon.managed.merging(["app.kubernetes.io/instance": rack.name]) { $1 })
+        // What the rack owns, by owner reference — not by name or label, which a world of the
+        // same name shares (owner references also let the garbage collector do this, where one
+        // runs, though not before the finalizer is released). Listed afresh: a retirement is rare,
+        // and an object made a moment ago may not be in an informer yet.
         for resource in [KubeResource.statefulSets, .jobs, .podDisruptionBudgets, .services, .configMaps] {
-            for object in try await self.client.list(resource, namespace: namespace, labelSelector: selector).items {
+            let owned = try await self.client.list(resource, namespace: namespace, labelSelector: Pylon.labelSelector(Pylon.managed)).items.filter { object in
+                object[path: "metadata.ownerReferences"]?.array?.contains { $0["uid"]?.string == rack.metadata.uid } == true
+            }
+            for object in owned {
                 if let objectName = object[path: "metadata.name"]?.string { try await self.client.delete(resource, namespace: namespace, name: objectName) }
             }
         }
+        await self.event(on: rack, reason: "Retired", message: "\(retired) and the rack's objects deleted")
         try await self.setFinalizers(rack, finalizers.filter { $0 != Pylon.rackFinalizer })
     }
 

@@ -8,6 +8,9 @@ public enum Pylon {
     public static let rackFinalizer = "pylon.io/retire-rack"
     /// Keeps a world while racks still belong to it.
     public static let worldFinalizer = "pylon.io/world-in-use"
+    /// On a deleted rack whose world's Kafka cannot be reached: retire it without deleting its
+    /// consumer group (left in Kafka, named in an Event).
+    public static let skipKafkaCleanup = "pylon.io/skip-kafka-cleanup"
 
     /// The label on everything the operator makes (its informers watch only those).
     public static let managed = ["app.kubernetes.io/managed-by": "pylon-operator"]

@@ -14,7 +14,8 @@ public struct WorldKafka: Sendable {
 
     public init() {
         let clients = Clients()
-        self.retire = { brokers, group in try clients.admin(brokers).deleteConsumerGroup(group) }
+        // A reconcile worker waits for this: an unreachable Kafka fails it in 5 s, retried with backoff.
+        self.retire = { brokers, group in try clients.admin(brokers).deleteConsumerGroup(group, timeoutMilliseconds: 5000) }
         self.lag = { brokers, topic, group in
             let admin = try clients.admin(brokers)
             // Short timeouts: an unreachable Kafka must not hold a reconcile worker for long.
