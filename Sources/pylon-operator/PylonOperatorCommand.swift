@@ -4,7 +4,7 @@ import Logging
 import NIOPosix
 import PylonOperator
 import Shared
-import UnixSignals
+import ServiceLifecycle
 
 /// `pylon-operator`: turns PylonWorlds and PylonRacks into running racks.
 @main
@@ -71,7 +71,9 @@ struct PylonOperatorCommand: AsyncParsableCommand {
             logger.critical("cannot use this Kubernetes API server", metadata: ["server": "\(config.server)", "error": "\(error)"])
             throw ExitCode.failure
         }
-        let service = PylonOperatorService(client: client, settings: .init(namespace: self.namespace, renderer: .init(sidecarImage: self.sidecarImage)), logger: logger)
+        // One informer per kind for the whole process: the reconcilers and the webhook share them.
+        let informers = SharedInformers(client: client, namespace: self.namespace, logger: logger)
+        let service = PylonOperatorService(client: client, settings: .init(namespace: self.namespace, renderer: .init(sidecarImage: self.sidecarImage)), informers: informers, logger: logger)
         let election = LeaderElection(
             client: client,
             settings: .init(
@@ -98,7 +100,7 @@ struct PylonOperatorCommand: AsyncParsableCommand {
             webhook = try await WebhookService.start(
                 client: client, renderer: RackRenderer(settings: .init(sidecarImage: self.sidecarImage)),
                 settings: .init(host: String(parts[0]), port: port, certificates: source, configuration: self.webhookConfiguration, nativeSidecars: native),
-                logger: logger
+                informers: informers, logger: logger
             )
         }
         let leaderElect = self.leaderElect
@@ -111,23 +113,11 @@ struct PylonOperatorCommand: AsyncParsableCommand {
             },
         ])
         logger.info("pylon-operator started", metadata: ["server": "\(config.server)", "namespace": "\(self.namespace ?? "*")", "leader_elect": "\(self.leaderElect)"])
-        let work = Task {
-            if leaderElect {
-                await election.run {
-                    service.start()
-                    while !Task.isCancelled { try? await Task.sleep(for: .seconds(1)) }
-                    await service.stop()
-                }
-            } else {
-                service.start()
-            }
-        }
-        for await _ in await UnixSignalsSequence(trapping: .sigterm, .sigint) { break }
-        logger.info("stopping")
-        work.cancel()
-        await work.value
-        await service.stop()
-        await webhook?.stop()
-        await server.close()
+        // Started in this order, stopped in reverse: the reconcilers stop first, the informers last.
+        let parts: [any ServiceLifecycle.Service] = [InformersPart(informers), AdminPart(server)] + (webhook.map { [WebhookPart($0)] } ?? [])
+            + [ReconcilerService(service, election: leaderElect ? election : nil)]
+        let group = ServiceGroup(configuration: .init(services: parts.map { .init(service: $0) }, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+        try await group.run()
+        logger.info("stopped")
     }
 }

@@ -334,6 +334,11 @@ struct OperatorExecutableTests {
         #expect(try await eventually(timeout: .seconds(30)) {
             (try? await client.get(.statefulSets, namespace: "default", name: "shop-eu-2")) != nil
         })
+        // SIGTERM: its parts stop in order (reconcilers first), the Lease is handed back, and it
+        // exits by itself, successfully.
+        replicas[1 - leader].stop()
+        #expect(replicas[1 - leader].process.terminationReason == .exit && replicas[1 - leader].process.terminationStatus == 0)
+        #expect(try await client.get(.leases, namespace: "pylon-system", name: "pylon-operator")[path: "spec.holderIdentity"] == "")
     }
 
     @Test func theExecutableServesTheSidecarInjectionWebhook() async throws {

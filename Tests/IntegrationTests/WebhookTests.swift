@@ -47,6 +47,33 @@ struct WebhookTests {
 
     func containers(_ pod: JSON) -> [String] { pod[path: "spec.containers"]?.array?.compactMap { $0["name"]?.string } ?? [] }
 
+    /// One informer per kind per process: the reconcilers of the leading replica and the
+    /// webhook read the same ones, so racks and worlds are listed and watched once.
+    @Test func theReconcilersAndTheWebhookShareOneInformerPerKind() async throws {
+        let api = try await KubeAPIServer()
+        defer { api.stop() }
+        try await KubeAPITests.install(try await api.client())
+        let client = try await api.client(token: api.operatorToken)
+        let informers = SharedInformers(client: client, namespace: nil, logger: Logger(label: "test"))
+        defer { informers.stop() }
+        let service = PylonOperatorService(client: client, settings: .init(resync: .seconds(1)), informers: informers, logger: Logger(label: "test"))
+        service.start()
+        let webhook = try await WebhookService.start(
+            client: client, renderer: RackRenderer(settings: .init(sidecarImage: "pylon/sidecar:test")),
+            settings: .init(host: "127.0.0.1", port: 0, certificates: .secret(namespace: "pylon-system", name: "pylon-webhook-cert", hosts: ["127.0.0.1"], validity: 3600)),
+            informers: informers, logger: Logger(label: "test")
+        )
+        #expect(try await eventually { PylonOperatorService.kinds.allSatisfy { informers.informer($0).hasSynced } })
+        try await Task.sleep(for: .seconds(1))
+        #expect(Set(informers.watched) == Set(PylonOperatorService.kinds))
+        // Each kind listed once and watched once (the webhook's racks and worlds are the reconcilers').
+        #expect(client.requests.withLock { $0["WATCH"] } == PylonOperatorService.kinds.count)
+        await webhook.stop()
+        await service.stop()
+        // Stopping the reconcilers leaves the shared informers to the others.
+        #expect(informers.informer(Pylon.racks).hasSynced)
+    }
+
     @Test func optedInPodsGetTheSidecarAndNothingElseIsTouched() async throws {
         let api = try await KubeAPIServer()
         defer { api.stop() }

@@ -26,6 +26,8 @@ public final class KubeWatch: Sendable {
     private let logger: Logger
     private let running = Atomic<Bool>(false)
     private let finished = DispatchSemaphore(value: 0)
+    /// Signalled by `stop`: ends a backoff wait at once.
+    private let stopping = DispatchSemaphore(value: 0)
     /// How many times it listed (the first list included): for tests and metrics.
     public let lists = Atomic<Int>(0)
 
@@ -53,9 +55,18 @@ public final class KubeWatch: Sendable {
 
     /// Stops and waits for the watch thread (within about a second).
     public func stop() {
-        guard self.running.exchange(false, ordering: .acquiringAndReleasing) else { return }
-        self.finished.wait()
+        if self.requestStop() { self.finished.wait() }
     }
+
+    /// Tells the watch thread to stop, without waiting; true when it was running (then
+    /// `waitUntilStopped` must follow).
+    func requestStop() -> Bool {
+        guard self.running.exchange(false, ordering: .acquiringAndReleasing) else { return false }
+        self.stopping.signal()
+        return true
+    }
+
+    func waitUntilStopped() { self.finished.wait() }
 
     private var isRunning: Bool { self.running.load(ordering: .acquiring) }
 
@@ -75,7 +86,7 @@ public final class KubeWatch: Sendable {
             } catch {
                 guard self.isRunning else { break }
                 self.logger.warning("watch: connection lost, reconnecting", metadata: ["resource": "\(self.resource.plural)", "error": "\(error)", "backoff_s": "\(backoff)"])
-                Thread.sleep(forTimeInterval: backoff)
+                _ = self.stopping.wait(timeout: .now() + backoff)
                 backoff = min(backoff * 2, 8)
             }
         }

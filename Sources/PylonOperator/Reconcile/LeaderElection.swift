@@ -6,7 +6,9 @@ import Synchronization
 /// as client-go's leader election uses it: the holder renews `renewTime` every `retryPeriod`;
 /// another candidate takes the Lease once `leaseDuration` passed without a renewal. Updates carry
 /// the Lease's resourceVersion, so two candidates can never both win (the API server refuses the
-/// stale write with 409). A leader that cannot renew within the duration steps down.
+/// stale write with 409). A leader that cannot renew within `renewDeadline` (two thirds of the
+/// duration, as client-go's 10 s of 15) steps down — its work stopped before the Lease expires
+/// for the other candidates, so two replicas never reconcile at once.
 public final class LeaderElection: Sendable {
     public struct Settings: Sendable {
         public var namespace: String
@@ -37,6 +39,9 @@ public final class LeaderElection: Sendable {
 
     public var isLeader: Bool { self.leading.load(ordering: .acquiring) }
 
+    /// How long a leader keeps leading without a renewal.
+    public var renewDeadline: Duration { self.settings.leaseDuration * 2 / 3 }
+
     /// Campaigns until cancelled: `lead` runs while this candidate holds the Lease and is
     /// cancelled when it loses it.
     public func run(lead: @escaping @Sendable () async -> Void) async {
@@ -55,7 +60,7 @@ public final class LeaderElection: Sendable {
                     self.leading.store(true, ordering: .releasing)
                     leadership = Task { await lead() }
                 }
-            } else if leadership != nil, ContinuousClock.now - lastRenewal > self.settings.leaseDuration {
+            } else if leadership != nil, ContinuousClock.now - lastRenewal > self.renewDeadline {
                 self.logger.warning("lost the lease: stepping down", metadata: ["lease": "\(self.settings.name)"])
                 self.leading.store(false, ordering: .releasing)
                 leadership?.cancel()
@@ -65,8 +70,27 @@ public final class LeaderElection: Sendable {
             try? await Task.sleep(for: self.settings.retryPeriod)
         }
         self.leading.store(false, ordering: .releasing)
-        leadership?.cancel()
-        await leadership?.value
+        guard let leadership else { return }
+        leadership.cancel()
+        await leadership.value
+        // Stopped on purpose (SIGTERM), with the work done: hand the Lease over at once instead
+        // of making the next leader wait for it to expire (in a task of its own: this one is
+        // cancelled, and the release must still be sent).
+        await Task { await self.release() }.value
+    }
+
+    /// Gives the Lease up (its holder emptied), if this candidate still holds it.
+    func release() async {
+        do {
+            guard let lease = try await self.client.get(Lease.self, namespace: self.settings.namespace, name: self.settings.name),
+                  lease.spec.holderIdentity == self.settings.identity else { return }
+            _ = try await self.client.patch(Lease.resource, namespace: self.settings.namespace, name: self.settings.name, merge: [
+                "metadata": ["resourceVersion": .string(lease.metadata.resourceVersion ?? "")], "spec": ["holderIdentity": ""],
+            ])
+            self.logger.info("released the lease", metadata: ["lease": "\(self.settings.namespace)/\(self.settings.name)"])
+        } catch {
+            self.logger.warning("cannot release the lease; it expires by itself", metadata: ["error": "\(error)"])
+        }
     }
 
     /// Lease times are MicroTime: RFC 3339 with exactly six fractional digits.

@@ -52,8 +52,13 @@ public final class PylonOperatorService: Sendable {
     let renderer: RackRenderer
     let logger: Logger
     public let metrics: OperatorMetrics
-    /// By resource: worlds, racks, and what the operator makes (by its label).
-    private let informers = Mutex<[KubeResource: Informer]>([:])
+    /// The process's informers (shared with the webhook); this service's subscriptions to them.
+    let informers: SharedInformers
+    /// Whether `informers` is this service's own (made by it, stopped with it).
+    private let ownsInformers: Bool
+    private let subscriptions = Mutex<[(Informer, Int)]>([])
+    /// The kinds reconciles read: worlds, racks, and what the operator makes.
+    public static let kinds = [Pylon.worlds, Pylon.racks, .statefulSets, .configMaps, .services, .podDisruptionBudgets, .jobs]
     private let workers = Mutex<[Task<Void, Never>]>([])
     /// The generation of each world last seen: its racks are re-rendered only when its spec
     /// changed, not on each of its status updates.
@@ -66,7 +71,10 @@ public final class PylonOperatorService: Sendable {
     /// not sent again, so a periodic reconcile of a settled rack sends nothing.
     private let applied = Mutex<[String: (rendering: JSON, resourceVersion: String)]>([:])
 
-    public init(client: KubeClient, settings: Settings, logger: Logger) {
+    /// With `informers` nil the service makes (and stops) its own.
+    public init(client: KubeClient, settings: Settings, informers: SharedInformers? = nil, logger: Logger) {
+        self.informers = informers ?? SharedInformers(client: client, namespace: settings.namespace, logger: logger)
+        self.ownsInformers = informers == nil
         self.client = client
         self.settings = settings
         self.renderer = RackRenderer(settings: settings.renderer)
@@ -77,14 +85,10 @@ public final class PylonOperatorService: Sendable {
     // MARK: - Running
 
     public func start() {
-        let informers = [Pylon.worlds, Pylon.racks, .statefulSets, .configMaps, .services, .podDisruptionBudgets, .jobs].map { resource in
-            Informer(
-                client: self.client, resource: resource, namespace: self.settings.namespace,
-                labelSelector: resource.group == Pylon.worlds.group ? nil : Pylon.labelSelector(Pylon.managed), logger: self.logger
-            ) { [self] in self.observed($0, as: resource) }
+        let informers = Self.kinds.map { self.informers.informer($0) }
+        self.subscriptions.withLock { subscriptions in
+            subscriptions = informers.map { informer in (informer, informer.subscribe { [self] in self.observed($0, as: informer.resource) }) }
         }
-        self.informers.withLock { $0 = Dictionary(uniqueKeysWithValues: informers.map { ($0.resource, $0) }) }
-        for informer in informers { informer.start() }
         self.workers.withLock {
             $0 = (0..<max(1, self.settings.workers)).map { _ in Task { [self] in
                 // Nothing is reconciled before every informer has listed once: an object it does
@@ -110,7 +114,8 @@ public final class PylonOperatorService: Sendable {
     }
 
     public func stop() async {
-        for informer in self.informers.withLock({ $0.values }) { informer.stop() }
+        for (informer, id) in self.subscriptions.withLock({ $0 }) { informer.unsubscribe(id) }
+        if self.ownsInformers { self.informers.stop() }
         await self.queue.close()
         for worker in self.workers.withLock({ $0 }) { await worker.value }
     }
@@ -156,12 +161,12 @@ public final class PylonOperatorService: Sendable {
 
     /// An object as its informer knows it; nil when it does not exist.
     func cached<Object: KubeObject>(_ type: Object.Type, namespace: String?, name: String) throws -> Object? {
-        try self.informers.withLock { $0[Object.resource] }?.get(namespace: namespace, name: name).map(Object.init(json:))
+        try self.informers.informer(Object.resource).get(namespace: namespace, name: name).map(Object.init(json:))
     }
 
     /// The racks of a world, as the informer knows them.
     func racks(of world: String, in namespace: String) -> [PylonRack] {
-        let objects = self.informers.withLock { $0[Pylon.racks] }?.objects ?? []
+        let objects = self.informers.informer(Pylon.racks).objects
         return objects.compactMap { try? PylonRack(json: $0) }.filter { $0.metadata.namespace == namespace && $0.spec.world == world }
     }
 

@@ -31,7 +31,8 @@ public final class WebhookService: Sendable {
     let logger: Logger
     private let served: Mutex<WebhookCertificate>
     private let refresher: Mutex<Task<Void, Never>?> = Mutex(nil)
-    private let informers: [Informer]
+    /// The informers, when the webhook made its own (stopped with it).
+    private let ownInformers: SharedInformers?
     public let admission: PodAdmission
 
     public var port: Int? { self.server.localAddress?.port }
@@ -39,16 +40,18 @@ public final class WebhookService: Sendable {
     /// The certificate served now.
     public var certificate: WebhookCertificate { self.served.withLock { $0 } }
 
-    public static func start(client: KubeClient, renderer: RackRenderer, settings: Settings, logger: Logger) async throws -> WebhookService {
+    /// With `informers` nil the webhook makes (and stops) its own; the operator passes the
+    /// process's, which its reconcilers share.
+    public static func start(client: KubeClient, renderer: RackRenderer, settings: Settings, informers shared: SharedInformers? = nil, logger: Logger) async throws -> WebhookService {
         let native: Bool
         if let chosen = settings.nativeSidecars { native = chosen } else { native = try await Self.supportsNativeSidecars(client) }
         // Racks and worlds kept in memory, so admitting a pod asks the API server nothing; one the
         // informer does not have (created a moment ago) is asked for before a pod is refused.
-        let informers = [Pylon.racks, Pylon.worlds].map { Informer(client: client, resource: $0, namespace: nil, logger: logger) { _ in } }
-        for informer in informers { informer.start() }
+        let informers = shared ?? SharedInformers(client: client, namespace: nil, logger: logger)
+        let (racks, worlds) = (informers.informer(Pylon.racks), informers.informer(Pylon.worlds))
         let admission = PodAdmission(injector: SidecarInjector(renderer: renderer, nativeSidecars: native)) { namespace, rackName in
-            guard let rack = try await informers[0].get(PylonRack.self, namespace: namespace, name: rackName, orAsk: client) else { return (nil, nil) }
-            return (rack, try await informers[1].get(PylonWorld.self, namespace: namespace, name: rack.spec.world, orAsk: client))
+            guard let rack = try await racks.get(PylonRack.self, namespace: namespace, name: rackName, orAsk: client) else { return (nil, nil) }
+            return (rack, try await worlds.get(PylonWorld.self, namespace: namespace, name: rack.spec.world, orAsk: client))
         }
         let certificates = WebhookCertificates(client: client, source: settings.certificates, configuration: settings.configuration, logger: logger)
         let certificate = try await certificates.current()
@@ -56,14 +59,14 @@ public final class WebhookService: Sendable {
             guard path == "/mutate-pods" else { return (.notFound, Data("not found; the webhook is POST /mutate-pods\n".utf8)) }
             return (.ok, (await admission.review(body)).json.data)
         }
-        let service = WebhookService(server: server, certificates: certificates, admission: admission, informers: informers, served: certificate, logger: logger)
+        let service = WebhookService(server: server, certificates: certificates, admission: admission, ownInformers: shared == nil ? informers : nil, served: certificate, logger: logger)
         logger.info("sidecar injection webhook serving", metadata: ["port": "\(server.localAddress?.port ?? settings.port)", "native_sidecars": "\(native)"])
         service.keepCurrent(every: Self.checkInterval(settings.certificates))
         return service
     }
 
-    private init(server: WebhookServer, certificates: WebhookCertificates, admission: PodAdmission, informers: [Informer], served: WebhookCertificate, logger: Logger) {
-        self.informers = informers
+    private init(server: WebhookServer, certificates: WebhookCertificates, admission: PodAdmission, ownInformers: SharedInformers?, served: WebhookCertificate, logger: Logger) {
+        self.ownInformers = ownInformers
         self.server = server
         self.certificates = certificates
         self.admission = admission
@@ -111,6 +114,6 @@ public final class WebhookService: Sendable {
         task?.cancel()
         await task?.value
         await self.server.close()
-        for informer in self.informers { informer.stop() }
+        self.ownInformers?.stop()
     }
 }
