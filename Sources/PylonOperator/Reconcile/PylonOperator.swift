@@ -15,10 +15,12 @@ public enum ReconcileKey: Hashable, Sendable, CustomStringConvertible {
     }
 }
 
-/// Turns PylonWorlds and PylonRacks into running racks: keeps both, and everything it makes, in
-/// informers (watched, in memory), queues what changed, and reconciles each key idempotently —
-/// render, server-side apply, truthful status — retrying failures with backoff. Reconciles read
-/// from the informers, so a settled rack costs the API server nothing.
+/// The reconcilers' manager: turns PylonWorlds and PylonRacks into running racks. Hears every
+/// change of both, and of everything the operator makes, from the process's informers; queues
+/// the keys concerned (an owned object's owner, by owner reference); and hands each key to its
+/// kind's reconciler (`WorldReconciler`, `RackReconciler`) — render, server-side apply, truthful
+/// status — retrying failures with backoff and looking again when the reconcile asks. Reconciles
+/// read from the informers, so a settled rack costs the API server nothing.
 public final class PylonOperatorService: Sendable {
     public struct Settings: Sendable {
         /// The namespace to watch; nil: every namespace.
@@ -46,15 +48,13 @@ public final class PylonOperatorService: Sendable {
         }
     }
 
-    let client: KubeClient
     let settings: Settings
     let queue = WorkQueue<ReconcileKey>()
-    let renderer: RackRenderer
     let logger: Logger
     public let metrics: OperatorMetrics
-    /// The process's informers (shared with the webhook); this service's subscriptions to them.
+    /// The process's informers (shared with the webhook); this manager's subscriptions to them.
     let informers: SharedInformers
-    /// Whether `informers` is this service's own (made by it, stopped with it).
+    /// Whether `informers` is this manager's own (made by it, stopped with it).
     private let ownsInformers: Bool
     private let subscriptions = Mutex<[(Informer, Int)]>([])
     /// The kinds reconciles read: worlds, racks, and what the operator makes.
@@ -63,23 +63,23 @@ public final class PylonOperatorService: Sendable {
     /// The generation of each world last seen: its racks are re-rendered only when its spec
     /// changed, not on each of its status updates.
     private let worldGenerations = Mutex<[String: Int]>([:])
-    /// Each rack's lag and when it was read: a rack re-rendered because a sibling came or went
-    /// does not ask Kafka again so soon.
-    private let lagCache = Mutex<[String: (lags: [Int64], at: ContinuousClock.Instant)]>([:])
-    /// What the operator last applied to each object and the resourceVersion that left it with
-    /// (by "plural/namespace/name"): the same rendering onto an object nobody changed since is
-    /// not sent again, so a periodic reconcile of a settled rack sends nothing.
-    private let applied = Mutex<[String: (rendering: JSON, resourceVersion: String)]>([:])
+    /// One reconciler per kind, and what they share.
+    let context: ReconcileContext
+    let worlds: WorldReconciler
+    let racks: RackReconciler
 
     /// With `informers` nil the service makes (and stops) its own.
-    public init(client: KubeClient, settings: Settings, informers: SharedInformers? = nil, logger: Logger) {
-        self.informers = informers ?? SharedInformers(client: client, namespace: settings.namespace, logger: logger)
-        self.ownsInformers = informers == nil
-        self.client = client
+    public init(client: KubeClient, settings: Settings, informers shared: SharedInformers? = nil, logger: Logger) {
+        let informers = shared ?? SharedInformers(client: client, namespace: settings.namespace, logger: logger)
+        self.ownsInformers = shared == nil
+        self.informers = informers
         self.settings = settings
-        self.renderer = RackRenderer(settings: settings.renderer)
         self.logger = logger
         self.metrics = OperatorMetrics(client: client, queue: self.queue)
+        let renderer = RackRenderer(settings: settings.renderer)
+        self.context = ReconcileContext(client: client, informers: informers, logger: logger)
+        self.worlds = WorldReconciler(context: self.context, renderer: renderer)
+        self.racks = RackReconciler(context: self.context, renderer: renderer, settings: settings)
     }
 
     // MARK: - Running
@@ -156,242 +156,17 @@ public final class PylonOperatorService: Sendable {
     }
 
     private func queueRacks(of world: String, in namespace: String) async {
-        for rack in self.racks(of: world, in: namespace) { await self.queue.add(.rack(namespace: namespace, name: rack.name)) }
-    }
-
-    /// An object as its informer knows it; nil when it does not exist.
-    func cached<Object: KubeObject>(_ type: Object.Type, namespace: String?, name: String) throws -> Object? {
-        try self.informers.informer(Object.resource).get(namespace: namespace, name: name).map(Object.init(json:))
-    }
-
-    /// The racks of a world, as the informer knows them.
-    func racks(of world: String, in namespace: String) -> [PylonRack] {
-        let objects = self.informers.informer(Pylon.racks).objects
-        return objects.compactMap { try? PylonRack(json: $0) }.filter { $0.metadata.namespace == namespace && $0.spec.world == world }
+        for rack in self.context.racks(of: world, in: namespace) { await self.queue.add(.rack(namespace: namespace, name: rack.name)) }
     }
 
     // MARK: - Reconciling
 
-    /// Reconciles one key; answers when to look at it again though nothing changed (nil: only
-    /// when something does).
+    /// Hands a key to its kind's reconciler; answers when to look at it again though nothing
+    /// changed (nil: only when something does).
     func reconcile(_ key: ReconcileKey) async throws -> Duration? {
         switch key {
-        case .world(let namespace, let name):
-            try await self.reconcileWorld(namespace: namespace, name: name)
-            return nil
-        case .rack(let namespace, let name):
-            return try await self.reconcileRack(namespace: namespace, name: name)
+        case .world(let namespace, let name): try await self.worlds.reconcile(namespace: namespace, name: name)
+        case .rack(let namespace, let name): try await self.racks.reconcile(namespace: namespace, name: name)
         }
     }
-
-    func reconcileRack(namespace: String, name: String) async throws -> Duration? {
-        guard let rack = try self.cached(PylonRack.self, namespace: namespace, name: name) else { return nil }
-        let finalizers = rack.metadata.finalizers ?? []
-        if rack.metadata.deletionTimestamp != nil {
-            guard finalizers.contains(Pylon.rackFinalizer) else { return nil }
-            try await self.retire(rack, finalizers: finalizers)
-            return nil
-        }
-        if !finalizers.contains(Pylon.rackFinalizer) {
-            try await self.setFinalizers(rack, finalizers + [Pylon.rackFinalizer])
-        }
-        let generation = rack.metadata.generation ?? 0
-        var status = PylonRack.Status(observedGeneration: generation)
-        guard let world = try self.cached(PylonWorld.self, namespace: namespace, name: rack.spec.world) else {
-            status.phase = "Pending"
-            status.ready = "0/0"
-            try await self.setStatus(of: rack, status, conditions: [
-                Condition(type: "Ready", status: false, reason: "WorldNotFound", message: "PylonWorld \(rack.spec.world) does not exist in \(namespace); create it"),
-            ])
-            return nil
-        }
-        let objects: [any KubeObject]
-        do { objects = try self.renderer.render(rack: rack, world: world) } catch let error as RackRenderer.RenderError {
-            if rack.status?.phase != "Failed" || rack.status?.observedGeneration != generation {
-                await self.event(on: rack, type: "Warning", reason: "InvalidSpec", message: error.description)
-            }
-            status.phase = "Failed"
-            try await self.setStatus(of: rack, status, conditions: [Condition(type: "Ready", status: false, reason: "InvalidSpec", message: error.description)])
-            return nil
-        }
-        var statefulSet: StatefulSet?
-        for object in objects {
-            let current = try await self.apply(object)
-            if let current = current as? StatefulSet { statefulSet = current }
-        }
-        var (wanted, ready) = (statefulSet?.spec.replicas ?? 0, statefulSet?.status?.readyReplicas ?? 0)
-        if rack.topology == .injected {
-            // The user's own pods, which the webhook gave a sidecar.
-            let pods = try await self.client.list(.pods, namespace: namespace, labelSelector: Pylon.labelSelector(SidecarInjector.labels(rack: name))).items
-            wanted = pods.count
-            ready = pods.filter { pod in pod[path: "status.conditions"]?.array?.contains { $0["type"] == "Ready" && $0["status"] == "True" } == true }.count
-        }
-        status.ready = "\(ready)/\(wanted)"
-        status.phase = ready == wanted && wanted > 0 ? "Running" : "Pending"
-        let caughtUp: Condition
-        do {
-            let lags = try await self.lag(world: world, rack: rack)
-            let total = lags.reduce(0, +)
-            status.lag = total
-            status.partitions = lags.enumerated().map { PylonRack.PartitionLag(partition: $0.offset, lag: $0.element) }
-            caughtUp = Condition(
-                type: "CaughtUp", status: total <= self.settings.caughtUpLag, reason: total <= self.settings.caughtUpLag ? "LagBelowThreshold" : "Behind",
-                message: "\(total) ops behind the world's log (threshold \(self.settings.caughtUpLag))"
-            )
-        } catch {
-            caughtUp = Condition(type: "CaughtUp", status: nil, reason: "KafkaUnreachable", message: "cannot read the rack's progress from Kafka: \(error)")
-        }
-        if rack.status?.observedGeneration != generation {
-            await self.event(on: rack, reason: "Reconciled", message: "generation \(generation): \(objects.count) objects applied")
-        }
-        try await self.setStatus(of: rack, status, conditions: [
-            Condition(type: "Reconciled", status: true, reason: "Applied", message: "\(objects.count) objects applied"),
-            Condition(type: "Ready", status: ready == wanted && wanted > 0, reason: ready == wanted ? "PodsReady" : "PodsNotReady", message: "\(ready) of \(wanted) pods ready"),
-            caughtUp,
-        ])
-        // Lag and readiness change without events on the rack: look again later.
-        return self.settings.resync
-    }
-
-    /// The rack's lag per partition: its consumer group's committed offsets against the log end.
-    func lag(world: PylonWorld, rack: PylonRack) async throws -> [Int64] {
-        if let cached = self.lagCache.withLock({ $0[rack.key] }), ContinuousClock.now - cached.at < self.settings.resync / 2 { return cached.lags }
-        let (measure, brokers, topic, group) = (self.settings.kafka.lag, world.spec.kafka.bootstrapServers, world.topic, world.consumerGroup(rack: rack.name))
-        let lags = try await Task.detached { try measure(brokers, topic, group) }.value
-        self.lagCache.withLock { $0[rack.key] = (lags, .now) }
-        return lags
-    }
-
-    /// Records a Kubernetes Event on `object` (best effort: an Event that cannot be written is logged).
-    func event(on object: some KubeObject, type: String = "Normal", reason: String, message: String) async {
-        guard let namespace = object.metadata.namespace, let name = object.metadata.name else { return }
-        let now = Self.now()
-        var metadata = ObjectMeta(namespace: namespace)
-        metadata.generateName = "\(name)."
-        let event = Event(
-            metadata: metadata,
-            involvedObject: .init(apiVersion: object.apiVersion, kind: object.kind, name: name, namespace: namespace, uid: object.metadata.uid, resourceVersion: object.metadata.resourceVersion),
-            reason: reason, message: message, type: type, count: 1, firstTimestamp: now, lastTimestamp: now, source: .init(component: "pylon-operator")
-        )
-        do { _ = try await self.client.create(event) } catch {
-            self.logger.debug("cannot record an event", metadata: ["object": "\(namespace)/\(name)", "reason": "\(reason)", "error": "\(error)"])
-        }
-    }
-
-    /// A deleted rack: its consumer group leaves Kafka, the objects it owns are deleted, then the
-    /// finalizer is released. While the world's Kafka cannot be reached the rack says so
-    /// (condition `Retiring` False, reason `KafkaUnreachable`, and a Warning Event) and the
-    /// reconcile fails, so it is retried with backoff; the annotation `pylon.io/skip-kafka-cleanup:
-    /// "true"` retires it without the Kafka clean-up, saying so in an Event.
-    func retire(_ rack: PylonRack, finalizers: [String]) async throws {
-        let namespace = rack.metadata.namespace ?? ""
-        let group = PylonWorld.consumerGroup(world: rack.spec.world, rack: rack.name)
-        var retired = "consumer group \(group) removed from Kafka"
-        if let world = try self.cached(PylonWorld.self, namespace: namespace, name: rack.spec.world) {
-            let brokers = world.spec.kafka.bootstrapServers
-            if rack.metadata.annotations?[Pylon.skipKafkaCleanup] == "true" {
-                retired = "consumer group \(group) left in Kafka at \(brokers) (annotation \(Pylon.skipKafkaCleanup)); delete it there once Kafka is back"
-                await self.event(on: rack, type: "Warning", reason: "KafkaCleanupSkipped", message: retired)
-            } else {
-                let retireGroup = self.settings.kafka.retire
-                do {
-                    try await Task.detached { try retireGroup(brokers, group) }.value
-                } catch {
-                    let message = "cannot delete consumer group \(group) from Kafka at \(brokers): \(error); retrying with backoff (to retire the rack without it, annotate it \(Pylon.skipKafkaCleanup)=true)"
-                    let known = rack.status?.conditions?.contains { $0.type == "Retiring" && $0.status == "False" && $0.reason == "KafkaUnreachable" } == true
-                    if !known { await self.event(on: rack, type: "Warning", reason: "RetireBlocked", message: message) }
-                    var status = rack.status ?? PylonRack.Status()
-                    status.phase = "Retiring"
-                    try await self.setStatus(of: rack, status, conditions: [Condition(type: "Retiring", status: false, reason: "KafkaUnreachable", message: message)])
-                    throw error
-                }
-                self.logger.info("retired the rack's consumer group", metadata: ["rack": "\(rack.key)", "group": "\(group)"])
-            }
-        }
-        // What the rack owns, by owner reference — not by name or label, which a world of the
-        // same name shares (owner references also let the garbage collector do this, where one
-        // runs, though not before the finalizer is released). Listed afresh: a retirement is rare,
-        // and an object made a moment ago may not be in an informer yet.
-        for resource in [KubeResource.statefulSets, .jobs, .podDisruptionBudgets, .services, .configMaps] {
-            let owned = try await self.client.list(resource, namespace: namespace, labelSelector: Pylon.labelSelector(Pylon.managed)).items.filter { object in
-                object[path: "metadata.ownerReferences"]?.array?.contains { $0["uid"]?.string == rack.metadata.uid } == true
-            }
-            for object in owned {
-                if let objectName = object[path: "metadata.name"]?.string { try await self.client.delete(resource, namespace: namespace, name: objectName) }
-            }
-        }
-        await self.event(on: rack, reason: "Retired", message: "\(retired) and the rack's objects deleted")
-        try await self.setFinalizers(rack, finalizers.filter { $0 != Pylon.rackFinalizer })
-    }
-
-    func reconcileWorld(namespace: String, name: String) async throws {
-        guard let world = try self.cached(PylonWorld.self, namespace: namespace, name: name) else { return }
-        let finalizers = world.metadata.finalizers ?? []
-        let generation = world.metadata.generation ?? 0
-        let racks = self.racks(of: name, in: namespace).map(\.name).sorted()
-        var status = PylonWorld.Status(observedGeneration: generation, topic: world.topic, racks: racks.count)
-        if world.metadata.deletionTimestamp != nil {
-            guard finalizers.contains(Pylon.worldFinalizer) else { return }
-            guard racks.isEmpty else {
-                if world.status?.phase != "Terminating" {
-                    await self.event(on: world, type: "Warning", reason: "DeletionBlocked", message: "\(racks.count) racks still belong to this world; delete them first")
-                }
-                status.phase = "Terminating"
-                try await self.setStatus(of: world, status, conditions: [
-                    Condition(type: "DeletionBlocked", status: true, reason: "RacksRemain", message: "\(racks.count) racks still belong to this world (\(racks.joined(separator: ", "))); delete them first"),
-                ])
-                return
-            }
-            try await self.setFinalizers(world, finalizers.filter { $0 != Pylon.worldFinalizer })
-            return
-        }
-        if !finalizers.contains(Pylon.worldFinalizer) {
-            try await self.setFinalizers(world, finalizers + [Pylon.worldFinalizer])
-        }
-        for object in self.renderer.worldObjects(world: world) { _ = try await self.apply(object) }
-        status.phase = "Ready"
-        try await self.setStatus(of: world, status, conditions: [Condition(type: "Ready", status: true, reason: "Reconciled", message: "\(racks.count) racks")])
-    }
-
-    /// Server-side applies a rendered object and answers the object as it is now — without a
-    /// write when the same rendering was applied before and nobody changed the object since.
-    func apply<Object: KubeObject>(_ object: Object) async throws -> Object {
-        let key = "\(Object.resource.plural)/\(object.key)"
-        let rendering = object.json
-        if let last = self.applied.withLock({ $0[key] }), last.rendering == rendering,
-           let current = try self.cached(Object.self, namespace: object.metadata.namespace, name: object.metadata.name ?? ""),
-           current.metadata.resourceVersion == last.resourceVersion {
-            return current
-        }
-        let current = try await self.client.apply(object)
-        self.applied.withLock { $0[key] = (rendering, current.metadata.resourceVersion ?? "") }
-        return current
-    }
-
-    /// Replaces an object's finalizers (a merge patch replaces the whole list), on the version
-    /// read: if the object changed since (another finalizer came or went), the API server refuses
-    /// (409) and the reconcile is retried with the informer's newer copy.
-    func setFinalizers(_ object: some KubeObject, _ finalizers: [String]) async throws {
-        _ = try await self.client.patch(type(of: object).resource, namespace: object.metadata.namespace, name: object.metadata.name ?? "", merge: [
-            "metadata": ["finalizers": .array(finalizers.map { .string($0) }), "resourceVersion": .string(object.metadata.resourceVersion ?? "")],
-        ])
-    }
-
-    // MARK: - Status
-
-    /// Applies the status subresource when it changed: `status` with these conditions, each
-    /// keeping its lastTransitionTime while its status does not change. Only the status is sent.
-    func setStatus<Object: PylonObject>(of object: Object, _ status: Object.Status, conditions: [Condition]) async throws {
-        var status = status
-        status.conditions = conditions.stamped(generation: status.observedGeneration ?? 0, previous: object.status?.conditions ?? [], now: Self.now())
-        guard status != object.status else { return }
-        var patch = object
-        patch.metadata = ObjectMeta(name: object.metadata.name, namespace: object.metadata.namespace)
-        patch.status = status
-        var body = patch.json
-        body["spec"] = nil
-        _ = try await self.client.apply(Object.resource, namespace: object.metadata.namespace, name: object.metadata.name ?? "", body, subresource: "status")
-    }
-
-    private static func now() -> String { ISO8601DateFormatter().string(from: Date()) }
 }
