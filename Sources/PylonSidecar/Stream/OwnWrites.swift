@@ -26,13 +26,13 @@ final class OwnWrites: Sendable {
     /// An op of this sidecar is in the log at `delivery`.
     func add(_ value: ByteBuffer, topic: String, at delivery: KafkaDelivery) {
         let message = KafkaMessage(topic: topic, partition: delivery.partition, offset: delivery.offset, key: nil, value: value)
-        let wake = self.state.withLock { state -> (@Sendable () -> Void)? in
-            guard let wake = state.wake, state.messages.count < self.capacity else { return nil }
+        self.state.withLock { state in
+            guard let wake = state.wake, state.messages.count < self.capacity else { return }
             state.messages.append(message)
-            // One wake per batch: the applier takes everything gathered once awake.
-            return state.messages.count == 1 ? wake : nil
+            // One wake per batch: the applier takes everything gathered once awake. Under the
+            // lock (a wake only sets a flag), so no wake can reach a consumer `attach(nil)` let go.
+            if state.messages.count == 1 { wake() }
         }
-        wake?()
     }
 
     /// Everything handed over since the last call.
