@@ -52,7 +52,7 @@ public final class Sidecar: Service, Sendable {
         let layer = RedisLayerContext(group: group, settings: settings, status: status, logger: logger)
         var worldLog: WorldLog?
         if let membership = configuration.membership {
-            worldLog = try await Self.blocking { try WorldLog(membership, configuration: configuration, logger: logger) }
+            worldLog = try await Blocking.run { try WorldLog(membership, configuration: configuration, logger: logger) }
         }
         let backend = Self.makeBackend(configuration, context: layer, log: worldLog)
         self.backend = backend
@@ -99,13 +99,6 @@ public final class Sidecar: Service, Sendable {
             identity: .init(rack: configuration.rack, world: configuration.world, redis: configuration.redis, readFrom: configuration.readFrom),
             maxPendingReplies: configuration.maxPendingReplies, logger: logger
         )
-    }
-
-    /// Runs blocking start-up work (librdkafka's admin calls) off Swift's cooperative threads.
-    private static func blocking<Value: Sendable>(_ work: @escaping @Sendable () throws -> Value) async throws -> Value {
-        try await withCheckedThrowingContinuation { continuation in
-            Thread { continuation.resume(with: Result { try work() }) }.start()
-        }
     }
 
     static func makeBackend(_ configuration: SidecarConfiguration, context: RedisLayerContext, log: WorldLog? = nil) -> RedisBackend {
@@ -242,7 +235,7 @@ public final class Sidecar: Service, Sendable {
         await self.failover.value?.forEach { $0.forBoth { $0.close() } }
         await self.peerReplies.value?.forEach { $0.close() }
         let (applier, log, progress) = (self.applier, self.log, self.progress)
-        _ = try? await Self.blocking {
+        _ = try? await Blocking.run {
             progress?.stop()
             applier?.stop()
             log?.close()

@@ -338,7 +338,8 @@ struct OperatorExecutableTests {
         // exits by itself, successfully.
         replicas[1 - leader].stop()
         #expect(replicas[1 - leader].process.terminationReason == .exit && replicas[1 - leader].process.terminationStatus == 0)
-        #expect(try await client.get(.leases, namespace: "pylon-system", name: "pylon-operator")[path: "spec.holderIdentity"] == "")
+        let log = (try? String(contentsOf: scratch.url.appendingPathComponent("operator-\(1 - leader).log"), encoding: .utf8)) ?? ""
+        #expect(try await client.get(.leases, namespace: "pylon-system", name: "pylon-operator")[path: "spec.holderIdentity"] == "", "\(log.suffix(3000))")
     }
 
     @Test func theExecutableServesTheSidecarInjectionWebhook() async throws {

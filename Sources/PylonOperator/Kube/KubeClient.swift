@@ -1,5 +1,5 @@
 import Foundation
-import NIOPosix
+import Shared
 import Synchronization
 
 /// A resource type of the Kubernetes API: where its objects live.
@@ -139,7 +139,7 @@ public final class KubeClient: Sendable {
     /// Any request: the decoded answer, or `KubeError` naming what the server refused.
     public func call(_ method: String, _ path: String, body: JSON? = nil, contentType: String? = nil, accept: String = "application/json") async throws -> JSON {
         let transfer = self.transfer(method, path, body: body?.data, contentType: contentType, accept: accept, timeoutSeconds: self.timeoutSeconds)
-        let response = try await NIOThreadPool.singleton.runIfActive { try transfer.perform() }
+        let response = try await Blocking.run { try transfer.perform() }
         return try Self.decode(response, method: method, path: path)
     }
 

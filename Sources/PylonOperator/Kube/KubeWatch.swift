@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import Shared
 import Synchronization
 
 /// Keeps an informed view of one resource: lists it, then watches from the list's
@@ -45,12 +46,10 @@ public final class KubeWatch: Sendable {
 
     public func start() {
         self.running.store(true, ordering: .releasing)
-        let thread = Thread { [self] in
+        Blocking.thread(named: "pylon-watch-\(self.resource.plural)") { [self] in
             self.run()
             self.finished.signal()
         }
-        thread.name = "pylon-watch-\(self.resource.plural)"
-        thread.start()
     }
 
     /// Stops and waits for the watch thread (within about a second).

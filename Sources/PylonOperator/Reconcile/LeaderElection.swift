@@ -70,12 +70,12 @@ public final class LeaderElection: Sendable {
             try? await Task.sleep(for: self.settings.retryPeriod)
         }
         self.leading.store(false, ordering: .releasing)
-        guard let leadership else { return }
-        leadership.cancel()
-        await leadership.value
+        leadership?.cancel()
+        await leadership?.value
         // Stopped on purpose (SIGTERM), with the work done: hand the Lease over at once instead
-        // of making the next leader wait for it to expire (in a task of its own: this one is
-        // cancelled, and the release must still be sent).
+        // of making the next leader wait for it to expire — also when this replica had stepped
+        // down but is still named its holder. In a task of its own: this one is cancelled, and
+        // the release must still be sent.
         await Task { await self.release() }.value
     }
 

@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import Shared
 import Synchronization
 
 /// Reconciles PylonRacks: renders a rack into its objects and applies them, reports truthful
@@ -92,7 +93,7 @@ final class RackReconciler: Sendable {
     func lag(world: PylonWorld, rack: PylonRack) async throws -> [Int64] {
         if let cached = self.lagCache.withLock({ $0[rack.key] }), ContinuousClock.now - cached.at < self.settings.resync / 2 { return cached.lags }
         let (measure, brokers, topic, group) = (self.settings.kafka.lag, world.spec.kafka.bootstrapServers, world.topic, world.consumerGroup(rack: rack.name))
-        let lags = try await Task.detached { try measure(brokers, topic, group) }.value
+        let lags = try await Blocking.run { try measure(brokers, topic, group) }
         self.lagCache.withLock { $0[rack.key] = (lags, .now) }
         return lags
     }
@@ -114,7 +115,7 @@ final class RackReconciler: Sendable {
             } else {
                 let retireGroup = self.settings.kafka.retire
                 do {
-                    try await Task.detached { try retireGroup(brokers, group) }.value
+                    try await Blocking.run { try retireGroup(brokers, group) }
                 } catch {
                     let message = "cannot delete consumer group \(group) from Kafka at \(brokers): \(error); retrying with backoff (to retire the rack without it, annotate it \(Pylon.skipKafkaCleanup)=true)"
                     let known = rack.status?.conditions?.contains { $0.type == "Retiring" && $0.status == "False" && $0.reason == "KafkaUnreachable" } == true

@@ -87,12 +87,10 @@ final class Applier: Sendable {
     func start() throws {
         let run = try ApplierRun(applier: self)
         self.running.store(true, ordering: .releasing)
-        let thread = Thread { [self] in
+        Blocking.thread(named: "pylon-applier") { [self] in
             run.loop()
             self.finished.signal()
         }
-        thread.name = "pylon-applier"
-        thread.start()
     }
 
     /// Stops after the batch in hand, leaves the group and waits for the thread.

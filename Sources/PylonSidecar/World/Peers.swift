@@ -2,6 +2,7 @@ import Foundation
 import Logging
 import NIOCore
 import NIOPosix
+import Shared
 import Synchronization
 
 /// This sidecar's view of the other sidecars of its world: who they are, whether they answer,
@@ -109,7 +110,7 @@ final class Peers: Sendable {
     /// Every address the seeds resolve to (IPv4 and IPv6), this sidecar's own excluded later by name.
     private func resolve() async -> [HostPort] {
         let seeds = self.settings.seeds
-        let resolved: [HostPort] = (try? await NIOThreadPool.singleton.runIfActive {
+        let resolved: [HostPort] = (try? await Blocking.run {
             seeds.flatMap { seed -> [HostPort] in
                 var hints = addrinfo()
                 hints.ai_socktype = Int32(SOCK_STREAM.rawValue)

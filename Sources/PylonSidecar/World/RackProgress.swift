@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import NIOCore
+import Shared
 import Synchronization
 
 /// How far this rack's Redis is behind the world's log: the log's end (each partition's high
@@ -38,7 +39,7 @@ final class RackProgress: Sendable {
 
     func start() {
         self.running.store(true, ordering: .releasing)
-        let thread = Thread { [self] in
+        Blocking.thread(named: "pylon-rack-progress") { [self] in
             var clients: [HostPort: RedisClient] = [:]
             repeat {
                 let lag: Int64?
@@ -53,8 +54,6 @@ final class RackProgress: Sendable {
             for client in clients.values { client.channel.close(promise: nil) }
             self.stopped.signal()
         }
-        thread.name = "pylon-rack-progress"
-        thread.start()
     }
 
     func stop() {

@@ -116,7 +116,7 @@ public final class KafkaProducer: Sendable {
         self.handle = wrapped
         self.logger = logger
         let stallMilliseconds = stallTimeout.milliseconds
-        let thread = Thread {
+        Blocking.thread(named: "pylon-kafka-poll") {
             while wrapped.polling.load(ordering: .acquiring) {
                 rd_kafka_poll(wrapped.pointer, 100)  // returns at once when a delivery report arrives
                 wrapped.completeReports()
@@ -130,8 +130,6 @@ public final class KafkaProducer: Sendable {
             }
             wrapped.pollStopped.store(true, ordering: .releasing)
         }
-        thread.name = "pylon-kafka-poll"
-        thread.start()
     }
 
     /// What waits for a message's delivery report.
