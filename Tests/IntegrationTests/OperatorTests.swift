@@ -334,6 +334,16 @@ struct OperatorExecutableTests {
         #expect(try await eventually(timeout: .seconds(30)) {
             (try? await client.get(.statefulSets, namespace: "default", name: "shop-eu-2")) != nil
         })
+        // An API server that stops answering: the leader cannot renew and steps down by the renew
+        // deadline (2 of the lease's 3 s), before the Lease can expire for anyone else; leads
+        // again once it answers.
+        api.pauseServer()
+        let frozen = ContinuousClock.now
+        #expect(try await eventually(timeout: .seconds(10)) { await self.leaderGauge(ports[1 - leader]) == 0 })
+        let steppedDown = ContinuousClock.now - frozen
+        api.resumeServer()
+        #expect(steppedDown < .seconds(3) + .milliseconds(800), "stepped down after \(steppedDown), the lease lasts 3 s")
+        #expect(try await eventually(timeout: .seconds(20)) { await self.leaderGauge(ports[1 - leader]) == 1 })
         // SIGTERM: its parts stop in order (reconcilers first), the Lease is handed back, and it
         // exits by itself, successfully.
         replicas[1 - leader].stop()

@@ -84,6 +84,13 @@ public final class KubeClient: Sendable {
     /// The versions requests go to.
     public var servedVersions: ServedVersions { self.served.withLock { $0 } }
 
+    /// The same client whose requests give up after `seconds` (the served versions kept).
+    public func timingOut(after seconds: Int) -> KubeClient {
+        let client = KubeClient(config: self.config, fieldManager: self.fieldManager, timeoutSeconds: seconds)
+        client.served.withLock { $0 = self.servedVersions }
+        return client
+    }
+
     /// Where `resource`'s objects live at the served version.
     func path(_ resource: KubeResource, namespace: String? = nil, name: String? = nil) -> String {
         self.servedVersions.resource(resource).path(namespace: namespace, name: name)

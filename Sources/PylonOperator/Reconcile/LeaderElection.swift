@@ -32,7 +32,10 @@ public final class LeaderElection: Sendable {
     private let leading = Atomic<Bool>(false)
 
     public init(client: KubeClient, settings: Settings, logger: Logger) {
-        self.client = client
+        // A renewal must fail in time to step down by the renew deadline: an API server that
+        // stopped answering must not hold it for the client's usual 30 s, past the Lease's
+        // expiry, while another replica takes over.
+        self.client = client.timingOut(after: max(1, Int(settings.leaseDuration.components.seconds) / 3))
         self.settings = settings
         self.logger = logger
     }

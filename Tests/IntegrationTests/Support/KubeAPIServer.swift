@@ -162,6 +162,10 @@ final class KubeAPIServer: Sendable {
         self.etcd?.stop()
     }
 
+    /// Freezes the apiserver (SIGSTOP: connections stay open, nothing is answered) or thaws it.
+    func pauseServer() { self.apiserver.withLock { $0.pause() } }
+    func resumeServer() { self.apiserver.withLock { $0.resume() } }
+
     /// Stops the apiserver only (it comes back with `restart`).
     func stopServer() {
         self.apiserver.withLock { $0.stop() }
