@@ -114,7 +114,9 @@ struct PylonOperatorCommand: AsyncParsableCommand {
         ])
         logger.info("pylon-operator started", metadata: ["server": "\(config.server)", "namespace": "\(self.namespace ?? "*")", "leader_elect": "\(self.leaderElect)"])
         // Started in this order, stopped in reverse: the reconcilers stop first, the informers last.
-        let parts: [any ServiceLifecycle.Service] = [InformersPart(informers), AdminPart(server)] + (webhook.map { [WebhookPart($0)] } ?? [])
+        let parts: [any ServiceLifecycle.Service] = [
+            StoppedOnShutdown("informers") { informers.stop() }, StoppedOnShutdown("admin server") { await server.close() },
+        ] + (webhook.map { webhook in [StoppedOnShutdown("webhook") { await webhook.stop() }] } ?? [])
             + [ReconcilerService(service, election: leaderElect ? election : nil)]
         let group = ServiceGroup(configuration: .init(services: parts.map { .init(service: $0) }, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
         try await group.run()

@@ -1,6 +1,4 @@
-import Logging
 import ServiceLifecycle
-import Shared
 
 /// The operator's parts as Services of one `ServiceGroup` (swift-service-lifecycle), as the
 /// sidecar runs: started in order, stopped in reverse on SIGTERM or SIGINT.
@@ -35,38 +33,20 @@ public struct ReconcilerService: ServiceLifecycle.Service {
     }
 }
 
-/// The admission webhook, on every replica: admission must not wait for a leader.
-public struct WebhookPart: ServiceLifecycle.Service {
-    let webhook: WebhookService
+/// A part that needs nothing but stopping — the admission webhook (on every replica: admission
+/// must not wait for a leader), the admin endpoints, the process's informers: runs until the
+/// group's graceful shutdown reaches it, then stops its part.
+public struct StoppedOnShutdown: ServiceLifecycle.Service, CustomStringConvertible {
+    public let description: String
+    let stop: @Sendable () async -> Void
 
-    public init(_ webhook: WebhookService) { self.webhook = webhook }
-
-    public func run() async throws {
-        try? await gracefulShutdown()
-        await self.webhook.stop()
+    public init(_ description: String, stop: @escaping @Sendable () async -> Void) {
+        self.description = description
+        self.stop = stop
     }
-}
-
-/// The admin endpoints (/healthz, /readyz, /metrics), served until the others have stopped.
-public struct AdminPart: ServiceLifecycle.Service {
-    let server: AdminServer
-
-    public init(_ server: AdminServer) { self.server = server }
 
     public func run() async throws {
         try? await gracefulShutdown()
-        await self.server.close()
-    }
-}
-
-/// The process's informers, stopped last: every other part reads from them.
-public struct InformersPart: ServiceLifecycle.Service {
-    let informers: SharedInformers
-
-    public init(_ informers: SharedInformers) { self.informers = informers }
-
-    public func run() async throws {
-        try? await gracefulShutdown()
-        self.informers.stop()
+        await self.stop()
     }
 }

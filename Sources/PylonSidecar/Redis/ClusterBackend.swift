@@ -322,7 +322,7 @@ final class ClusterRouter: BackendRouter {
     /// KEYS: every primary's keys, together.
     private func keys(_ request: RedisRequest, sink: ReplySink, tag: Int) {
         let nodes = self.orderedPrimaries
-        let assembler = KeyspaceAssembler(.concatenate, parts: nodes.count, target: sink, targetTag: tag)
+        let assembler = SplitReplyAssembler(merge: .concatenate, keyCount: 0, parts: nodes.map { _ in [] }, target: sink, targetTag: tag)
         for (part, node) in nodes.enumerated() { self.connection(to: node).send(request.raw, sink: assembler, tag: part) }
     }
 
@@ -336,7 +336,7 @@ final class ClusterRouter: BackendRouter {
             self.localBookkeeping = (self.topology.version, local)
         }
         let nodes = self.orderedPrimaries
-        let assembler = KeyspaceAssembler(.sum, parts: nodes.count, target: sink, targetTag: tag)
+        let assembler = SplitReplyAssembler(merge: .sum, keyCount: 0, parts: nodes.map { _ in [] }, target: sink, targetTag: tag)
         for (part, node) in nodes.enumerated() {
             let request = RedisRequest(strings: ["EVAL", Bookkeeping.clusterDBSizeScript, "0"] + (self.localBookkeeping?.keys[node] ?? []))
             self.connection(to: node).send(request.raw, sink: assembler, tag: part)
@@ -377,48 +377,6 @@ final class ClusterRouter: BackendRouter {
     }
 }
 
-/// Collects one reply per primary for a read of the whole keyspace and answers once.
-final class KeyspaceAssembler: ReplySink {
-    enum Merge {
-        /// The arrays, one after another (KEYS).
-        case concatenate
-        /// The sum of the integers (DBSIZE).
-        case sum
-    }
-
-    private let merge: Merge
-    private let target: ReplySink
-    private let targetTag: Int
-    private var elements: [RESPValue] = []
-    private var sum = 0
-    private var error: RESPValue?
-    private var remaining: Int
-    var flushRequested = false
-
-    init(_ merge: Merge, parts: Int, target: ReplySink, targetTag: Int) {
-        self.merge = merge
-        self.remaining = parts
-        self.target = target
-        self.targetTag = targetTag
-    }
-
-    func deliver(_ reply: ByteBuffer, tag: Int) {
-        var reply = reply
-        switch ((try? RESPValue.decode(from: &reply)) ?? .error("ERR pylon: unreadable reply from redis"), self.merge) {
-        case (.array(let keys?), .concatenate): self.elements += keys
-        case (.integer(let n), .sum): self.sum += n
-        case (let error, _): if self.error == nil { self.error = error.isError ? error : .error("ERR pylon: unexpected reply from a cluster node") }
-        }
-        self.remaining -= 1
-        guard self.remaining == 0 else { return }
-        self.target.deliver((self.error ?? (self.merge == .sum ? .integer(self.sum) : .array(self.elements))).encoded, tag: self.targetTag)
-    }
-
-    func flushReplies() {
-        self.target.flushReplies()
-    }
-}
-
 /// Turns one primary's SCAN reply into the cluster-wide one: its cursor becomes the composite
 /// cursor, or the next primary's start once this one is done, or 0 after the last.
 final class ScanCursorSink: ReplySink {
@@ -455,13 +413,16 @@ final class ScanCursorSink: ReplySink {
     }
 }
 
-/// Collects the replies of a request split by slot and answers the client once, in key order.
+/// Collects the replies of a request split by slot (or sent to every primary) and answers the
+/// client once, in key order.
 final class SplitReplyAssembler: ReplySink {
     enum Merge {
         /// An array with one element per key, in the order of the keys (MGET).
         case mget
-        /// The sum of integer replies (EXISTS, TOUCH).
+        /// The sum of integer replies (EXISTS, TOUCH; DBSIZE of every primary).
         case sum
+        /// The arrays, one part's after another (KEYS of every primary).
+        case concatenate
     }
 
     private let merge: Merge
@@ -493,12 +454,14 @@ final class SplitReplyAssembler: ReplySink {
             for (index, element) in zip(self.parts[part], values) { self.elements[index] = element }
         case (.integer(let n), .sum):
             self.sum += n
+        case (.array(let values?), .concatenate):
+            self.elements += values
         default:
             if self.error == nil { self.error = .error("ERR pylon: unexpected reply from redis to a split request") }
         }
         self.remaining -= 1
         guard self.remaining == 0 else { return }
-        let result = self.error ?? (self.merge == .mget ? .array(self.elements) : .integer(self.sum))
+        let result = self.error ?? (self.merge == .sum ? .integer(self.sum) : .array(self.elements))
         self.target.deliver(result.encoded, tag: self.targetTag)
     }
 
