@@ -77,7 +77,9 @@ public final class Sidecar: Service, Sendable {
                     // member does not leave the group when it stops, so its partitions would wait
                     // for the session to expire: it joins as a dynamic member instead.
                     properties: (configuration.hasStableName ? ["group.instance.id": log.sidecar] : [:]).merging(configuration.kafkaProperties) { $1 },
-                    redisTimeout: settings.requestTimeout, sidecarName: log.sidecar, rackName: membership.rack, catchUpOffsets: configuration.catchUpOffsets
+                    redisTimeout: settings.requestTimeout, sidecarName: log.sidecar, rackName: membership.rack, catchUpOffsets: configuration.catchUpOffsets,
+                    partitions: log.partitions,
+                    snapshot: configuration.snapshotFrom.map { SnapshotCatchUp(source: $0, directory: configuration.snapshotDirectory) }
                 ),
                 replies: replies, ownWrites: log.ownWrites, rack: rack, metrics: metrics, logger: logger
             )

@@ -47,6 +47,10 @@ struct PylonSidecarCommand: AsyncParsableCommand {
     var kafkaPropertyFile: [String] = []
     @Option(name: .customLong("catch-up-offsets"), help: "PARTITION=OFFSET: where to start applying a partition this rack's Redis has no checkpoint for (it was loaded up to there); repeatable. Default: the log's start.")
     var catchUpOffsets: [String] = []
+    @Option(name: .customLong("snapshot-from"), help: "redis://HOST:PORT of another rack's Redis: a partition this rack's Redis has no checkpoint for is loaded from its snapshot, not replayed from the log.")
+    var snapshotFrom: String?
+    @Option(name: .customLong("snapshot-dir"), help: "Where snapshot files wait until loaded (default /tmp/pylon-snapshots).")
+    var snapshotDirectory: String?
     @Option(name: .customLong("write-timeout-ms"), help: "Fail a write Kafka has not taken in this many ms (default 5000).")
     var writeTimeout: String?
     @Option(name: .customLong("max-ready-lag"), help: "/readyz fails while the applier lags by more ops than this.")
@@ -100,6 +104,7 @@ struct PylonSidecarCommand: AsyncParsableCommand {
                 ("max-inline-length", self.maxInlineLength), ("max-write-bytes", self.maxWriteBytes), ("connect-timeout-ms", self.connectTimeout),
                 ("shutdown-grace-ms", self.shutdownGrace), ("consistency", self.consistency), ("applied-timeout-ms", self.appliedTimeout),
                 ("peer-probe-interval-ms", self.peerProbeInterval), ("max-peer-lag", self.maxPeerLag), ("max-local-lag", self.maxLocalLag),
+                ("snapshot-from", self.snapshotFrom), ("snapshot-dir", self.snapshotDirectory),
             ] + self.kafkaProperty.map { ("kafka-property", $0) } + self.kafkaPropertyFile.map { ("kafka-property-file", $0) } + self.contentiousKeys.map { ("contentious-keys", $0) }
               + self.peers.map { ("peers", $0) } + self.catchUpOffsets.map { ("catch-up-offsets", $0) })
         } catch {

@@ -55,6 +55,12 @@ public struct SidecarConfiguration: Sendable, Equatable {
     /// Per partition, where to start applying when this rack's Redis has no checkpoint of its own
     /// (it was loaded with the data up to there by other means); the log's start otherwise.
     public var catchUpOffsets: [Int32: Int64] = [:]
+    /// A Redis of another rack of the world (standalone, or a node of a Sentinel set) whose
+    /// snapshot a partition this rack's Redis has no checkpoint for is loaded from, instead of
+    /// replaying the log (`SnapshotCatchUp`).
+    public var snapshotFrom: HostPort?
+    /// Where snapshot files wait until loaded (a killed load resumes from the file).
+    public var snapshotDirectory = "/tmp/pylon-snapshots"
 
     // The world view: peer sidecars of other racks, for read failover.
     /// Peer sidecars, `host:port`; a name resolving to many addresses (a headless Service) is many peers.
@@ -109,6 +115,9 @@ public struct SidecarConfiguration: Sendable, Equatable {
         if let partition = self.catchUpOffsets.keys.first(where: { Int($0) >= self.partitions }) {
             throw Error(key: "catch-up-offsets", problem: "partition \(partition) is not one of the topic's \(self.partitions)")
         }
+        if self.snapshotFrom != nil, !self.catchUpOffsets.isEmpty {
+            throw Error(key: "snapshot-from", problem: "a rack catches up either from a snapshot or from catch-up-offsets, not both")
+        }
         if !self.peers.isEmpty, self.membership == nil {
             throw Error(key: "peers", problem: "needs kafka-brokers, world and rack: peers are the sidecars of the world's other racks")
         }
@@ -134,7 +143,7 @@ public struct SidecarConfiguration: Sendable, Equatable {
         "kafka-brokers", "topic", "partitions", "replication-factor", "kafka-property", "write-timeout-ms",
         "max-ready-lag", "sidecar-name", "consistency", "contentious-keys", "applied-timeout-ms",
         "peers", "peer-probe-interval-ms", "max-peer-lag", "max-local-lag", "kafka-property-file",
-        "catch-up-offsets", "max-write-bytes",
+        "catch-up-offsets", "max-write-bytes", "snapshot-from", "snapshot-dir",
     ]
 
     /// Keys that may be given many times (flags repeated, YAML lists); each value adds one.
@@ -216,6 +225,14 @@ public struct SidecarConfiguration: Sendable, Equatable {
             let parts = value.split(separator: "=")
             guard parts.count == 2, let partition = Int32(parts[0]), partition >= 0, let offset = Int64(parts[1]), offset >= 0 else { throw bad("PARTITION=OFFSET") }
             self.catchUpOffsets[partition] = offset
+        case "snapshot-from":
+            guard let url = try? RedisEndpoint(url: value), case .standalone(let node) = url else {
+                throw bad("redis://HOST:PORT of a standalone Redis or a node of a Sentinel set (a snapshot of a Redis Cluster rack cannot be loaded yet)")
+            }
+            self.snapshotFrom = node
+        case "snapshot-dir":
+            guard !value.isEmpty else { throw bad("a directory") }
+            self.snapshotDirectory = value
         case "applied-timeout-ms": self.appliedTimeoutMilliseconds = try integer(100...3_600_000)
         case "peers":
             let peers = value.split(separator: ",").map { HostPort(String($0.trimmingCharacters(in: .whitespaces))) }

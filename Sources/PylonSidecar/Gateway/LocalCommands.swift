@@ -223,6 +223,7 @@ enum PylonCommands {
                 "applied_partitions:\(partitions.map { String($0.partition) }.joined(separator: ","))",
             ]
             lines += ApplierStats.Outcome.allCases.map { "applier_\($0.name):\(applier.stats[$0])" }
+            lines += applier.snapshot.infoLines
             for status in partitions {
                 lines.append("partition\(status.partition):next_offset=\(status.next),log_end=\(status.logEnd.map(String.init) ?? "?"),lag=\(status.lag.map(String.init) ?? "?")\(status.deposed ? ",deposed=1" : "")")
             }

@@ -54,6 +54,16 @@ public final class SidecarMetrics: Sendable {
         CoreMetrics.Counter(label: "pylon_applier_events_total", dimensions: [("outcome", outcome.name)], factory: self.factory).increment(by: n)
     }
 
+    /// A catch-up from a snapshot (`SnapshotProgress`): whether one runs, the file's size, how
+    /// far through it the load is, keys restored.
+    func snapshot(_ state: SnapshotProgress.State) {
+        let running = state.phase == .fetching || state.phase == .loading
+        CoreMetrics.Gauge(label: "pylon_snapshot_loading", factory: self.factory).record(running ? 1 : 0)
+        CoreMetrics.Gauge(label: "pylon_snapshot_file_bytes", factory: self.factory).record(state.fileBytes)
+        CoreMetrics.Gauge(label: "pylon_snapshot_bytes_done", factory: self.factory).record(state.bytes)
+        CoreMetrics.Gauge(label: "pylon_snapshot_keys_loaded", factory: self.factory).record(state.keys)
+    }
+
     /// Log end minus the next offset to apply, per partition this sidecar applies; nil removes a
     /// partition that went to another sidecar of the rack.
     func applierLag(partition: Int32, lag: Int64?) {

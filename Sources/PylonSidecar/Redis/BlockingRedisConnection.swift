@@ -125,8 +125,37 @@ final class BlockingRedisConnection {
                 self.read += 1
                 return reply
             }
-            guard self.socket >= 0 else { throw Failure(description: "the connection to redis at \(self.node) is closed") }
-            if self.input.readableBytes == 0 { self.input.clear() } else if self.input.readerIndex > 64 * 1024 { self.input.discardReadBytes() }
+            try self.fill()
+        }
+    }
+
+    /// Reads up to the next CRLF (or a lone LF, as a master sends while a replica waits for its
+    /// snapshot) of a stream that is not replies — a replica's snapshot transfer (`SnapshotSource`).
+    func readLine() throws -> String {
+        while true {
+            if let end = self.input.readableBytesView.firstIndex(of: UInt8(ascii: "\n")) {
+                let line = self.input.readString(length: end - self.input.readerIndex)!
+                self.input.moveReaderIndex(forwardBy: 1)
+                return line.hasSuffix("\r") ? String(line.dropLast()) : line
+            }
+            try self.fill()
+        }
+    }
+
+    /// Hands `body` the next bytes of the stream (at most `limit`) and answers how many.
+    func readRaw(limit: Int, _ body: (ByteBufferView) throws -> Void) throws -> Int {
+        if self.input.readableBytes == 0 { try self.fill() }
+        let n = min(limit, self.input.readableBytes)
+        try body(self.input.readableBytesView.prefix(n))
+        self.input.moveReaderIndex(forwardBy: n)
+        return n
+    }
+
+    /// Reads what the socket has into `input` (waiting up to the timeout).
+    private func fill() throws {
+        guard self.socket >= 0 else { throw Failure(description: "the connection to redis at \(self.node) is closed") }
+        if self.input.readableBytes == 0 { self.input.clear() } else if self.input.readerIndex > 64 * 1024 { self.input.discardReadBytes() }
+        while true {
             var read = 0
             self.input.writeWithUnsafeMutableBytes(minimumWritableBytes: 64 * 1024) { buffer in
                 read = recv(self.socket, buffer.baseAddress, buffer.count, 0)
@@ -140,6 +169,7 @@ final class BlockingRedisConnection {
                 self.close()
                 throw Failure(description: "redis at \(self.node) closed the connection")
             }
+            return
         }
     }
 

@@ -33,6 +33,10 @@ final class Applier: Sendable {
         var rackName: String
         /// Where a partition Redis has no checkpoint for starts, when not at the log's start.
         var catchUpOffsets: [Int32: Int64] = [:]
+        /// The topic's partitions (which partition a key's slot is in).
+        var partitions: Int
+        /// Where a partition Redis has no checkpoint for is loaded from, when not replayed.
+        var snapshot: SnapshotCatchUp?
         var batchSize = 1000
     }
 
@@ -54,12 +58,14 @@ final class Applier: Sendable {
     let replies: AppliedReplies
     /// The replies to other racks' recent ops, for `PYLON REPLY`.
     let recent = RecentReplies()
+    /// Where a catch-up from a snapshot stands.
+    let snapshot: SnapshotProgress
     /// This sidecar's ops as Kafka acknowledged them, applied without waiting for their fetch.
     let ownWrites: OwnWrites
     /// Where the rack's writes go now (a Sentinel failover moves the master, a Redis Cluster its slots).
-    fileprivate let rack: RackRedis
+    let rack: RackRedis
     private let metrics: SidecarMetrics
-    fileprivate let logger: Logger
+    let logger: Logger
     private let running = Atomic<Bool>(false)
     private let finished = DispatchSemaphore(value: 0)
     private let statusBox = Mutex<[PartitionStatus]>([])
@@ -70,6 +76,7 @@ final class Applier: Sendable {
         self.ownWrites = ownWrites
         self.rack = rack
         self.metrics = metrics
+        self.snapshot = SnapshotProgress(metrics: settings.snapshot == nil ? nil : metrics)
         var logger = logger
         logger[metadataKey: "topic"] = "\(settings.topic)"
         self.logger = logger
@@ -141,7 +148,7 @@ final class ApplierStats: Sendable {
 /// The applier's thread: owns the consumer and the connections to the rack's Redis nodes.
 /// @unchecked: made by `start`, then handed to the thread once and touched only there (the
 /// rebalance handler runs inside that thread's polls).
-private final class ApplierRun: @unchecked Sendable {
+final class ApplierRun: @unchecked Sendable {
     let applier: Applier
     var consumer: KafkaConsumer!
     /// One connection per node that takes writes, opened by the last resync.
@@ -213,10 +220,13 @@ private final class ApplierRun: @unchecked Sendable {
         self.applier = applier
         // receive.message.max.bytes at its maximum: some brokers (noida-db) ignore fetch.max.bytes and
         // answer a catch-up fetch with the whole backlog at once.
-        let defaults = [
+        var defaults = [
             "isolation.level": "read_committed", "session.timeout.ms": "10000", "fetch.wait.max.ms": "100",
             "receive.message.max.bytes": "2147483647",
         ]
+        // A snapshot loads inside an assignment, between two polls of the group: the group must
+        // not take the partitions away meanwhile (another sidecar would load them too).
+        if applier.settings.snapshot != nil { defaults["max.poll.interval.ms"] = "86400000" }
         // The consumer is made here, on the caller's thread, so bad properties fail `start`.
         self.consumer = try KafkaConsumer(
             brokers: applier.settings.brokers, groupID: applier.settings.groupID,
@@ -313,6 +323,11 @@ private final class ApplierRun: @unchecked Sendable {
         var offsets: [Int32: Int64] = [:]
         for (entry, reply) in try self.exchange(requests) {
             if case .checkpoint(let partition) = entry, let offset = reply.string.flatMap({ Int64($0) }) { offsets[partition] = offset }
+        }
+        // A new or emptied Redis loads a snapshot of another rack rather than replay the log.
+        let unknown = partitions.filter { offsets[$0] == nil && self.settings.catchUpOffsets[$0] == nil }
+        if let snapshot = self.settings.snapshot, !unknown.isEmpty {
+            offsets.merge(try self.loadSnapshot(unknown, from: snapshot)) { $1 }
         }
         return partitions.map { partition in
             let offset: Int64

@@ -1,0 +1,236 @@
+import Foundation
+import NIOCore
+
+/// How a rack whose Redis knows nothing of some partitions (new, or emptied) catches up from a
+/// snapshot of another rack instead of replaying the whole log: the snapshot (`SnapshotSource`,
+/// one instant of the source's keyspace) is restored into whatever topology this rack has, and
+/// its markers (`SnapshotTags`) become this rack's, so the log is applied from exactly where
+/// the snapshot stands: nothing twice, nothing missed, TTLs as absolute times.
+///
+/// The copy is chunked and resumable: after each chunk this rack's Redis records how far the
+/// load of that snapshot got (`progressKey`), and the snapshot file stays on disk until the
+/// load is done, so a loader killed mid-copy continues where it was. Without the file (another
+/// disk), the partitions' keys are emptied and a new snapshot is loaded from the start.
+struct SnapshotCatchUp: Sendable {
+    /// The source rack's Redis (a standalone or Sentinel-managed node, master or replica).
+    var source: HostPort
+    /// Where snapshot files wait until loaded.
+    var directory: String
+    /// Keys restored per pipeline: a chunk is also how much a killed loader does again.
+    var chunkKeys = 1000
+
+    static func progressKey(topic: String, partition: Int32) -> String {
+        "pylon:snapshot:\(topic):\(partition)"
+    }
+}
+
+extension ApplierRun {
+    /// Loads `partitions` from a snapshot of the source rack and answers where each continues in
+    /// the log. Throws (the applier retries, resuming) when a Redis or the file fails.
+    func loadSnapshot(_ partitions: [Int32], from catchUp: SnapshotCatchUp) throws -> [Int32: Int64] {
+        let progress = self.applier.snapshot
+        let topic = self.settings.topic
+        progress.update { $0 = .init(phase: .fetching, source: catchUp.source.description, partitions: partitions, startedAt: .now) }
+        do {
+            let (id, resumeAt) = try self.prepareSnapshot(partitions, from: catchUp)
+            let path = Self.snapshotPath(catchUp, id: id)
+            let bytes = try Self.readFile(path)
+            var reader = try RDBReader(bytes)
+            progress.update {
+                $0.phase = .loading
+                $0.snapshot = id
+                $0.fileBytes = bytes.count
+                $0.startedAt = .now
+            }
+            self.logger.notice("loading a snapshot of the source rack", metadata: [
+                "source": "\(catchUp.source)", "snapshot": "\(id)", "bytes": "\(bytes.count)", "partitions": "\(partitions)", "resumingAt": "\(resumeAt)",
+            ])
+            let wanted = Set(partitions)
+            var tags = SnapshotTags()
+            var chunk = NodeRequests()
+            var inChunk = 0
+            var confirmed: Int?
+            var index = 0
+            var loaded = 0
+            var otherDatabases = 0
+            func send(upTo next: Int) throws {
+                if let confirmed {
+                    for partition in partitions {
+                        let key = SnapshotCatchUp.progressKey(topic: topic, partition: partition)
+                        chunk.add(["SET", key, "\(id) \(confirmed)"], to: try self.node(forKey: key), as: .ownTurn)
+                    }
+                }
+                for (entry, reply) in try self.exchange(chunk) {
+                    guard case .ownTurn = entry, reply.isError else { continue }
+                    let advice = reply.string?.contains("payload version") == true ? " (this rack's Redis must be the source's version or newer)" : ""
+                    throw SnapshotSource.Failure(description: "restoring the snapshot: redis answered \(reply.string ?? "\(reply)")\(advice)")
+                }
+                loaded += inChunk
+                confirmed = next
+                chunk = NodeRequests()
+                inChunk = 0
+                let (done, keys) = (reader.offset, loaded)
+                progress.update {
+                    $0.bytes = done
+                    $0.keys = keys
+                }
+            }
+            while let entry = try reader.next() {
+                defer { index += 1 }
+                if entry.key.starts(with: Bookkeeping.prefix.utf8) {
+                    tags.note(key: String(decoding: entry.key, as: UTF8.self), value: try reader.stringValue(entry).map { String(decoding: $0, as: UTF8.self) }, topic: topic)
+                    continue
+                }
+                guard index >= resumeAt else { continue }
+                guard entry.database == 0 else {
+                    otherDatabases += 1
+                    continue
+                }
+                let key = ByteBuffer(bytes: entry.key)
+                let slot = HashSlot.of(key)
+                guard wanted.contains(OpRecord.partition(ofSlot: slot, count: self.settings.partitions)) else { continue }
+                guard let node = self.rack.node(slot) else { throw Doubt(description: "the rack's redis node for slot \(slot) is not known yet") }
+                var command = [ByteBuffer(string: "RESTORE"), key, ByteBuffer(string: String(entry.expiresAt ?? 0)), reader.dumpPayload(entry), ByteBuffer(string: "REPLACE")]
+                if entry.expiresAt != nil { command.append(ByteBuffer(string: "ABSTTL")) }
+                chunk.add(command, to: node, as: .ownTurn)
+                inChunk += 1
+                if inChunk >= catchUp.chunkKeys { try send(upTo: index + 1) }
+            }
+            try send(upTo: index)
+            guard !tags.perSlot else {
+                throw SnapshotSource.Failure(description: "the snapshot is of a Redis Cluster rack (its markers are per slot), which cannot be loaded yet: take it from a standalone or Sentinel rack")
+            }
+            if otherDatabases > 0 { self.logger.warning("keys of databases other than 0 in the snapshot were not copied (Pylon serves database 0)", metadata: ["keys": "\(otherDatabases)"]) }
+            if reader.functions > 0 { self.logger.warning("functions in the snapshot were not copied: load them into this rack's Redis yourself", metadata: ["libraries": "\(reader.functions)"]) }
+            let offsets = try self.adoptTags(tags, partitions: partitions)
+            try? FileManager.default.removeItem(atPath: path)
+            progress.update {
+                $0.phase = .loaded
+                $0.bytes = bytes.count
+                $0.offsets = offsets
+            }
+            self.logger.notice("snapshot loaded: applying the log from its offsets", metadata: [
+                "snapshot": "\(id)", "keys": "\(loaded)", "offsets": "\(offsets.sorted { $0.key < $1.key })",
+            ])
+            return offsets
+        } catch {
+            progress.update {
+                $0.phase = .failed
+                $0.error = "\(error)"
+            }
+            throw error
+        }
+    }
+
+    /// Where to take up loading `partitions`: the snapshot a killed load had begun, when every
+    /// partition recorded it and its file is still here; otherwise a new snapshot, fetched now,
+    /// after the partitions' keys are emptied (what a load of another snapshot left).
+    private func prepareSnapshot(_ partitions: [Int32], from catchUp: SnapshotCatchUp) throws -> (id: String, resumeAt: Int) {
+        var requests = NodeRequests()
+        for partition in partitions {
+            let key = SnapshotCatchUp.progressKey(topic: self.settings.topic, partition: partition)
+            try requests.add(["GET", key], to: self.node(forKey: key), as: .checkpoint(partition))
+        }
+        let recorded = try self.exchange(requests).compactMap { $0.1.string?.split(separator: " ") }.filter { $0.count == 2 }
+        if recorded.count == partitions.count, Set(recorded.map { $0[0] }).count == 1, let done = recorded.compactMap({ Int($0[1]) }).min() {
+            let id = String(recorded[0][0])
+            if FileManager.default.fileExists(atPath: Self.snapshotPath(catchUp, id: id)) {
+                self.logger.notice("resuming the load of a snapshot", metadata: ["snapshot": "\(id)", "entries": "\(done)"])
+                return (id, done)
+            }
+        }
+        try self.emptyPartitions(partitions)
+        try FileManager.default.createDirectory(atPath: catchUp.directory, withIntermediateDirectories: true)
+        let prefix = self.settings.sidecarName + "-"
+        for old in (try? FileManager.default.contentsOfDirectory(atPath: catchUp.directory)) ?? [] where old.hasPrefix(prefix) {
+            try? FileManager.default.removeItem(atPath: catchUp.directory + "/" + old)
+        }
+        let id = prefix + String(Int64(Date().timeIntervalSince1970 * 1000))
+        self.logger.notice("taking a snapshot of the source rack's redis", metadata: ["source": "\(catchUp.source)", "snapshot": "\(id)"])
+        let size = try SnapshotSource.fetch(from: catchUp.source, to: Self.snapshotPath(catchUp, id: id), timeout: self.settings.redisTimeout) { bytes in
+            self.applier.snapshot.update { $0.bytes = bytes }
+        }
+        self.applier.snapshot.update { $0.fileBytes = size }
+        var start = NodeRequests()
+        for partition in partitions {
+            let key = SnapshotCatchUp.progressKey(topic: self.settings.topic, partition: partition)
+            try start.add(["SET", key, "\(id) 0"], to: self.node(forKey: key), as: .ownTurn)
+        }
+        _ = try self.exchange(start)
+        return (id, 0)
+    }
+
+    /// Deletes the user keys of `partitions`' slots on every node (nothing applies them meanwhile:
+    /// this applier holds them and has not started).
+    private func emptyPartitions(_ partitions: [Int32]) throws {
+        let wanted = Set(partitions)
+        for node in self.rack.nodes() {
+            let connection = try self.sameConnection(to: node)
+            var cursor = "0"
+            repeat {
+                let reply = try connection.exchange(RedisRequest(strings: ["SCAN", cursor, "COUNT", "1000"]).raw, replies: 1)[0]
+                guard let parts = reply.array, parts.count == 2, let next = parts[0].string, let keys = parts[1].array else {
+                    throw Doubt(description: "SCAN answered \(reply)")
+                }
+                cursor = next
+                let doomed = keys.compactMap { key -> ByteBuffer? in
+                    guard case .bulkString(let name?) = key, !Bookkeeping.isBookkeeping(name),
+                          wanted.contains(OpRecord.partition(ofSlot: HashSlot.of(name), count: self.settings.partitions)) else { return nil }
+                    return name
+                }
+                if !doomed.isEmpty { _ = try connection.exchange(RedisRequest([ByteBuffer(string: "UNLINK")] + doomed).raw, replies: 1) }
+            } while cursor != "0"
+        }
+    }
+
+    /// Makes the snapshot's markers this rack's (on Redis Cluster, every slot of a partition
+    /// gets the partition's), sets each partition's checkpoint and ends the load's records.
+    private func adoptTags(_ tags: SnapshotTags, partitions: [Int32]) throws -> [Int32: Int64] {
+        let topic = self.settings.topic
+        var markers = NodeRequests()
+        for partition in partitions {
+            guard let marker = tags.markers[partition] else { continue }
+            if self.rack.perSlot {
+                for slot in 0..<HashSlot.count where OpRecord.partition(ofSlot: slot, count: self.settings.partitions) == partition {
+                    let key = AppliedOffsets.markerKey(topic: topic, partition: partition, slot: slot)
+                    try markers.add(["SET", key, String(marker)], to: self.node(forKey: key), as: .ownTurn)
+                }
+            } else {
+                let key = AppliedOffsets.markerKey(topic: topic, partition: partition)
+                try markers.add(["SET", key, String(marker)], to: self.node(forKey: key), as: .ownTurn)
+            }
+        }
+        try self.confirm(markers)
+        // The checkpoints last: a load killed before them is loaded again, resuming.
+        var checkpoints = NodeRequests()
+        var offsets: [Int32: Int64] = [:]
+        for partition in partitions {
+            offsets[partition] = tags.startOffset(partition)
+            let key = AppliedOffsets.checkpointKey(topic: topic, partition: partition)
+            try checkpoints.add(["SET", key, String(tags.startOffset(partition))], to: self.node(forKey: key), as: .ownTurn)
+        }
+        try self.confirm(checkpoints)
+        var done = NodeRequests()
+        for partition in partitions {
+            let key = SnapshotCatchUp.progressKey(topic: topic, partition: partition)
+            try done.add(["DEL", key], to: self.node(forKey: key), as: .ownTurn)
+        }
+        try self.confirm(done)
+        return offsets
+    }
+
+    private func confirm(_ requests: NodeRequests) throws {
+        for (_, reply) in try self.exchange(requests) where reply.isError {
+            throw Doubt(description: "writing the snapshot's offsets: redis answered \(reply)")
+        }
+    }
+
+    private static func snapshotPath(_ catchUp: SnapshotCatchUp, id: String) -> String {
+        catchUp.directory + "/" + id + ".rdb"
+    }
+
+    private static func readFile(_ path: String) throws -> [UInt8] {
+        guard let data = FileManager.default.contents(atPath: path) else { throw SnapshotSource.Failure(description: "cannot read the snapshot file \(path)") }
+        return [UInt8](data)
+    }
+}

@@ -1,0 +1,199 @@
+import Foundation
+import NIOCore
+import Synchronization
+import Testing
+
+@testable import PylonSidecar
+
+/// Racks that catch up from a snapshot of another rack (`SnapshotCatchUp`) instead of replaying
+/// the log: a real broker, real Redis (standalone and Cluster), writes going on throughout.
+@Suite("Catch-up from a snapshot", .serialized, .timeLimit(.minutes(4)))
+struct SnapshotCatchUpTests {
+    /// Keys written straight into the source rack's Redis before its world's log existed: only a
+    /// snapshot can bring them to a new rack.
+    static func preload(_ redis: RedisServer, keys: Int, prefix: String = "old") throws {
+        try SnapshotTests.run((0..<keys).map { ["SET", "\(prefix):\($0)", "value-\($0)-" + String(repeating: "x", count: $0 % 50)] }, on: redis)
+    }
+
+    /// Writes through `sidecar` until stopped: INCRs on ten counters (counted when acknowledged),
+    /// SETs with and without expiry, hashes, lists, sets.
+    final class Writer: Sendable {
+        let counts = Mutex([Int](repeating: 0, count: 10))
+        let errors = Mutex<[String]>([])
+        let running = Atomic(true)
+
+        func run(through sidecar: SidecarFixture) async throws {
+            let client = try await sidecar.client()
+            var round = 0
+            while self.running.load(ordering: .relaxed) {
+                var request = ByteBuffer()
+                let n = round % 997
+                let commands: [[String]] = (0..<10).map { ["INCR", "counter:\($0)"] } + [
+                    ["SET", "new:\(n)", "v\(round)"], ["SET", "ttl:\(n)", "t\(round)", "EX", "3600"], ["HSET", "hash:\(n % 50)", "f\(n)", "\(round)"],
+                    ["RPUSH", "list:\(n % 20)", "\(round)"], ["SADD", "set:\(n % 20)", "\(n)"], ["DEL", "new:\((n + 500) % 997)"],
+                ]
+                for command in commands { request.writeRESPCommand(command.map { ByteBuffer(string: $0) }) }
+                let replies = try await client.sendRaw(request, replies: commands.count)
+                for (index, reply) in replies.prefix(10).enumerated() {
+                    if case .integer = reply { self.counts.withLock { $0[index] += 1 } }
+                }
+                let failed = replies.filter(\.isError).map { $0.string ?? "" }
+                if !failed.isEmpty { self.errors.withLock { $0 += failed } }
+                round += 1
+            }
+        }
+    }
+
+    static func contents(_ servers: [RedisServer]) async throws -> [String: [RESPValue]] {
+        var all: [String: [RESPValue]] = [:]
+        for server in servers { all.merge(try await SnapshotTests.contents(server)) { $1 } }
+        return all
+    }
+
+    /// Waits until `applier` applied every partition up to the log's end now.
+    static func caughtUp(_ applier: Applier, _ world: WorldFixture) async throws -> Bool {
+        let ends = try world.logEnds()
+        return try await eventually(timeout: .seconds(90)) {
+            let next = Dictionary(uniqueKeysWithValues: applier.partitions.map { ($0.partition, $0.next) })
+            return ends.enumerated().allSatisfy { partition, end in end == 0 || (next[Int32(partition)] ?? -1) >= end }
+        }
+    }
+
+    @Test func aClusterRackCatchesUpFromAStandaloneRacksSnapshotUnderWrites() async throws {
+        let world = try await WorldFixture(racks: 1)
+        defer { Task { await world.stop() } }
+        let source = world.racks[0]
+        try Self.preload(source.redis, keys: 10_000)
+        let writer = Writer()
+        let scratch = try ScratchDirectory()
+        let cluster = try await RedisClusterFixture()
+        let (rack1, total) = try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { try await writer.run(through: source.sidecar) }
+            try await Task.sleep(for: .seconds(1))
+            let rack1 = try await SidecarFixture(redis: .cluster(cluster.seeds)) {
+                WorldFixture.join(&$0, world: world.name, rack: "rack1", broker: world.broker, partitions: world.partitions)
+                $0.snapshotFrom = source.redis.address
+                $0.snapshotDirectory = scratch.url.path
+            }
+            let loaded = try await eventually(timeout: .seconds(60)) { rack1.sidecar.applier?.snapshot.current.phase == .loaded }
+            #expect(loaded, "snapshot: \(String(describing: rack1.sidecar.applier?.snapshot.current))")
+            try await Task.sleep(for: .seconds(1))  // writes keep coming once the new rack applies the log
+            writer.running.store(false, ordering: .relaxed)
+            try await group.waitForAll()
+            return (rack1, try world.logEnds().reduce(0, +))
+        }
+        defer { Task { await rack1.stop() } }
+        #expect(writer.errors.withLock { $0 } == [])
+        #expect(try await Self.caughtUp(source.sidecar.sidecar.applier!, world))
+        #expect(try await Self.caughtUp(rack1.sidecar.applier!, world))
+        let expected = try await SnapshotTests.contents(source.redis)
+        #expect(expected.count > 10_000)
+        let restored = try await Self.contents(cluster.nodes)
+        #expect(restored.count == expected.count)
+        let differing = Set(expected.keys).union(restored.keys).filter { expected[$0] != restored[$0] }
+        #expect(differing.isEmpty, "\(differing.count) keys differ, e.g. \(differing.sorted().prefix(5))")
+        let counts = writer.counts.withLock { $0 }
+        #expect(counts.allSatisfy { $0 > 0 })
+        for (index, count) in counts.enumerated() {
+            #expect(restored["counter:\(index)"]?[0] == expected["counter:\(index)"]?[0])
+            let client = try await rack1.client()
+            #expect(try await client.send("GET", "counter:\(index)").int == count)
+        }
+        // The new rack applied only the log after the snapshot: no replay from the start.
+        let applier = rack1.sidecar.applier!
+        #expect(applier.stats[.replay] == 0)
+        #expect(applier.stats[.applied] < total)
+        let info = try await rack1.client().send("PYLON", "INFO").string ?? ""
+        #expect(info.contains("snapshot_phase:loaded"))
+        #expect(info.contains("snapshot_keys_loaded:"))
+        let (_, metrics) = try await rack1.admin("/metrics")
+        #expect(metrics.contains("pylon_snapshot_keys_loaded"))
+        #expect((try? FileManager.default.contentsOfDirectory(atPath: scratch.url.path)) == [])  // the file goes once loaded
+    }
+
+    @Test func aLoaderKilledMidCopyResumesFromItsChunkAndTheRackIsExact() async throws {
+        let world = try await WorldFixture(racks: 1)
+        defer { Task { await world.stop() } }
+        let source = world.racks[0]
+        try Self.preload(source.redis, keys: 60_000)
+        let client = try await source.sidecar.client()
+        for i in 0..<200 { _ = try await client.send("INCR", "counter:\(i % 4)") }
+        let redisB = try RedisServer()
+        let scratch = try ScratchDirectory()
+        let snapshots = scratch.url.appendingPathComponent("snapshots").path
+        let start: @Sendable () throws -> (LocalProcess, Int) = {
+            let port = try Ports.free()
+            return (try LocalProcess(ExecutableTests.executable.path, [
+                "--listen", "127.0.0.1:\(port)", "--admin", "127.0.0.1:\(try Ports.free())",
+                "--redis", "redis://\(redisB.address)", "--kafka-brokers", world.broker.bootstrap, "--world", world.name, "--rack", "rack1",
+                "--sidecar-name", "rack1-sidecar0", "--snapshot-from", "redis://\(source.redis.address)", "--snapshot-dir", snapshots,
+            ] + WorldFixture.fastRebalances.sorted { $0.key < $1.key }.flatMap { ["--kafka-property", "\($0.key)=\($0.value)"] }, name: "pylon-sidecar rack1", log: scratch.url.appendingPathComponent("rack1.log")), port)
+        }
+        let target = try await redisB.client()
+        let first = try start().0
+        // Killed once the load recorded its first chunks in the target, before it is done.
+        let progressKeys = (0..<world.partitions).map { SnapshotCatchUp.progressKey(topic: world.topic, partition: Int32($0)) }
+        let midCopy = try await eventually(timeout: .seconds(60)) {
+            guard let recorded = try await target.send("GET", progressKeys[0]).string, let done = Int(recorded.split(separator: " ").last ?? "") else { return false }
+            return done > 0
+        }
+        first.stop(signal: SIGKILL)
+        #expect(midCopy)
+        let recorded = try await target.send("GET", progressKeys[0]).string ?? ""
+        let doneBefore = Int(recorded.split(separator: " ").last ?? "") ?? 0
+        #expect(doneBefore > 0 && doneBefore < 60_000, "progress when killed: \(recorded)")
+        #expect(try await target.send("DBSIZE").int ?? 0 < 60_000)
+        #expect(try FileManager.default.contentsOfDirectory(atPath: snapshots).filter { $0.hasSuffix(".rdb") }.count == 1)
+
+        let (second, port) = try start()
+        defer { second.stop() }
+        let sidecarB = try await eventually(timeout: .seconds(60)) {
+            let info = try await RedisClient.connect(to: HostPort(host: "127.0.0.1", port: port)).send("PYLON", "INFO").string ?? ""
+            return info.contains("snapshot_phase:loaded")
+        }
+        #expect(sidecarB)
+        let info = try await RedisClient.connect(to: HostPort(host: "127.0.0.1", port: port)).send("PYLON", "INFO").string ?? ""
+        // The second run restored what the first had not: fewer keys than the snapshot holds.
+        let keysLoaded = info.split(separator: "\r\n").first { $0.hasPrefix("snapshot_keys_loaded:") }.flatMap { Int($0.split(separator: ":")[1]) } ?? 0
+        #expect(keysLoaded > 0 && keysLoaded <= 60_000 - doneBefore + 1000, "keys loaded after the restart: \(keysLoaded), done before: \(doneBefore)")
+        #expect(info.contains("applier_replay:0"))
+        for i in 0..<4 { _ = try await client.send("INCR", "counter:\(i)") }
+        #expect(try await eventually(timeout: .seconds(30)) { try await target.send("GET", "counter:3").int == 51 })
+        let expected = try await SnapshotTests.contents(source.redis)
+        let restored = try await SnapshotTests.contents(redisB)
+        #expect(restored.count == expected.count)
+        #expect(restored == expected)
+        for key in progressKeys { #expect(try await target.send("EXISTS", key).int == 0) }
+    }
+
+    @Test func aRackWhoseRedisComesBackEmptyHealsFromASnapshotNotAReplay() async throws {
+        let world = try await WorldFixture(racks: 1)
+        defer { Task { await world.stop() } }
+        let source = world.racks[0]
+        let redisB = try RedisServer()
+        let scratch = try ScratchDirectory()
+        let rack1 = try await SidecarFixture(redis: .standalone(redisB.address)) {
+            WorldFixture.join(&$0, world: world.name, rack: "rack1", broker: world.broker, partitions: world.partitions)
+            $0.snapshotFrom = source.redis.address
+            $0.snapshotDirectory = scratch.url.path
+        }
+        defer { Task { await rack1.stop() } }
+        let client = try await rack1.client()
+        for i in 0..<500 { _ = try await client.send("INCR", "counter:\(i % 5)") }
+        #expect(try await Self.caughtUp(rack1.sidecar.applier!, world))
+        #expect(rack1.sidecar.applier!.snapshot.current.phase == .loaded)  // a new rack: an empty snapshot
+        // Its Redis restarts empty (no persistence), on the same port.
+        redisB.stop()
+        let restarted = try RedisServer(port: redisB.port)
+        let applier = rack1.sidecar.applier!
+        let appliedBefore = applier.stats[.applied]
+        for i in 0..<50 { _ = try await source.sidecar.client().send("INCR", "counter:\(i % 5)") }
+        let healed = try await eventually(timeout: .seconds(60)) {
+            try await restarted.client().send("GET", "counter:4").int == 110
+        }
+        #expect(healed)
+        #expect(applier.stats[.replay] == 0)
+        #expect(applier.stats[.applied] - appliedBefore < 100)  // not the whole log (550 ops) again
+        #expect(try await SnapshotTests.contents(restarted) == SnapshotTests.contents(source.redis))
+    }
+}
