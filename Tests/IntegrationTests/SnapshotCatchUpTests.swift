@@ -1,5 +1,6 @@
 import Foundation
 import NIOCore
+import Shared
 import Synchronization
 import Testing
 
@@ -195,5 +196,36 @@ struct SnapshotCatchUpTests {
         #expect(applier.stats[.replay] == 0)
         #expect(applier.stats[.applied] - appliedBefore < 100)  // not the whole log (550 ops) again
         #expect(try await SnapshotTests.contents(restarted) == SnapshotTests.contents(source.redis))
+    }
+}
+
+extension SnapshotCatchUpTests {
+    @Test func aRackBootstrapsFromASnapshotWhenTheLogsEarlyRecordsAreDeleted() async throws {
+        let world = try await WorldFixture(racks: 1)
+        defer { Task { await world.stop() } }
+        let source = world.racks[0]
+        let client = try await source.sidecar.client()
+        for i in 0..<400 { _ = try await client.send("INCR", "counter:\(i % 4)") }
+        #expect(try await world.waitUntilApplied())
+        // Retention: every record written so far is gone from the log.
+        let ends = try world.logEnds()
+        let producer = try KafkaProducer(brokers: world.broker.bootstrap)
+        defer { producer.close(timeout: .zero) }
+        try producer.deleteRecords(topic: world.topic, before: Dictionary(uniqueKeysWithValues: ends.enumerated().map { (Int32($0.offset), $0.element) }))
+        #expect(try (0..<Int32(world.partitions)).map { try producer.watermarks(topic: world.topic, partition: $0).low } == ends)
+        for i in 0..<100 { _ = try await client.send("INCR", "counter:\(i % 4)") }
+
+        let redisB = try RedisServer()
+        let scratch = try ScratchDirectory()
+        let rack1 = try await SidecarFixture(redis: .standalone(redisB.address)) {
+            WorldFixture.join(&$0, world: world.name, rack: "rack1", broker: world.broker, partitions: world.partitions)
+            $0.snapshotFrom = source.redis.address
+            $0.snapshotDirectory = scratch.url.path
+        }
+        defer { Task { await rack1.stop() } }
+        #expect(try await Self.caughtUp(rack1.sidecar.applier!, world))
+        let target = try await redisB.client()
+        for i in 0..<4 { #expect(try await target.send("GET", "counter:\(i)").int == 125) }
+        #expect(rack1.sidecar.applier!.stats[.replay] == 0)
     }
 }

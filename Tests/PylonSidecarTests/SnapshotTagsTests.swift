@@ -41,3 +41,31 @@ struct SnapshotTagsTests {
         #expect(throws: RDBReader.Failure.self) { _ = try LZF.decompress([5, 97][...], length: 6) }
     }
 }
+
+extension SnapshotTagsTests {
+    @Test func aSnapshotThatCannotBeLoadedIsRefusedWithItsReason() {
+        var ours = SnapshotTags()
+        ours.note(key: "pylon:applied:pylon.shop.ops:0", value: "41", topic: "pylon.shop.ops")
+        ours.note(key: "pylon:checkpoint:pylon.shop.ops:1", value: "10", topic: "pylon.shop.ops")
+        #expect(ours.refusal(topic: "pylon.shop.ops", logStarts: [0: 0, 1: 10, 2: 0]) == nil)
+        #expect(ours.refusal(topic: "pylon.shop.ops", logStarts: [0: 42, 1: 0]) == nil)  // starts right after the marker
+        // A checkpoint behind the marker (written every 10 ms) before the log's start: the marker says what is held.
+        ours.note(key: "pylon:checkpoint:pylon.shop.ops:0", value: "30", topic: "pylon.shop.ops")
+        #expect(ours.refusal(topic: "pylon.shop.ops", logStarts: [0: 40]) == nil)
+        #expect(ours.startOffset(0, logStart: 40) == 40)
+        #expect(ours.startOffset(0, logStart: 0) == 30)
+        // Retention deleted ops the snapshot does not hold: partition 1 (from 10) and 2 (never applied, from 0).
+        #expect(ours.refusal(topic: "pylon.shop.ops", logStarts: [0: 0, 1: 11])?.contains("partition 1 starts at offset 11, after the snapshot's 10") == true)
+        #expect(ours.refusal(topic: "pylon.shop.ops", logStarts: [2: 5])?.contains("partition 2") == true)
+
+        var foreign = SnapshotTags()
+        foreign.note(key: "pylon:applied:pylon.other.ops:0", value: "3", topic: "pylon.shop.ops")
+        #expect(foreign.refusal(topic: "pylon.shop.ops", logStarts: [:])?.contains("another world") == true)
+        // Data from before the world (no markers at all): loaded, the log applied from its start.
+        #expect(SnapshotTags().refusal(topic: "pylon.shop.ops", logStarts: [0: 0]) == nil)
+
+        var cluster = SnapshotTags()
+        cluster.note(key: AppliedOffsets.markerKey(topic: "pylon.shop.ops", partition: 0, slot: 1), value: "3", topic: "pylon.shop.ops")
+        #expect(cluster.refusal(topic: "pylon.shop.ops", logStarts: [:])?.contains("Redis Cluster") == true)
+    }
+}

@@ -45,8 +45,15 @@ extension ApplierRun {
             self.logger.notice("loading a snapshot of the source rack", metadata: [
                 "source": "\(catchUp.source)", "snapshot": "\(id)", "bytes": "\(bytes.count)", "partitions": "\(partitions)", "resumingAt": "\(resumeAt)",
             ])
+            // The file's tags first: a snapshot that cannot be loaded is refused before any key.
+            let tags = try Self.tags(of: reader, topic: topic)
+            var logStarts: [Int32: Int64] = [:]
+            for partition in partitions { logStarts[partition] = try self.consumer.logStart(topic: topic, partition: partition) }
+            if let refusal = tags.refusal(topic: topic, logStarts: logStarts) {
+                try? FileManager.default.removeItem(atPath: path)  // the next attempt takes a new one
+                throw SnapshotSource.Failure(description: refusal)
+            }
             let wanted = Set(partitions)
-            var tags = SnapshotTags()
             var chunk = NodeRequests()
             var inChunk = 0
             var confirmed: Int?
@@ -77,11 +84,7 @@ extension ApplierRun {
             }
             while let entry = try reader.next() {
                 defer { index += 1 }
-                if entry.key.starts(with: Bookkeeping.prefix.utf8) {
-                    tags.note(key: String(decoding: entry.key, as: UTF8.self), value: try reader.stringValue(entry).map { String(decoding: $0, as: UTF8.self) }, topic: topic)
-                    continue
-                }
-                guard index >= resumeAt else { continue }
+                guard index >= resumeAt, !entry.key.starts(with: Bookkeeping.prefix.utf8) else { continue }
                 guard entry.database == 0 else {
                     otherDatabases += 1
                     continue
@@ -97,12 +100,9 @@ extension ApplierRun {
                 if inChunk >= catchUp.chunkKeys { try send(upTo: index + 1) }
             }
             try send(upTo: index)
-            guard !tags.perSlot else {
-                throw SnapshotSource.Failure(description: "the snapshot is of a Redis Cluster rack (its markers are per slot), which cannot be loaded yet: take it from a standalone or Sentinel rack")
-            }
             if otherDatabases > 0 { self.logger.warning("keys of databases other than 0 in the snapshot were not copied (Pylon serves database 0)", metadata: ["keys": "\(otherDatabases)"]) }
             if reader.functions > 0 { self.logger.warning("functions in the snapshot were not copied: load them into this rack's Redis yourself", metadata: ["libraries": "\(reader.functions)"]) }
-            let offsets = try self.adoptTags(tags, partitions: partitions)
+            let offsets = try self.adoptTags(tags, partitions: partitions, logStarts: logStarts)
             try? FileManager.default.removeItem(atPath: path)
             progress.update {
                 $0.phase = .loaded
@@ -185,7 +185,7 @@ extension ApplierRun {
 
     /// Makes the snapshot's markers this rack's (on Redis Cluster, every slot of a partition
     /// gets the partition's), sets each partition's checkpoint and ends the load's records.
-    private func adoptTags(_ tags: SnapshotTags, partitions: [Int32]) throws -> [Int32: Int64] {
+    private func adoptTags(_ tags: SnapshotTags, partitions: [Int32], logStarts: [Int32: Int64]) throws -> [Int32: Int64] {
         let topic = self.settings.topic
         var markers = NodeRequests()
         for partition in partitions {
@@ -205,9 +205,10 @@ extension ApplierRun {
         var checkpoints = NodeRequests()
         var offsets: [Int32: Int64] = [:]
         for partition in partitions {
-            offsets[partition] = tags.startOffset(partition)
+            let start = tags.startOffset(partition, logStart: logStarts[partition] ?? 0)
+            offsets[partition] = start
             let key = AppliedOffsets.checkpointKey(topic: topic, partition: partition)
-            try checkpoints.add(["SET", key, String(tags.startOffset(partition))], to: self.node(forKey: key), as: .ownTurn)
+            try checkpoints.add(["SET", key, String(start)], to: self.node(forKey: key), as: .ownTurn)
         }
         try self.confirm(checkpoints)
         var done = NodeRequests()
@@ -223,6 +224,17 @@ extension ApplierRun {
         for (_, reply) in try self.exchange(requests) where reply.isError {
             throw Doubt(description: "writing the snapshot's offsets: redis answered \(reply)")
         }
+    }
+
+    /// The markers and checkpoints of `topic` the snapshot holds.
+    private static func tags(of snapshot: RDBReader, topic: String) throws -> SnapshotTags {
+        var reader = snapshot
+        var tags = SnapshotTags()
+        while let entry = try reader.next() {
+            guard entry.database == 0, entry.key.starts(with: Bookkeeping.prefix.utf8) else { continue }
+            tags.note(key: String(decoding: entry.key, as: UTF8.self), value: try reader.stringValue(entry).map { String(decoding: $0, as: UTF8.self) }, topic: topic)
+        }
+        return tags
     }
 
     private static func snapshotPath(_ catchUp: SnapshotCatchUp, id: String) -> String {

@@ -338,6 +338,11 @@ final class ApplierRun: @unchecked Sendable {
                 offset = catchUp
             } else {
                 self.logger.notice("this rack's redis has no record of the partition: replaying the world's log from its start", metadata: ["partition": "\(partition)"])
+                if let start = try? self.consumer.logStart(topic: self.settings.topic, partition: partition), start > 0 {
+                    self.logger.error("the world's log no longer holds this partition's first ops (retention deleted them): this rack will miss them; catch it up from another rack's snapshot (snapshot-from)", metadata: [
+                        "partition": "\(partition)", "logStart": "\(start)",
+                    ])
+                }
                 self.applier.count(.replay)
                 self.next[partition] = 0
                 self.cursor.start(partition, at: KafkaConsumer.beginning)

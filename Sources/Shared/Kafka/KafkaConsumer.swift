@@ -100,6 +100,18 @@ public final class KafkaConsumer: @unchecked Sendable {
         return high
     }
 
+    /// The first offset the partition's log still holds (retention deletes the ones before),
+    /// asked of the broker.
+    public func logStart(topic: String, partition: Int32, timeoutMilliseconds: Int32 = 5000) throws -> Int64 {
+        var low: Int64 = 0
+        var high: Int64 = 0
+        let error = rd_kafka_query_watermark_offsets(self.handle, topic, partition, &low, &high, timeoutMilliseconds)
+        guard error == RD_KAFKA_RESP_ERR_NO_ERROR else {
+            throw KafkaError("the log start of \(topic) partition \(partition): \(String(cString: rd_kafka_err2str(error)))")
+        }
+        return low
+    }
+
     /// Offsets meaning "the start of the partition's log" and "its end".
     public static let beginning = Int64(RD_KAFKA_OFFSET_BEGINNING)
     public static let end = Int64(RD_KAFKA_OFFSET_END)

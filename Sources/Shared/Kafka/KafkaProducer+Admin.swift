@@ -45,6 +45,28 @@ extension KafkaProducer {
         return try read(event)
     }
 
+    /// Deletes the records of a topic's partitions before the given offsets, as retention would
+    /// (the log then starts there). Blocks up to `timeoutMilliseconds`.
+    public func deleteRecords(topic: String, before offsets: [Int32: Int64], timeoutMilliseconds: Int32 = 10_000) throws {
+        let list = rd_kafka_topic_partition_list_new(Int32(offsets.count))!
+        defer { rd_kafka_topic_partition_list_destroy(list) }
+        for (partition, offset) in offsets { rd_kafka_topic_partition_list_add(list, topic, partition).pointee.offset = offset }
+        guard let request = rd_kafka_DeleteRecords_new(list) else { throw KafkaError("deleting records of '\(topic)': cannot build the request") }
+        defer { rd_kafka_DeleteRecords_destroy(request) }
+        let what = "deleting records of '\(topic)'"
+        try self.adminRequest(what, timeoutMilliseconds: timeoutMilliseconds) { queue in
+            var requests: [OpaquePointer?] = [request]
+            rd_kafka_DeleteRecords(self.pointer, &requests, 1, nil, queue)
+        } read: { event in
+            guard let result = rd_kafka_event_DeleteRecords_result(event), let partitions = rd_kafka_DeleteRecords_result_offsets(result) else {
+                throw KafkaError("\(what): no result")
+            }
+            for index in 0..<Int(partitions.pointee.cnt) where partitions.pointee.elems[index].err != RD_KAFKA_RESP_ERR_NO_ERROR {
+                throw KafkaError("\(what): partition \(partitions.pointee.elems[index].partition): \(String(cString: rd_kafka_err2str(partitions.pointee.elems[index].err)))")
+            }
+        }
+    }
+
     /// Deletes a consumer group (a retired rack's); a group that does not exist is fine. Blocks
     /// up to `timeoutMilliseconds`. The group must have no live members.
     public func deleteConsumerGroup(_ group: String, timeoutMilliseconds: Int32 = 10_000) throws {
