@@ -92,6 +92,24 @@ struct OperatorTests {
         try progress.commit([(topic, 1, 20)])
         progress.close()
         #expect(try await eventually(timeout: .seconds(30)) { try await caughtUp("True", lag: 0) })
+        // A second rack starts from a snapshot of the first: its sidecars are told where to take
+        // it, and its status says it loads one until it is CaughtUp.
+        var second = try KubeAPITests.manifest("samples/rack-standalone.yaml")
+        second["metadata"]?["name"] = "shop-eu-2"
+        second["spec"]?["catchUp"] = ["from": "snapshot", "rack": "shop-eu-1"]
+        _ = try await client.create(Pylon.racks, namespace: "default", second)
+        func snapshotCondition(_ status: String, _ reason: String) async throws -> Bool {
+            let conditions = try await client.get(Pylon.racks, namespace: "default", name: "shop-eu-2")[path: "status.conditions"]?.array ?? []
+            return conditions.contains { $0["type"] == "SnapshotCatchUp" && $0["status"] == .string(status) && $0["reason"] == .string(reason) }
+        }
+        #expect(try await eventually(timeout: .seconds(30)) { try await snapshotCondition("False", "Loading") })
+        let secondYAML = try await client.get(.configMaps, namespace: "default", name: "shop-eu-2-sidecar")[path: "data"]?["sidecar.yml"]?.string ?? ""
+        #expect(secondYAML.contains("snapshot-from: redis://shop-eu-1-0.shop-eu-1-headless.default.svc:6379"), "\(secondYAML)")
+        let secondGroup = try KafkaConsumer(brokers: broker.bootstrap, groupID: "pylon.shop.shop-eu-2")
+        try secondGroup.commit((0..<8).map { (topic, Int32($0), $0 == 1 ? 20 : 0) })
+        secondGroup.close()
+        #expect(try await eventually(timeout: .seconds(30)) { try await snapshotCondition("True", "CaughtUp") })
+        _ = try await client.delete(Pylon.racks, namespace: "default", name: "shop-eu-2")
         // Settled, the rack is reconciled every second (its resync here) and the API server is
         // not asked anything: the rack, its world and its objects are read from the informers
         // and found as the operator left them, and the status is unchanged.
@@ -156,7 +174,7 @@ struct OperatorTests {
         })
         // Deleting the racks retires them: objects gone, consumer group gone; then the world goes.
         try await client.delete(Pylon.racks, namespace: "default", name: "shop-eu-1")
-        try await client.delete(Pylon.racks, namespace: "default", name: "shop-eu-2")
+        _ = try await client.delete(Pylon.racks, namespace: "default", name: "shop-eu-2")
         try await client.delete(Pylon.racks, namespace: "default", name: "shop-us-1")
         #expect(try await eventually(timeout: .seconds(60)) {
             let racks = try await client.list(Pylon.racks, namespace: "default").items

@@ -68,19 +68,60 @@ struct RackRendererTests {
         #expect(error?.description.contains("spec.redis.replicas") == true)
     }
 
-    @Test func catchUpOffsetsReachTheSidecarAndSnapshotsAreRefusedForNow() throws {
+    @Test func catchUpOffsetsReachTheSidecar() throws {
         let world = try self.world(["bootstrapServers": "k:9092"])
         let objects = try RackRenderer().render(rack: self.rack("world: w\nredis: {topology: standalone}\ncatchUp: {from: offsets, offsets: {'0': 120, '3': 7}}"), world: world)
         #expect(try self.sidecarSettings(objects)["catch-up-offsets"] as? [String] == ["0=120", "3=7"])
         #expect(!self.sidecarYAML(try RackRenderer().render(rack: self.rack("world: w\nredis: {topology: standalone}"), world: world)).contains("catch-up"))
         for (spec, names) in [
-            ("catchUp: {from: snapshot}", "snapshot"),
             ("catchUp: {from: offsets, offsets: {'4': 1}}", "'4' is not a partition"),
             ("catchUp: {from: offsets}", "spec.catchUp.offsets"),
         ] {
             let error = #expect(throws: RackRenderer.RenderError.self) { try RackRenderer().render(rack: self.rack("world: w\nredis: {topology: standalone}\n\(spec)"), world: world) }
             #expect(error?.description.contains(names) == true, "\(String(describing: error))")
         }
+    }
+
+    func source(_ name: String, _ spec: String) throws -> PylonRack {
+        var rack = try self.rack(spec)
+        rack.metadata.name = name
+        return rack
+    }
+
+    @Test func aRackFromASnapshotNamesItsSourcesRedisAndKeepsTheFileInAVolume() throws {
+        let world = try self.world(["bootstrapServers": "k:9092"])
+        let rack = try self.rack("world: w\nredis: {topology: cluster}\ncatchUp: {from: snapshot, rack: eu-0}")
+        for (source, expected) in [
+            (try self.source("eu-0", "world: w\nredis: {topology: standalone}"), "redis://eu-0-0.eu-0-headless.shop.svc:6379"),
+            (try self.source("eu-0", "world: w\nredis: {topology: sentinel, replicas: 2}"), "redis://eu-0-0.eu-0-headless.shop.svc:6379"),
+            (try self.source("eu-0", "world: w\nredis: {topology: external, external: {url: 'redis://legacy.db:6379'}}"), "redis://legacy.db:6379"),
+        ] {
+            let objects = try RackRenderer().render(rack: rack, world: world, snapshotSource: source)
+            let settings = try self.sidecarSettings(objects)
+            #expect(settings["snapshot-from"] as? String == expected)
+            #expect(settings["snapshot-dir"] as? String == "/var/lib/pylon/snapshots")
+            let pod = try #require(objects.compactMap { $0 as? StatefulSet }.first?.spec.template.spec)
+            #expect(pod.volumes?.contains { $0.name == "pylon-snapshots" && $0.emptyDir != nil } == true)
+            #expect(pod.containers.first { $0.name == RackRenderer.sidecarName }?.volumeMounts?.contains { $0.mountPath == "/var/lib/pylon/snapshots" } == true)
+        }
+        for (spec, source, names) in [
+            ("catchUp: {from: snapshot}", nil, "spec.catchUp.rack: name the rack"),
+            ("catchUp: {from: snapshot, rack: eu-0}", nil, "PylonRack eu-0 does not exist in shop"),
+            ("catchUp: {from: snapshot, rack: eu-0}", try self.source("eu-0", "world: other\nredis: {topology: standalone}"), "a rack of world other"),
+            ("catchUp: {from: snapshot, rack: eu-0}", try self.source("eu-0", "world: w\nredis: {topology: cluster}"), "is a cluster rack"),
+        ] {
+            let error = #expect(throws: RackRenderer.RenderError.self) {
+                try RackRenderer().render(rack: self.rack("world: w\nredis: {topology: standalone}\n\(spec)"), world: world, snapshotSource: source)
+            }
+            #expect(error?.description.contains(names) == true, "\(String(describing: error))")
+        }
+        // Once caught up, a retired source no longer matters.
+        var caughtUp = rack
+        caughtUp.status = .init(conditions: [Condition(type: "CaughtUp", status: true, reason: "LagBelowThreshold", message: "")])
+        #expect(try self.sidecarSettings(RackRenderer().render(rack: caughtUp, world: world))["snapshot-from"] == nil)
+        // Plain racks keep their pod template: no snapshot volume.
+        let plain = try RackRenderer().render(rack: self.rack("world: w\nredis: {topology: standalone}"), world: world)
+        #expect(plain.compactMap { $0 as? StatefulSet }.first?.spec.template.spec.volumes?.contains { $0.name == "pylon-snapshots" } == false)
     }
 
     @Test func theSamplesAreReadAsTypedObjects() throws {

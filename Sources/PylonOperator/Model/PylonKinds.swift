@@ -126,13 +126,16 @@ public struct PylonRack: PylonObject, Equatable {
             case logStart
             /// The Redis already holds the data up to these offsets (e.g. loaded from a backup).
             case offsets
-            /// A snapshot of another rack (arrives with the live migration).
+            /// A snapshot of another rack of the world (`rack`): its keys at one instant, and the
+            /// log after the offsets they reflect.
             case snapshot
         }
 
         public var from: Source?
         /// Per partition ("0", "1", …), the first offset to apply.
         public var offsets: [String: Int64]?
+        /// With `from: snapshot`, the rack (standalone, Sentinel or external) whose snapshot this one starts from.
+        public var rack: String?
     }
 
     public struct Status: Codable, Sendable, Equatable, ObservedStatus {

@@ -42,7 +42,9 @@ final class RackReconciler: Sendable {
             return nil
         }
         let objects: [any KubeObject]
-        do { objects = try self.renderer.render(rack: rack, world: world) } catch let error as RackRenderer.RenderError {
+        let snapshotSource = try rack.spec.catchUp?.from == .snapshot
+            ? rack.spec.catchUp?.rack.flatMap { try self.context.cached(PylonRack.self, namespace: namespace, name: $0) } : nil
+        do { objects = try self.renderer.render(rack: rack, world: world, snapshotSource: snapshotSource) } catch let error as RackRenderer.RenderError {
             if rack.status?.phase != "Failed" || rack.status?.observedGeneration != generation {
                 await self.context.event(on: rack, type: "Warning", reason: "InvalidSpec", message: error.description)
             }
@@ -80,13 +82,29 @@ final class RackReconciler: Sendable {
         if rack.status?.observedGeneration != generation {
             await self.context.event(on: rack, reason: "Reconciled", message: "generation \(generation): \(objects.count) objects applied")
         }
-        try await self.context.setStatus(of: rack, status, conditions: [
+        var conditions = [
             Condition(type: "Reconciled", status: true, reason: "Applied", message: "\(objects.count) objects applied"),
             Condition(type: "Ready", status: ready == wanted && wanted > 0, reason: ready == wanted ? "PodsReady" : "PodsNotReady", message: "\(ready) of \(wanted) pods ready"),
             caughtUp,
-        ])
+        ]
+        if let source = rack.spec.catchUp?.rack, rack.spec.catchUp?.from == .snapshot {
+            conditions.append(Self.snapshotCondition(source: source, caughtUp: caughtUp))
+        }
+        try await self.context.setStatus(of: rack, status, conditions: conditions)
         // Lag and readiness change without events on the rack: look again later.
         return self.settings.resync
+    }
+
+    /// How a rack catching up from a snapshot stands: the sidecars load it, then apply the log
+    /// from its offsets; done once the rack is CaughtUp. The load's own progress (keys, bytes,
+    /// rate) is each sidecar's: `PYLON INFO`, the `pylon_snapshot_*` metrics, its logs.
+    static func snapshotCondition(source: String, caughtUp: Condition) -> Condition {
+        caughtUp.status == "True"
+            ? Condition(type: "SnapshotCatchUp", status: true, reason: "CaughtUp", message: "started from a snapshot of rack \(source); now applies the log")
+            : Condition(
+                type: "SnapshotCatchUp", status: false, reason: "Loading",
+                message: "the sidecars load a snapshot of rack \(source), then apply the log from its offsets (progress: PYLON INFO snapshot_*, metrics pylon_snapshot_*)"
+            )
     }
 
     /// The rack's lag per partition: its consumer group's committed offsets against the log end.

@@ -28,9 +28,10 @@ public struct RackRenderer: Sendable {
     static let defaultRedisImage = "redis:7.0"
 
     /// The rendered objects, in the order to apply them.
-    public func render(rack: PylonRack, world: PylonWorld) throws -> [any KubeObject] {
+    /// `snapshotSource` is the rack named by `spec.catchUp.rack` (nil when there is none).
+    public func render(rack: PylonRack, world: PylonWorld, snapshotSource: PylonRack? = nil) throws -> [any KubeObject] {
         let shape = try RackShape(rack: rack)
-        let configText = try Self.yaml(self.sidecarConfiguration(rack: rack, world: world, shape: shape))
+        let configText = try Self.yaml(self.sidecarConfiguration(rack: rack, world: world, shape: shape, snapshotSource: snapshotSource))
         var ports = [
             Service.Port(name: "pylon", port: 6380, targetPort: "pylon"),
             Service.Port(name: "redis", port: 6379, targetPort: "redis"),
@@ -107,7 +108,7 @@ public struct RackRenderer: Sendable {
     }
 
     /// The sidecar's YAML keys: the rack's settings over what the world and the rack imply.
-    func sidecarConfiguration(rack: PylonRack, world: PylonWorld, shape: RackShape) throws -> [String: Setting] {
+    func sidecarConfiguration(rack: PylonRack, world: PylonWorld, shape: RackShape, snapshotSource: PylonRack? = nil) throws -> [String: Setting] {
         let kafka = world.spec.kafka
         let redis: String
         switch shape.topology {
@@ -131,6 +132,10 @@ public struct RackRenderer: Sendable {
         if let contentious = world.spec.contentiousKeys, !contentious.isEmpty { keys["contentious-keys"] = .list(contentious) }
         if let offsets = try Self.catchUpOffsets(rack.spec.catchUp, partitions: partitions) {
             keys["catch-up-offsets"] = .list(offsets.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" })
+        }
+        if let source = try Self.snapshotSource(rack: rack, source: snapshotSource) {
+            keys["snapshot-from"] = .value(source)
+            keys["snapshot-dir"] = .value(Self.snapshotPath)
         }
         var properties = kafka.properties ?? [:]
         var secretFiles: [String] = []
@@ -162,8 +167,7 @@ public struct RackRenderer: Sendable {
     static func catchUpOffsets(_ catchUp: PylonRack.CatchUp?, partitions: Int) throws -> [Int: Int64]? {
         switch catchUp?.from ?? .logStart {
         case .logStart: return nil
-        case .snapshot:
-            throw RenderError(description: "spec.catchUp.from: snapshot is not available yet (it arrives with the live migration); use logStart, or offsets with a Redis already loaded up to them")
+        case .snapshot: return nil  // `snapshotSource`
         case .offsets:
             var offsets: [Int: Int64] = [:]
             for (key, offset) in catchUp?.offsets ?? [:] {
@@ -174,6 +178,40 @@ public struct RackRenderer: Sendable {
             }
             guard !offsets.isEmpty else { throw RenderError(description: "spec.catchUp.offsets: name the first offset to apply for each partition (\"0\": N, …) with from: offsets") }
             return offsets
+        }
+    }
+
+    /// Where the sidecar keeps a snapshot until it is loaded: a volume of the pod, so a sidecar
+    /// restarted mid-load resumes.
+    static let snapshotPath = "/var/lib/pylon/snapshots"
+
+    /// The Redis a rack catching up from a snapshot takes it from: a node of the source rack
+    /// (pod 0's Redis: a standalone rack's, or a Sentinel rack's master or replica — either holds
+    /// the whole keyspace), or its external Redis. nil unless `catchUp.from` is `snapshot`, and
+    /// once the rack has caught up and its source is gone (a retired source does not fail the
+    /// rack it seeded; a Redis that comes back empty then replays the log).
+    static func snapshotSource(rack: PylonRack, source: PylonRack?) throws -> String? {
+        guard rack.spec.catchUp?.from == .snapshot else { return nil }
+        guard let name = rack.spec.catchUp?.rack, !name.isEmpty else {
+            throw RenderError(description: "spec.catchUp.rack: name the rack whose snapshot this rack starts from (with from: snapshot)")
+        }
+        guard let source else {
+            if rack.status?.conditions?.contains(where: { $0.type == "CaughtUp" && $0.status == "True" }) == true { return nil }
+            throw RenderError(description: "spec.catchUp.rack: PylonRack \(name) does not exist in \(rack.metadata.namespace ?? "the namespace"); it must stay until this rack is CaughtUp")
+        }
+        guard source.spec.world == rack.spec.world else {
+            throw RenderError(description: "spec.catchUp.rack: \(name) is a rack of world \(source.spec.world), not \(rack.spec.world)")
+        }
+        switch source.topology {
+        case .standalone, .sentinel:
+            return "redis://\(try RackShape(rack: source).podHosts[0]):6379"
+        case .external:
+            guard let url = source.spec.redis.external?.url, url.hasPrefix("redis://") else {
+                throw RenderError(description: "spec.catchUp.rack: \(name)'s external Redis is not a standalone redis:// URL; a snapshot can be taken from a standalone or Sentinel rack only")
+            }
+            return url
+        case .cluster, .injected:
+            throw RenderError(description: "spec.catchUp.rack: \(name) is a \(source.topology.rawValue) rack; a snapshot can be taken from a standalone or Sentinel rack only (yet)")
         }
     }
 
@@ -196,8 +234,13 @@ public struct RackRenderer: Sendable {
         sidecar.resources = rack.spec.sidecar?.resources
         sidecar.volumeMounts = [VolumeMount(name: "pylon-sidecar-config", mountPath: "/etc/pylon/config")]
             + secrets.map { VolumeMount(name: $0.volume, mountPath: $0.path, readOnly: true) }
-        let volumes = [Volume(name: "pylon-sidecar-config", configMap: .init(name: Self.configMapName(rack: rack.name)))]
+        var volumes = [Volume(name: "pylon-sidecar-config", configMap: .init(name: Self.configMapName(rack: rack.name)))]
             + secrets.map { Volume(name: $0.volume, secret: .init(secretName: $0.secret)) }
+        if rack.spec.catchUp?.from == .snapshot {
+            // Outlives a restarted sidecar container, so a load resumes from the file.
+            sidecar.volumeMounts?.append(VolumeMount(name: "pylon-snapshots", mountPath: Self.snapshotPath))
+            volumes.append(Volume(name: "pylon-snapshots", emptyDir: [:]))
+        }
         return (sidecar, volumes)
     }
 
