@@ -1,4 +1,5 @@
 import Foundation
+import Glibc
 import NIOPosix
 
 /// The one way Pylon runs blocking calls — librdkafka's (admin requests, consumer polls, a
@@ -28,9 +29,14 @@ public enum Blocking {
     /// Starts `body` on a thread of its own named `name` (as `top -H`, perf and debuggers show
     /// it; Linux keeps 15 characters).
     public static func thread(named name: String, _ body: @escaping @Sendable () -> Void) {
-        // Named from the thread itself: Foundation passes that name on to the system's thread.
+        // Named from the thread itself, for the system (top -H, perf): Foundation's
+        // `Thread.name` stays Foundation's own, and Swift sees no pthread_setname_np.
         Thread {
-            Thread.current.name = String(name.prefix(15))
+            let fd = open("/proc/thread-self/comm", O_WRONLY)
+            if fd >= 0 {
+                _ = String(name.utf8.prefix(15))!.withCString { write(fd, $0, strlen($0)) }
+                close(fd)
+            }
             body()
         }.start()
     }

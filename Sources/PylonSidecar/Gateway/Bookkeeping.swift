@@ -12,16 +12,19 @@ enum Bookkeeping {
         key.readableBytesView.starts(with: prefix.utf8)
     }
 
-    /// Every key Pylon may keep for a world's topic: per partition its marker, owner and
-    /// checkpoint; with `perSlot` (Redis Cluster) a marker and an owner per slot instead.
+    /// Every key Pylon may keep for a world's topic: per partition its marker, owner,
+    /// checkpoint and (while a snapshot loads) the load's progress; with `perSlot` (Redis
+    /// Cluster) a marker and an owner per slot instead.
     static func keys(topic: String, partitions: Int, perSlot: Bool) -> [String] {
-        let checkpoints = (0..<Int32(partitions)).map { AppliedOffsets.checkpointKey(topic: topic, partition: $0) }
+        let perPartition = (0..<Int32(partitions)).flatMap {
+            [AppliedOffsets.checkpointKey(topic: topic, partition: $0), SnapshotCatchUp.progressKey(topic: topic, partition: $0)]
+        }
         guard perSlot else {
-            return checkpoints + (0..<Int32(partitions)).flatMap {
+            return perPartition + (0..<Int32(partitions)).flatMap {
                 [AppliedOffsets.markerKey(topic: topic, partition: $0), AppliedOffsets.ownerKey(topic: topic, partition: $0)]
             }
         }
-        return checkpoints + (0..<HashSlot.count).flatMap { slot in
+        return perPartition + (0..<HashSlot.count).flatMap { slot in
             let partition = OpRecord.partition(ofSlot: slot, count: partitions)
             return [AppliedOffsets.markerKey(topic: topic, partition: partition, slot: slot), AppliedOffsets.ownerKey(topic: topic, partition: partition, slot: slot)]
         }

@@ -283,7 +283,7 @@ extension ByteBuffer {
     }
 
     /// `type` + decimal `n` + CRLF, without building a String (the encoders' hot path).
-    private mutating func writeRESPLine(_ type: UInt8, _ n: Int) {
+    mutating func writeRESPLine(_ type: UInt8, _ n: Int) {
         self.writeInteger(type)
         self.writeDecimal(n)
         self.writeInteger(crlf)

@@ -85,13 +85,21 @@ struct RDBReader {
     /// The entry's value as RESTORE takes it: type, value, RDB version, CRC64 of them.
     func dumpPayload(_ entry: Entry) -> ByteBuffer {
         var payload = ByteBuffer()
-        payload.reserveCapacity(entry.value.count + 11)
-        payload.writeInteger(entry.type)
-        payload.writeBytes(self.bytes[entry.value])
-        payload.writeInteger(UInt16(self.version), endianness: .little)
-        let crc = payload.withUnsafeReadableBytes { CRC64.checksum($0) }
-        payload.writeInteger(crc, endianness: .little)
+        self.writeDumpPayload(entry, into: &payload)
         return payload
+    }
+
+    /// Writes the entry's DUMP payload (`dumpPayload`) where it is, with no copy in between:
+    /// the loader's pipeline.
+    func writeDumpPayload(_ entry: Entry, into buffer: inout ByteBuffer) {
+        let version = UInt16(self.version)
+        var crc = CRC64.checksum(CollectionOfOne(entry.type))
+        crc = self.bytes.withUnsafeBufferPointer { CRC64.checksum(UnsafeBufferPointer(rebasing: $0[entry.value]), from: crc) }
+        crc = CRC64.checksum([UInt8(truncatingIfNeeded: version), UInt8(truncatingIfNeeded: version >> 8)], from: crc)
+        buffer.writeInteger(entry.type)
+        self.bytes.withUnsafeBufferPointer { buffer.writeBytes(UnsafeRawBufferPointer(rebasing: UnsafeRawBufferPointer($0)[entry.value])) }
+        buffer.writeInteger(version, endianness: .little)
+        buffer.writeInteger(crc, endianness: .little)
     }
 
     /// A string value (type 0) decoded: what GET would answer.

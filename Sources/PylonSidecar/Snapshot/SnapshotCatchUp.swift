@@ -56,31 +56,42 @@ extension ApplierRun {
             let wanted = Set(partitions)
             var chunk = NodeRequests()
             var inChunk = 0
+            // The chunk sent before, whose replies are read once the next one is sent: Redis
+            // restores one while the loader reads and frames the next.
+            var inFlight: (sent: [Sent], upTo: Int, keys: Int)?
             var confirmed: Int?
             var index = 0
             var loaded = 0
             var otherDatabases = 0
+            func confirm() throws {
+                guard let chunk = inFlight.take() else { return }
+                for sent in chunk.sent {
+                    for (_, reply) in try self.receive(sent) where reply.isError {
+                        let advice = reply.string?.contains("payload version") == true ? " (this rack's Redis must be the source's version or newer)" : ""
+                        throw SnapshotSource.Failure(description: "restoring the snapshot: redis answered \(reply.string ?? "\(reply)")\(advice)")
+                    }
+                }
+                loaded += chunk.keys
+                confirmed = chunk.upTo
+                let (done, keys) = (reader.offset, loaded)
+                progress.update {
+                    $0.bytes = done
+                    $0.keys = keys
+                }
+            }
             func send(upTo next: Int) throws {
+                // How far the load got, as confirmed by the chunks before: a killed loader resumes there.
                 if let confirmed {
                     for partition in partitions {
                         let key = SnapshotCatchUp.progressKey(topic: topic, partition: partition)
                         chunk.add(["SET", key, "\(id) \(confirmed)"], to: try self.node(forKey: key), as: .ownTurn)
                     }
                 }
-                for (entry, reply) in try self.exchange(chunk) {
-                    guard case .ownTurn = entry, reply.isError else { continue }
-                    let advice = reply.string?.contains("payload version") == true ? " (this rack's Redis must be the source's version or newer)" : ""
-                    throw SnapshotSource.Failure(description: "restoring the snapshot: redis answered \(reply.string ?? "\(reply)")\(advice)")
-                }
-                loaded += inChunk
-                confirmed = next
+                let sent = try self.transmit(chunk)
+                try confirm()
+                inFlight = (sent, next, inChunk)
                 chunk = NodeRequests()
                 inChunk = 0
-                let (done, keys) = (reader.offset, loaded)
-                progress.update {
-                    $0.bytes = done
-                    $0.keys = keys
-                }
             }
             while let entry = try reader.next() {
                 defer { index += 1 }
@@ -89,17 +100,15 @@ extension ApplierRun {
                     otherDatabases += 1
                     continue
                 }
-                let key = ByteBuffer(bytes: entry.key)
-                let slot = HashSlot.of(key)
+                let slot = entry.key.withUnsafeBytes { HashSlot.of(bytes: $0) }
                 guard wanted.contains(OpRecord.partition(ofSlot: slot, count: self.settings.partitions)) else { continue }
                 guard let node = self.rack.node(slot) else { throw Doubt(description: "the rack's redis node for slot \(slot) is not known yet") }
-                var command = [ByteBuffer(string: "RESTORE"), key, ByteBuffer(string: String(entry.expiresAt ?? 0)), reader.dumpPayload(entry), ByteBuffer(string: "REPLACE")]
-                if entry.expiresAt != nil { command.append(ByteBuffer(string: "ABSTTL")) }
-                chunk.add(command, to: node, as: .ownTurn)
+                chunk.add(written: { Self.writeRestore(entry, from: reader, into: &$0) }, to: node, as: .ownTurn)
                 inChunk += 1
                 if inChunk >= catchUp.chunkKeys { try send(upTo: index + 1) }
             }
             try send(upTo: index)
+            try confirm()
             if otherDatabases > 0 { self.logger.warning("keys of databases other than 0 in the snapshot were not copied (Pylon serves database 0)", metadata: ["keys": "\(otherDatabases)"]) }
             if reader.functions > 0 { self.logger.warning("functions in the snapshot were not copied: load them into this rack's Redis yourself", metadata: ["libraries": "\(reader.functions)"]) }
             let offsets = try self.adoptTags(tags, partitions: partitions, logStarts: logStarts)
@@ -224,6 +233,21 @@ extension ApplierRun {
         for (_, reply) in try self.exchange(requests) where reply.isError {
             throw Doubt(description: "writing the snapshot's offsets: redis answered \(reply)")
         }
+    }
+
+    /// `RESTORE key expiry payload REPLACE [ABSTTL]`, written straight into a pipeline.
+    private static func writeRestore(_ entry: RDBReader.Entry, from reader: RDBReader, into buffer: inout ByteBuffer) {
+        buffer.writeRESPArrayHeader(entry.expiresAt == nil ? 5 : 6)
+        buffer.writeRESPBulkString("RESTORE")
+        buffer.writeRESPLine(UInt8(ascii: "$"), entry.key.count)
+        buffer.writeBytes(entry.key)
+        buffer.writeString("\r\n")
+        buffer.writeRESPBulkString(Int(entry.expiresAt ?? 0))
+        buffer.writeRESPLine(UInt8(ascii: "$"), entry.value.count + 11)
+        reader.writeDumpPayload(entry, into: &buffer)
+        buffer.writeString("\r\n")
+        buffer.writeRESPBulkString("REPLACE")
+        if entry.expiresAt != nil { buffer.writeRESPBulkString("ABSTTL") }
     }
 
     /// The markers and checkpoints of `topic` the snapshot holds.
