@@ -37,13 +37,14 @@ run: release
 
 ## bench: redis-benchmark against direct Redis, twemproxy and pylon-sidecar, side by side:
 ## the read path, the write path (SET, replication lag, catch-up), the consistency levels, the
-## clustering layer, the operator
+## clustering layer, the operator, catch-up from a snapshot
 bench: release
 	@scripts/bench.sh
 	@scripts/bench-writes.sh
 	@scripts/bench-consistency.sh
 	@scripts/bench-world.sh
 	@scripts/bench-operator.sh
+	@scripts/bench-snapshot.sh
 
 ## compat: Redis's own test suite against redis-server and through a sidecar, side by side (about
 ## 20 minutes); fails on a failure the README does not list

@@ -9,7 +9,10 @@
 #    sidecar's start to the rack caught up with the log;
 #  - a new rack without a snapshot replays the whole log: time to caught up;
 #  - p99 of GETs through the source rack's sidecar before and during the snapshot load.
-# The broker is librdkafka's mock cluster (scripts/mock-kafka), as in bench-consistency.sh.
+# The broker is librdkafka's mock cluster (scripts/mock-kafka), as in bench-consistency.sh. It
+# keeps at most 100,000 messages and 5 MB per partition, dropping the oldest (retention): the
+# topic has 32 partitions so that the whole log of a million ops stays (checked: the replaying
+# rack ends with every key).
 # Usage: scripts/bench-snapshot.sh     env: KEYS=1000000
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,7 +22,8 @@ BIN=${BIN:-.build/release/pylon-sidecar}
 source scripts/lib.sh
 
 gcc -O2 -o "$WORK/mock-kafka" scripts/mock-kafka/mock-kafka.c -lrdkafka -ldl
-"$WORK/mock-kafka" pylon.bench.ops 8 > "$WORK/mock-kafka.out" 2>> "$WORK/mock-kafka.log" &
+PARTITIONS=32
+"$WORK/mock-kafka" pylon.bench.ops "$PARTITIONS" > "$WORK/mock-kafka.out" 2>> "$WORK/mock-kafka.log" &
 track $!
 for _ in $(seq 100); do [ -s "$WORK/mock-kafka.out" ] && break; sleep 0.05; done
 bootstrap=$(head -n 1 "$WORK/mock-kafka.out")
@@ -40,7 +44,7 @@ field() { info "$1" | sed -n "s/^$2://p"; }
 caught_up() {
   local text
   text=$(info "$1")
-  [ "$(grep -c '^partition[0-9]*:' <<< "$text")" = 8 ] && ! grep -q '^partition.*lag=[^0]' <<< "$text" && ! grep -q 'lag=?' <<< "$text"
+  [ "$(grep -c '^partition[0-9]*:' <<< "$text")" = "$PARTITIONS" ] && ! grep -q '^partition.*lag=[^0]' <<< "$text" && ! grep -q 'lag=?' <<< "$text"
 }
 # The rack applied the log up to OPS ops in all (its partitions' next offsets add up to it).
 applied_all() {  # sidecar port, ops
