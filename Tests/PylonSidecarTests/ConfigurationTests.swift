@@ -66,6 +66,19 @@ struct ConfigurationTests {
         #expect(throws: SidecarConfiguration.Error(key: "catch-up-offsets", problem: "partition 4 is not one of the topic's 4")) { try configuration.validated() }
     }
 
+    @Test func readsTheSnapshotKeys() throws {
+        var configuration = SidecarConfiguration()
+        try configuration.apply(yaml: "snapshot-from: redis://eu-1-0.eu-1-headless.shop.svc:6379\nsnapshot-dir: /var/lib/pylon/snapshots")
+        #expect(configuration.snapshotFrom == HostPort(host: "eu-1-0.eu-1-headless.shop.svc", port: 6379))
+        #expect(configuration.snapshotDirectory == "/var/lib/pylon/snapshots")
+        #expect(SidecarConfiguration().snapshotDirectory == "/tmp/pylon-snapshots")
+        let refused = #expect(throws: SidecarConfiguration.Error.self) { try configuration.set("snapshot-from", "redis-cluster://a:6379,b:6379") }
+        #expect(refused?.description.contains("Redis Cluster rack cannot be loaded yet") == true)
+        #expect(throws: SidecarConfiguration.Error.self) { try configuration.set("snapshot-dir", "") }
+        try configuration.set("catch-up-offsets", "0=5")
+        #expect(throws: SidecarConfiguration.Error(key: "snapshot-from", problem: "a rack catches up either from a snapshot or from catch-up-offsets, not both")) { try configuration.validated() }
+    }
+
     @Test func readsTheWritePathKeys() throws {
         var configuration = SidecarConfiguration()
         try configuration.apply(yaml: """
