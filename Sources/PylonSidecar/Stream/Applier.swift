@@ -10,7 +10,8 @@ import Synchronization
 /// has one applier in the rack. Where a partition starts is read from Redis, not from Kafka: the
 /// partition's checkpoint (`AppliedOffsets.checkpointKey`), or when Redis has none (a new or
 /// emptied rack) its catch-up offset if configured (a Redis loaded up to there by other means),
-/// else the start of the log. Each op is applied by a script that also advances its
+/// or where a snapshot of another rack stands, loaded first (`SnapshotCatchUp`), else the start
+/// of the log. Each op is applied by a script that also advances its
 /// marker (the partition's; on Redis Cluster the partition's in the op's slot), so a replay or a
 /// deposed applier never applies an op twice.
 ///
