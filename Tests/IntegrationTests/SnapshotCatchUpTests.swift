@@ -45,6 +45,16 @@ struct SnapshotCatchUpTests {
         }
     }
 
+    /// Rack 1 of `world`, in front of `redis`, catching up from a snapshot of `source`'s Redis
+    /// (its files in `directory`).
+    static func rackFromSnapshot(of source: WorldFixture.Rack, in world: WorldFixture, redis: RedisEndpoint, directory: ScratchDirectory) async throws -> SidecarFixture {
+        try await SidecarFixture(redis: redis) {
+            WorldFixture.join(&$0, world: world.name, rack: "rack1", broker: world.broker, partitions: world.partitions)
+            $0.snapshotFrom = source.redis.address
+            $0.snapshotDirectory = directory.url.path
+        }
+    }
+
     static func contents(_ servers: [RedisServer]) async throws -> [String: [RESPValue]] {
         var all: [String: [RESPValue]] = [:]
         for server in servers { all.merge(try await SnapshotTests.contents(server)) { $1 } }
@@ -71,11 +81,7 @@ struct SnapshotCatchUpTests {
         let (rack1, total) = try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask { try await writer.run(through: source.sidecar) }
             try await Task.sleep(for: .seconds(1))
-            let rack1 = try await SidecarFixture(redis: .cluster(cluster.seeds)) {
-                WorldFixture.join(&$0, world: world.name, rack: "rack1", broker: world.broker, partitions: world.partitions)
-                $0.snapshotFrom = source.redis.address
-                $0.snapshotDirectory = scratch.url.path
-            }
+            let rack1 = try await Self.rackFromSnapshot(of: source, in: world, redis: .cluster(cluster.seeds), directory: scratch)
             let loaded = try await eventually(timeout: .seconds(60)) { rack1.sidecar.applier?.snapshot.current.phase == .loaded }
             #expect(loaded, "snapshot: \(String(describing: rack1.sidecar.applier?.snapshot.current))")
             try await Task.sleep(for: .seconds(1))  // writes keep coming once the new rack applies the log
@@ -173,11 +179,7 @@ struct SnapshotCatchUpTests {
         let source = world.racks[0]
         let redisB = try RedisServer()
         let scratch = try ScratchDirectory()
-        let rack1 = try await SidecarFixture(redis: .standalone(redisB.address)) {
-            WorldFixture.join(&$0, world: world.name, rack: "rack1", broker: world.broker, partitions: world.partitions)
-            $0.snapshotFrom = source.redis.address
-            $0.snapshotDirectory = scratch.url.path
-        }
+        let rack1 = try await Self.rackFromSnapshot(of: source, in: world, redis: .standalone(redisB.address), directory: scratch)
         defer { Task { await rack1.stop() } }
         let client = try await rack1.client()
         for i in 0..<500 { _ = try await client.send("INCR", "counter:\(i % 5)") }
@@ -217,11 +219,7 @@ extension SnapshotCatchUpTests {
 
         let redisB = try RedisServer()
         let scratch = try ScratchDirectory()
-        let rack1 = try await SidecarFixture(redis: .standalone(redisB.address)) {
-            WorldFixture.join(&$0, world: world.name, rack: "rack1", broker: world.broker, partitions: world.partitions)
-            $0.snapshotFrom = source.redis.address
-            $0.snapshotDirectory = scratch.url.path
-        }
+        let rack1 = try await Self.rackFromSnapshot(of: source, in: world, redis: .standalone(redisB.address), directory: scratch)
         defer { Task { await rack1.stop() } }
         #expect(try await Self.caughtUp(rack1.sidecar.applier!, world))
         let target = try await redisB.client()

@@ -138,7 +138,7 @@ extension ApplierRun {
         var requests = NodeRequests()
         for partition in partitions {
             let key = SnapshotCatchUp.progressKey(topic: self.settings.topic, partition: partition)
-            try requests.add(["GET", key], to: self.node(forKey: key), as: .checkpoint(partition))
+            try requests.add(["GET", key], to: self.node(forKey: key), as: .ownTurn)
         }
         let recorded = try self.exchange(requests).compactMap { $0.1.string?.split(separator: " ") }.filter { $0.count == 2 }
         if recorded.count == partitions.count, Set(recorded.map { $0[0] }).count == 1, let done = recorded.compactMap({ Int($0[1]) }).min() {
@@ -209,7 +209,7 @@ extension ApplierRun {
                 try markers.add(["SET", key, String(marker)], to: self.node(forKey: key), as: .ownTurn)
             }
         }
-        try self.confirm(markers)
+        try self.write(markers)
         // The checkpoints last: a load killed before them is loaded again, resuming.
         var checkpoints = NodeRequests()
         var offsets: [Int32: Int64] = [:]
@@ -219,17 +219,18 @@ extension ApplierRun {
             let key = AppliedOffsets.checkpointKey(topic: topic, partition: partition)
             try checkpoints.add(["SET", key, String(start)], to: self.node(forKey: key), as: .ownTurn)
         }
-        try self.confirm(checkpoints)
+        try self.write(checkpoints)
         var done = NodeRequests()
         for partition in partitions {
             let key = SnapshotCatchUp.progressKey(topic: topic, partition: partition)
             try done.add(["DEL", key], to: self.node(forKey: key), as: .ownTurn)
         }
-        try self.confirm(done)
+        try self.write(done)
         return offsets
     }
 
-    private func confirm(_ requests: NodeRequests) throws {
+    /// Sends writes and waits until Redis took every one.
+    private func write(_ requests: NodeRequests) throws {
         for (_, reply) in try self.exchange(requests) where reply.isError {
             throw Doubt(description: "writing the snapshot's offsets: redis answered \(reply)")
         }
