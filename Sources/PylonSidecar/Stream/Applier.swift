@@ -146,44 +146,27 @@ final class ApplierStats: Sendable {
     subscript(_ outcome: Outcome) -> Int { self.counts.withLock { $0[outcome.rawValue] } }
 }
 
-/// The applier's thread: owns the consumer and the connections to the rack's Redis nodes.
+/// The applier's driver, on a thread of its own: owns the consumer and the connections to the
+/// rack's Redis nodes, carries out what its `ApplierStateMachine` decides, and reports back to
+/// it what Kafka and Redis did. It holds no rule of its own: only I/O, its handles and timers.
 /// @unchecked: made by `start`, then handed to the thread once and touched only there (the
-/// rebalance handler runs inside that thread's polls).
+/// rebalance callback runs inside that thread's polls, and only records).
 final class ApplierRun: @unchecked Sendable {
+    typealias Unit = ApplierStateMachine.Unit
+    typealias Entry = ApplierStateMachine.Entry
+
     let applier: Applier
+    var machine: ApplierStateMachine
     var consumer: KafkaConsumer!
     /// One connection per node that takes writes, opened by the last resync.
     var connections: [HostPort: BlockingRedisConnection] = [:]
     var sha = ""
-    /// Assigned partitions and the next offset to apply in each.
-    var next: [Int32: Int64] = [:]
-    /// Where the next message sent to Redis must be in each assigned partition (ahead of `next`
-    /// by what is in flight): which fetched messages and own writes go next.
-    var cursor = LogCursor()
-    /// Checkpoints earned by confirmed batches, written with the next batch.
-    var checkpoints: [Int32: Int64] = [:]
     /// The batch sent to Redis whose replies are not read yet.
     var inFlight: InFlight?
-    /// The offset of the last op sent under each marker since the last resync: the predecessor
-    /// the script checks (see `AppliedOffsets.script`), across batches in flight.
-    var lastSent: [Unit: Int64] = [:]
-    /// This applier's claim on each marker it wrote under since its assignment (see
-    /// `AppliedOffsets.ownerScript`); a marker is claimed before its first run.
-    var owners: [Unit: AppliedOffsets.Ownership] = [:]
-    /// Chunks of ops not yet whole (`OpChunk`), per partition.
-    var chunks = OpChunk.Assembly()
-    /// Partitions another applier claimed since: nothing is applied there until the next
-    /// assignment, or until `reviveDeposed` finds the claim gone or stale.
-    var deposed: Set<Int32> = []
-    /// When each deposed partition was deposed.
-    var deposedAt: [Int32: ContinuousClock.Instant] = [:]
-    var lastRevivalCheck = ContinuousClock.now
     /// Replies owed to other sidecars (PUBLISH commands), sent with the next request.
     var publishes: [[ByteBuffer]] = []
-    var needsResync = false
     var backoffMilliseconds: Int32 = 50
     var lastCommit = ContinuousClock.now
-    var lastCheckpoints = ContinuousClock.now
     var lastConsumerError: String?
     var settings: Applier.Settings { self.applier.settings }
     var rack: RackRedis { self.applier.rack }
@@ -193,46 +176,27 @@ final class ApplierRun: @unchecked Sendable {
         let description: String
     }
 
-    /// The ops sharing one marker: a partition's (standalone, Sentinel), or a partition's ops in
-    /// one hash slot (Redis Cluster, where a script may only touch one slot).
-    struct Unit: Hashable {
-        var partition: Int32
-        /// The slot, or -1 when the marker is the partition's.
-        var slot: Int
-    }
-
-    func unit(of op: OpRecord, in partition: Int32) -> Unit {
-        Unit(partition: partition, slot: self.rack.perSlot ? op.slot : -1)
-    }
-
-    func markerKey(_ unit: Unit) -> String {
-        unit.slot < 0
-            ? AppliedOffsets.markerKey(topic: self.settings.topic, partition: unit.partition)
-            : AppliedOffsets.markerKey(topic: self.settings.topic, partition: unit.partition, slot: unit.slot)
-    }
-
-    func ownerKey(_ unit: Unit) -> String {
-        unit.slot < 0
-            ? AppliedOffsets.ownerKey(topic: self.settings.topic, partition: unit.partition)
-            : AppliedOffsets.ownerKey(topic: self.settings.topic, partition: unit.partition, slot: unit.slot)
-    }
-
     init(applier: Applier) throws {
         self.applier = applier
+        self.machine = ApplierStateMachine(settings: .init(
+            topic: applier.settings.topic, perSlot: applier.rack.perSlot,
+            catchUpOffsets: applier.settings.catchUpOffsets, snapshot: applier.settings.snapshot != nil
+        ))
         // receive.message.max.bytes at its maximum: some brokers (noida-db) ignore fetch.max.bytes and
         // answer a catch-up fetch with the whole backlog at once.
         var defaults = [
             "isolation.level": "read_committed", "session.timeout.ms": "10000", "fetch.wait.max.ms": "100",
             "receive.message.max.bytes": "2147483647",
         ]
-        // A snapshot loads inside an assignment, between two polls of the group: the group must
-        // not take the partitions away meanwhile (another sidecar would load them too).
+        // A snapshot loads between two polls of the group (in the resync that starts its
+        // partitions): the group must not take the partitions away meanwhile (another sidecar
+        // would load them too).
         if applier.settings.snapshot != nil { defaults["max.poll.interval.ms"] = "86400000" }
         // The consumer is made here, on the caller's thread, so bad properties fail `start`.
         self.consumer = try KafkaConsumer(
             brokers: applier.settings.brokers, groupID: applier.settings.groupID,
             properties: defaults.merging(applier.settings.properties) { $1 },
-            onRebalance: { [unowned self] in self.rebalanced($0) }
+            onRebalance: { [unowned self] in self.machine.record($0) }
         )
         try self.consumer.subscribe([applier.settings.topic])
         applier.ownWrites.attach(wake: { [consumer = self.consumer!] in consumer.wake() })
@@ -240,11 +204,12 @@ final class ApplierRun: @unchecked Sendable {
 
     func loop() {
         while self.applier.isRunning {
-            if self.needsResync {
+            if self.machine.needsResync {
                 self.finishInFlight()
                 if !self.resync() {
                     // Redis is away: keep serving the group (rebalances) while waiting, apply nothing.
                     _ = try? self.consumer.poll(timeoutMilliseconds: self.backoffMilliseconds)
+                    self.handleRebalances()
                     self.backoffMilliseconds = min(self.backoffMilliseconds * 2, 2000)
                     continue
                 }
@@ -252,10 +217,15 @@ final class ApplierRun: @unchecked Sendable {
             // With a batch in flight, only take what is already fetched: its replies come first.
             // An own write handed over wakes the poll.
             let fetched = self.poll(timeoutMilliseconds: self.inFlight == nil ? 100 : 0)
-            if self.needsResync { continue }  // a rebalance during the poll: its messages are re-read
-            let batch = self.cursor.admit(fetched: fetched, own: self.applier.ownWrites.take())
+            self.handleRebalances()
+            if self.machine.needsResync { continue }  // a rebalance during the poll: its messages are re-read
+            let batch = self.machine.admit(fetched: fetched, own: self.applier.ownWrites.take())
             if batch.isEmpty {
-                if self.inFlight != nil { self.finishInFlight() } else { try? self.writeCheckpoints() }
+                if self.inFlight != nil {
+                    self.finishInFlight()
+                } else {
+                    do { try self.writeCheckpoints() } catch { self.doubt("redis went away while the log was quiet", error: error) }
+                }
             } else {
                 self.apply(batch)
             }
@@ -270,203 +240,182 @@ final class ApplierRun: @unchecked Sendable {
         self.dropConnections()
     }
 
+    // MARK: - Carrying out the machine's actions
+
+    /// Carries out the actions the machine queued.
+    func act() {
+        for action in self.machine.takeActions() {
+            switch action {
+            case .handOver(let reply, let position, let origin):
+                self.handOver(reply, for: position, to: origin)
+            case .count(let outcome, let n):
+                self.applier.count(outcome, n)
+            case .reportRejected(let position, let error):
+                self.logger.warning("op rejected by redis", metadata: ["partition": "\(position.partition)", "offset": "\(position.offset)", "error": "\(error)"])
+            case .reportUnreadable(let position, let error):
+                self.logger.error("skipping a message of the log that is not a readable op", metadata: [
+                    "partition": "\(position.partition)", "offset": "\(position.offset)", "error": "\(error)",
+                ])
+            case .reportDeposed(let partition, let epoch):
+                self.logger.warning("another applier of the rack claimed the partition: applying nothing there until the group assigns it again", metadata: [
+                    "partition": "\(partition)", "epoch": "\(epoch)",
+                ])
+            case .reportRevived(let partitions):
+                self.logger.notice("claiming deposed partitions again (their claim vanished, or no rebalance took them away)", metadata: ["partitions": "\(partitions)"])
+            case .resync(let reason):
+                self.logger.warning("\(reason); resyncing from the checkpoints")
+            case .refreshSlots:
+                self.rack.slotsMoved()
+            }
+        }
+    }
+
+    /// A failure of Redis or a check: the machine resyncs.
+    func doubt(_ what: String, error: Error) {
+        self.machine.doubt("\(what) (\(error))")
+        self.act()
+    }
+
+    /// Gives an op's reply to the sidecar that waits for it: in-process, or published on its
+    /// channel with the next request; an op of another rack's sidecar has its reply kept in
+    /// case that sidecar asks for it (its own Redis is away: `PYLON REPLY`).
+    func handOver(_ reply: ByteBuffer, for position: AppliedReplies.Position, to origin: ApplierStateMachine.Origin) {
+        if origin.rack != self.settings.rackName {
+            self.applier.recent.keep(reply, for: position)
+        } else if origin.sidecar == self.settings.sidecarName {
+            self.applier.replies.deliver(reply, for: position)
+        } else {
+            self.publishes.append([ByteBuffer(string: "PUBLISH"), ByteBuffer(string: AppliedReplies.channel(for: origin.sidecar)), AppliedReplies.message(reply, for: position)])
+        }
+    }
+
     // MARK: - Partitions
 
-    func rebalanced(_ event: KafkaConsumer.Rebalance) -> [Int64] {
-        // The batch in flight belongs to the old assignment: record it before the assignment changes.
-        self.finishInFlight()
-        self.lastSent = [:]
-        self.chunks.removeAll()
-        // A new assignment claims its markers anew (before their first run); a revocation ends the claims.
-        self.owners = [:]
-        self.deposed = []
-        self.deposedAt = [:]
-        switch event {
-        case .assigned(let partitions):
-            self.logger.info("partitions assigned to this sidecar's applier", metadata: ["partitions": "\(partitions.map(\.partition))"])
-            self.next = [:]
-            self.cursor.removeAll()
-            do {
-                try self.connectAll()
-                let offsets = try self.startingOffsets(partitions.map(\.partition))
-                self.needsResync = false
-                return offsets
-            } catch {
-                // Fetch nothing yet (the log's end); the resync starts each partition properly.
-                self.logger.warning("cannot read the checkpoints from redis yet", metadata: ["error": "\(error)"])
-                for partition in partitions {
-                    self.next[partition.partition] = KafkaConsumer.end
-                    self.cursor.start(partition.partition, at: KafkaConsumer.end)
-                }
-                self.needsResync = true
-                return partitions.map { _ in KafkaConsumer.end }
+    /// Handles the rebalances the consumer reported during the last poll. A batch in flight
+    /// belongs to the assignment it was sent under: its replies are read before it changes;
+    /// owed replies (their clients wait) and earned checkpoints go out before partitions do.
+    func handleRebalances() {
+        for rebalance in self.machine.takeRebalances() {
+            self.finishInFlight()
+            switch rebalance {
+            case .assigned(let partitions):
+                self.logger.info("partitions assigned to this sidecar's applier", metadata: ["partitions": "\(partitions.map(\.partition))"])
+                self.machine.assigned(partitions.map(\.partition))
+            case .revoked(let partitions):
+                self.logger.info("partitions revoked from this sidecar's applier", metadata: ["partitions": "\(partitions.map(\.partition))"])
+                try? self.writeCheckpoints()
+                self.machine.revoked()
+                self.publish()
             }
-        case .revoked(let partitions):
-            self.logger.info("partitions revoked from this sidecar's applier", metadata: ["partitions": "\(partitions.map(\.partition))"])
-            // Owed replies (their clients wait) and earned checkpoints go out before the partitions do.
-            try? self.writeCheckpoints()
-            self.next = [:]
-            self.cursor.removeAll()
-            self.checkpoints = [:]
-            self.publish()
-            return []
+            self.act()
         }
     }
 
-    /// Reads each partition's checkpoint from Redis; a partition Redis knows nothing of starts at
-    /// the beginning of the log.
-    func startingOffsets(_ partitions: [Int32]) throws -> [Int64] {
-        var requests = NodeRequests()
-        for partition in partitions {
-            let key = AppliedOffsets.checkpointKey(topic: self.settings.topic, partition: partition)
-            try requests.add(["GET", key], to: self.node(forKey: key), as: .checkpoint(partition))
-        }
-        var offsets: [Int32: Int64] = [:]
-        for (entry, reply) in try self.exchange(requests) {
-            if case .checkpoint(let partition) = entry, let offset = reply.string.flatMap({ Int64($0) }) { offsets[partition] = offset }
-        }
-        // A new or emptied Redis loads a snapshot of another rack rather than replay the log.
-        let unknown = partitions.filter { offsets[$0] == nil && self.settings.catchUpOffsets[$0] == nil }
-        if let snapshot = self.settings.snapshot, !unknown.isEmpty {
-            offsets.merge(try self.loadSnapshot(unknown, from: snapshot)) { $1 }
-        }
-        return partitions.map { partition in
-            let offset: Int64
-            if let checkpoint = offsets[partition] {
-                offset = checkpoint
-            } else if let catchUp = self.settings.catchUpOffsets[partition] {
-                self.logger.notice("this rack's redis has no record of the partition: starting at its catch-up offset", metadata: ["partition": "\(partition)", "offset": "\(catchUp)"])
-                offset = catchUp
-            } else {
-                self.logger.notice("this rack's redis has no record of the partition: replaying the world's log from its start", metadata: ["partition": "\(partition)"])
-                if let start = try? self.consumer.logStart(topic: self.settings.topic, partition: partition), start > 0 {
-                    self.logger.error("the world's log no longer holds this partition's first ops (retention deleted them): this rack will miss them; catch it up from another rack's snapshot (snapshot-from)", metadata: [
-                        "partition": "\(partition)", "logStart": "\(start)",
-                    ])
-                }
-                self.applier.count(.replay)
-                self.next[partition] = 0
-                self.cursor.start(partition, at: KafkaConsumer.beginning)
-                return KafkaConsumer.beginning
-            }
-            self.next[partition] = offset
-            self.cursor.start(partition, at: offset)
-            return offset
-        }
-    }
-
-    /// Reconnects and restarts every partition from its checkpoint. The claims held are
-    /// re-asserted: that restores one a Redis lost (it came back empty) and finds the ones
-    /// another applier of the rack took meanwhile.
+    /// Reconnects and restarts every partition where the machine says: its checkpoint, its
+    /// catch-up offset, a snapshot loaded now, or the log's start. The claims held are asserted
+    /// again.
     func resync() -> Bool {
         do {
             try self.connectAll()
-            let partitions = self.next.keys.sorted()
-            let offsets = try self.startingOffsets(partitions)
-            try self.assertClaims()
-            try self.consumer.assign(zip(partitions, offsets).map { (self.settings.topic, $0, $1) })
-            self.checkpoints = [:]
-            self.lastSent = [:]
-            self.chunks.removeAll()
-            self.needsResync = false
+            let starts = try self.startingOffsets(self.machine.next.keys.sorted())
+            try self.own(self.machine.heldClaims.map { ($0.unit, "keep", $0.epoch) })
+            try self.consumer.assign(starts.sorted { $0.key < $1.key }.map { (self.settings.topic, $0.key, $0.value) })
+            self.machine.resynced(at: starts)
+            self.act()
             self.backoffMilliseconds = 50
-            if !partitions.isEmpty { self.logger.info("applier resynced from the checkpoints in redis", metadata: ["offsets": "\(self.next)"]) }
+            if !starts.isEmpty { self.logger.info("applier resynced from the checkpoints in redis", metadata: ["offsets": "\(self.machine.next)"]) }
             return true
         } catch {
+            self.act()
             self.logger.warning("applier waiting for redis", metadata: ["error": "\(error)"])
             self.dropConnections()
             return false
         }
     }
 
+    /// Reads each partition's checkpoint from Redis and answers where each starts (a real
+    /// offset, or `KafkaConsumer.beginning`); partitions to load from a snapshot are loaded here.
+    func startingOffsets(_ partitions: [Int32]) throws -> [Int32: Int64] {
+        var requests = NodeRequests()
+        for partition in partitions {
+            let key = AppliedOffsets.checkpointKey(topic: self.settings.topic, partition: partition)
+            try requests.add(["GET", key], to: self.node(forKey: key), as: .checkpoint(partition))
+        }
+        var checkpoints: [Int32: Int64] = [:]
+        for (entry, reply) in try self.exchange(requests) {
+            if case .checkpoint(let partition) = entry, let offset = reply.string.flatMap({ Int64($0) }) { checkpoints[partition] = offset }
+        }
+        var starts: [Int32: Int64] = [:]
+        var fromSnapshot: [Int32] = []
+        for partition in partitions {
+            switch self.machine.start(of: partition, checkpoint: checkpoints[partition]) {
+            case .checkpoint(let offset):
+                starts[partition] = offset
+            case .catchUp(let offset):
+                self.logger.notice("this rack's redis has no record of the partition: starting at its catch-up offset", metadata: ["partition": "\(partition)", "offset": "\(offset)"])
+                starts[partition] = offset
+            case .snapshot:
+                fromSnapshot.append(partition)
+            case .replay:
+                self.logger.notice("this rack's redis has no record of the partition: replaying the world's log from its start", metadata: ["partition": "\(partition)"])
+                if let start = try? self.consumer.logStart(topic: self.settings.topic, partition: partition), start > 0 {
+                    self.logger.error("the world's log no longer holds this partition's first ops (retention deleted them): this rack will miss them; catch it up from another rack's snapshot (snapshot-from)", metadata: [
+                        "partition": "\(partition)", "logStart": "\(start)",
+                    ])
+                }
+                starts[partition] = KafkaConsumer.beginning
+            }
+        }
+        // A new or emptied Redis loads a snapshot of another rack rather than replay the log.
+        if let snapshot = self.settings.snapshot, !fromSnapshot.isEmpty {
+            starts.merge(try self.loadSnapshot(fromSnapshot, from: snapshot)) { $1 }
+        }
+        return starts
+    }
+
     /// Claims `units` (before their first run since the assignment).
-    func claim(_ units: some Sequence<Unit>) throws {
+    func claim(_ units: [Unit]) throws {
         try self.own(units.map { ($0, "claim", Int(Date().timeIntervalSince1970 * 1000)) })
     }
 
-    /// Re-asserts every claim held (after a resync).
-    func assertClaims() throws {
-        try self.own(self.owners.map { ($0.key, "keep", $0.value.epoch) })
-    }
-
+    /// Runs the owner script for each unit (`AppliedOffsets.ownerScript`) and tells the machine
+    /// the epochs Redis answered.
     private func own(_ requests: [(unit: Unit, mode: String, value: Int)]) throws {
         guard !requests.isEmpty else { return }
         var pipeline = NodeRequests()
         for (unit, mode, value) in requests {
-            let key = self.ownerKey(unit)
-            try pipeline.add(["EVAL", AppliedOffsets.ownerScript, "1", key, mode, String(value)], to: self.node(forKey: self.markerKey(unit)), as: .claim(unit))
+            try pipeline.add(
+                ["EVAL", AppliedOffsets.ownerScript, "1", unit.ownerKey(topic: self.settings.topic), mode, String(value)],
+                to: self.node(forKey: unit.markerKey(topic: self.settings.topic)), as: .claim(unit)
+            )
         }
         for (entry, reply) in try self.exchange(pipeline) {
             guard case .claim(let unit) = entry, case .integer(let epoch) = reply else {
                 throw Doubt(description: "claiming a partition: redis answered \(reply)")
             }
-            if let held = self.owners[unit], held.epoch != epoch {
-                self.depose(unit.partition, epoch: epoch)
-            } else {
-                self.owners[unit] = .init(key: self.ownerKey(unit), epoch: epoch)
-            }
+            self.machine.claimed(unit, epoch: epoch)
         }
+        self.act()
     }
 
-    /// Stops applying a partition another applier of the rack claimed (a newer epoch): this one
-    /// was deposed and has not heard of the rebalance yet.
-    func depose(_ partition: Int32, epoch: Int) {
-        guard self.deposed.insert(partition).inserted else { return }
-        self.deposedAt[partition] = .now
-        self.logger.warning("another applier of the rack claimed the partition: applying nothing there until the group assigns it again", metadata: [
-            "partition": "\(partition)", "epoch": "\(epoch)",
-        ])
-        self.applier.count(.deposed)
-    }
-
-    /// How long a deposed applier that the group still assigns the partition to waits before it
-    /// claims the partition again: longer than a rebalance takes to revoke it (the session
-    /// timeout), so a rightful new owner is not disturbed, yet a partition whose claimant is
-    /// gone (a zombie, a sidecar stopped for good) is applied again without a rebalance.
-    static let deposedGrace = Duration.seconds(30)
-
-    /// Claims again, once a second at most, the deposed partitions whose claim has vanished from
-    /// Redis (its owner key is gone) or that the group has still assigned here after
-    /// `deposedGrace`. Safe whatever the other claimant does: the markers in Redis decide what
-    /// is applied, so ownership passing back and forth never applies an op twice.
+    /// Checks, when the machine asks, whether deposed partitions' owner keys vanished from Redis.
     func reviveDeposed() {
-        guard !self.deposed.isEmpty, ContinuousClock.now - self.lastRevivalCheck > .seconds(1) else { return }
-        self.lastRevivalCheck = .now
+        guard let units = self.machine.revivalCheck() else { return }
         var requests = NodeRequests()
-        let units = self.owners.keys.filter { self.deposed.contains($0.partition) }
         do {
-            for unit in units { try requests.add(["EXISTS", self.ownerKey(unit)], to: self.node(forKey: self.markerKey(unit)), as: .claim(unit)) }
-            let vanished = Set(try self.exchange(requests).compactMap { entry, reply -> Int32? in
+            for unit in units { try requests.add(["EXISTS", unit.ownerKey(topic: self.settings.topic)], to: self.node(forKey: unit.markerKey(topic: self.settings.topic)), as: .claim(unit)) }
+            let vanished = try self.exchange(requests).compactMap { entry, reply -> Unit? in
                 guard case .claim(let unit) = entry, reply == .integer(0) else { return nil }
-                return unit.partition
-            })
-            let revived = self.deposed.filter { vanished.contains($0) || ContinuousClock.now - (self.deposedAt[$0] ?? .now) > Self.deposedGrace }
-            guard !revived.isEmpty else { return }
-            self.logger.notice("claiming deposed partitions again (their claim vanished, or no rebalance took them away)", metadata: ["partitions": "\(revived.sorted())"])
-            for partition in revived {
-                self.deposed.remove(partition)
-                self.deposedAt[partition] = nil
-                for unit in self.owners.keys where unit.partition == partition { self.owners[unit] = nil }
+                return unit
             }
-            // Another applier may have moved the partition on: start again from the checkpoints.
-            self.needsResync = true
+            self.machine.ownerKeysChecked(vanished: vanished)
+            self.act()
         } catch {
             self.doubt("redis failed while checking deposed partitions", error: error)
         }
     }
 
     // MARK: - Redis
-
-    /// What a reply in a pipeline answers.
-    enum Entry {
-        case checkpoint(Int32)
-        case publish
-        case claim(Unit)
-        /// A request of an op applied on its own: a flush (`FlushOps`), a large op's transaction.
-        case ownTurn
-        /// A script applying these ops (their offsets) under one marker.
-        case run(Unit, offsets: [Int64])
-    }
 
     /// Requests for several nodes, each node's in one pipeline.
     struct NodeRequests {
@@ -529,8 +478,7 @@ final class ApplierRun: @unchecked Sendable {
     }
 
     /// Connects to every node that takes writes (keeping live connections to the same nodes);
-    /// only a resync or an assignment may do this, as a new connection may reach a restarted
-    /// (or emptied) Redis.
+    /// only a resync may do this, as a new connection may reach a restarted (or emptied) Redis.
     func connectAll() throws {
         let nodes = self.rack.nodes()
         guard !nodes.isEmpty else { throw Doubt(description: "the rack's redis master is not known yet") }
@@ -554,7 +502,6 @@ final class ApplierRun: @unchecked Sendable {
     /// restarted, a failover moved the master, a slot moved) calls for a resync.
     func sameConnection(to node: HostPort) throws -> BlockingRedisConnection {
         guard let client = self.connections[node], client.isOpen else {
-            self.needsResync = true
             throw Doubt(description: "no open connection to redis at \(node)")
         }
         return client
@@ -589,114 +536,37 @@ final class ApplierRun: @unchecked Sendable {
         return batch
     }
 
-    /// Ops per script call: large enough that Lua's call cost is shared, small enough that
-    /// Redis is not blocked for long (about a tenth of a millisecond).
-    static let opsPerScript = 100
-
     /// A batch sent to Redis whose replies have not been read yet.
     struct InFlight {
         /// Each node's replies, and what each answers.
         var requests: [Sent]
         /// Each partition's messages in log order.
-        var messages: [Int32: [Message]]
+        var messages: [Int32: [ApplierStateMachine.Message]]
     }
 
-    /// A message of a batch: unreadable ones are passed where they stand; `replyTo` names the
-    /// sidecar waiting for the op's reply.
-    struct Message {
-        var offset: Int64
-        var kind: Kind
-        var replyTo: Origin?
-
-        enum Kind {
-            /// An op, applied in a run.
-            case op
-            /// Not a readable op (a newer format): passed where it stands, counted.
-            case unreadable
-            /// A chunk of an op not yet whole (`OpChunk`): passed, the op applied at its last.
-            case chunk
-        }
-    }
-
-    /// Who waits for an op's reply.
-    struct Origin {
-        var sidecar: String
-        var rack: String
-
-        /// The origin of an op that waits for its reply; nil when none does.
-        init?(replyTo op: OpRecord) {
-            guard op.wantsReply else { return nil }
-            self.sidecar = op.originSidecar
-            self.rack = op.originRack
-        }
-    }
-
-    /// Sends a batch: the earned checkpoints and owed replies, then the ops under each marker
-    /// in runs of `opsPerScript`, each node's in one pipeline. The replies are read by
-    /// `finishInFlight` after the next batch was sent, so Redis does not wait for the applier
-    /// between batches.
-    ///
-    /// It stops before an op that needs a turn of its own (`OwnTurn`: a flush, or more arguments
-    /// than a script takes) and returns it with where it is in the batch.
-    func send(_ batch: ArraySlice<KafkaMessage>) -> (sent: InFlight?, stop: OwnTurn?) {
-        var ops: [Unit: [AppliedOffsets.PendingOp]] = [:]
-        var order: [Unit] = []
-        var messages: [Int32: [Message]] = [:]
-        var stop: OwnTurn?
-        for (index, message) in zip(batch.indices, batch) where !self.deposed.contains(message.partition) {
-            do {
-                var value = message.value
-                if OpChunk.isChunk(value) {
-                    guard let whole = self.chunks.add(try OpChunk(decoding: value), partition: message.partition, offset: message.offset) else {
-                        messages[message.partition, default: []].append(Message(offset: message.offset, kind: .chunk))
-                        continue
-                    }
-                    value = whole
-                }
-                let op = try OpRecord(decoding: value)
-                if FlushOps.target(of: op) != nil || op.arguments.count > AppliedOffsets.maxScriptArguments {
-                    stop = OwnTurn(index: index, message: message, op: op)
-                    break
-                }
-                let unit = self.unit(of: op, in: message.partition)
-                if ops[unit] == nil { order.append(unit) }
-                ops[unit, default: []].append(.init(op: op, offset: message.offset))
-                messages[message.partition, default: []].append(Message(offset: message.offset, kind: .op, replyTo: Origin(replyTo: op)))
-            } catch {
-                messages[message.partition, default: []].append(Message(offset: message.offset, kind: .unreadable))
-                self.logger.error("skipping a message of the log that is not a readable op", metadata: [
-                    "partition": "\(message.partition)", "offset": "\(message.offset)", "error": "\(error)",
-                ])
-            }
-        }
+    /// Sends a batch: the earned checkpoints and owed replies, then the machine's runs, each
+    /// node's in one pipeline. The replies are read by `finishInFlight` after the next batch was
+    /// sent, so Redis does not wait for the applier between batches. Returns the op that needs a
+    /// turn of its own, where the machine's plan stopped.
+    func send(_ batch: ArraySlice<KafkaMessage>) -> (sent: InFlight?, stop: ApplierStateMachine.OwnTurn?) {
+        let plan = self.machine.plan(batch)
+        self.act()
         do {
-            try self.claim(order.filter { self.owners[$0] == nil })
+            try self.claim(self.machine.unclaimed(plan.units))
             var requests = NodeRequests()
             try self.addCheckpointsAndPublishes(to: &requests)
-            for unit in order where !self.deposed.contains(unit.partition) {
-                guard let owner = self.owners[unit], let ops = ops[unit] else { continue }
-                let marker = self.markerKey(unit)
-                let node = try self.node(forKey: marker)
-                for start in stride(from: 0, to: ops.count, by: Self.opsPerScript) {
-                    let run = ops[start..<min(start + Self.opsPerScript, ops.count)]
-                    let previous = self.lastSent[unit] ?? -1
-                    requests.add(written: { AppliedOffsets.writeRequest(run, marker: marker, owner: owner, previous: previous, sha: self.sha, into: &$0) }, to: node, as: .run(unit, offsets: run.map(\.offset)))
-                    self.lastSent[unit] = run.last!.offset
-                }
+            for run in self.machine.runs(of: plan) {
+                let marker = run.unit.markerKey(topic: self.settings.topic)
+                requests.add(
+                    written: { AppliedOffsets.writeRequest(run.ops, marker: marker, owner: run.owner, previous: run.previous, sha: self.sha, into: &$0) },
+                    to: try self.node(forKey: marker), as: .run(run.unit, offsets: run.ops.map(\.offset))
+                )
             }
-            return (InFlight(requests: try self.transmit(requests), messages: messages), stop)
+            return (InFlight(requests: try self.transmit(requests), messages: plan.messages), plan.stop)
         } catch {
             self.doubt("redis failed during a batch", error: error)
             return (nil, nil)
         }
-    }
-
-    /// An op applied on its own, once everything before it was (see `send`).
-    struct OwnTurn {
-        /// Where it is in the batch.
-        var index: Int
-        var message: KafkaMessage
-        var op: OpRecord
     }
 
     /// Applies a batch: its ops in pipelined runs (`send`, each batch sent before the replies of
@@ -710,13 +580,14 @@ final class ApplierRun: @unchecked Sendable {
             self.inFlight = sent
             guard let stop else { return }
             self.finishInFlight()
-            guard !self.needsResync else { return }
+            guard !self.machine.needsResync else { return }
             if let target = FlushOps.target(of: stop.op) {
                 self.flush(stop.message, partitions: target.partitions, op: stop.op)
             } else {
                 self.applyAlone(stop.message, op: stop.op)
             }
-            guard !self.needsResync else { return }
+            self.act()
+            guard !self.machine.needsResync else { return }
             rest = rest[(stop.index + 1)...]
         }
     }
@@ -726,25 +597,24 @@ final class ApplierRun: @unchecked Sendable {
     /// like any run — the marker is set in the same MULTI/EXEC as the op.
     func applyAlone(_ message: KafkaMessage, op: OpRecord) {
         let partition = message.partition
-        let unit = self.unit(of: op, in: partition)
+        let unit = self.machine.unit(of: op, in: partition)
         let position = AppliedReplies.Position(partition: partition, offset: message.offset)
         do {
-            if self.owners[unit] == nil { try self.claim([unit]) }
-            guard !self.deposed.contains(partition), let epoch = self.owners[unit]?.epoch else { return }
-            let (marker, owner) = (self.markerKey(unit), self.ownerKey(unit))
+            try self.claim(self.machine.unclaimed([unit]))
+            guard !self.machine.isDeposed(partition), let epoch = self.machine.owners[unit]?.epoch else { return }
+            let (marker, owner) = (unit.markerKey(topic: self.settings.topic), unit.ownerKey(topic: self.settings.topic))
             let node = try self.node(forKey: marker)
             var check = NodeRequests()
             check.add(["WATCH", marker, owner], to: node, as: .ownTurn)
             check.add(["MGET", owner, marker], to: node, as: .ownTurn)
             let stored = try self.exchange(check)[1].1.array ?? []
-            let applied = stored.count == 2 ? stored[1].string.flatMap { Int64($0) } ?? -1 : -1
             let outcome: AppliedOffsets.Outcome
-            if stored.first?.string.flatMap({ Int($0) }) != epoch {
-                outcome = .deposed
-            } else if applied >= message.offset {
-                outcome = .alreadyApplied
-            } else if (self.lastSent[unit] ?? -1) > applied {
-                outcome = .previousMissing
+            if let found = self.machine.ownTurnCheck(
+                unit, offset: message.offset, ownerEpoch: stored.first?.string.flatMap { Int($0) },
+                marker: stored.count == 2 ? stored[1].string.flatMap { Int64($0) } ?? -1 : -1
+            ) {
+                _ = try self.exchange({ var r = NodeRequests(); r.add(["UNWATCH"], to: node, as: .ownTurn); return r }())
+                outcome = found
             } else {
                 var transaction = NodeRequests()
                 transaction.add(["MULTI"], to: node, as: .ownTurn)
@@ -763,7 +633,7 @@ final class ApplierRun: @unchecked Sendable {
                     throw Doubt(description: "a transaction applying op \(position) answered \(replies[3]) (\(replies[2]))")
                 }
             }
-            try self.finish(outcome, of: op, at: position, units: [unit])
+            self.machine.ownTurnFinished(outcome, of: op, at: position, units: [unit])
         } catch {
             self.doubt("redis failed applying a large op", error: error)
         }
@@ -775,47 +645,21 @@ final class ApplierRun: @unchecked Sendable {
         return ["OOM", "LOADING", "READONLY", "MOVED", "ASK", "CLUSTERDOWN", "TRYAGAIN", "BUSY", "MASTERDOWN"].contains { message.readableBytesView.starts(with: $0.utf8) }
     }
 
-    /// Records what an op applied on its own (a large op, a flush under each of `units`' markers)
-    /// did, as `record` does for runs.
-    private func finish(_ outcome: AppliedOffsets.Outcome, of op: OpRecord, at position: AppliedReplies.Position, units: [Unit]) throws {
-        let origin = Origin(replyTo: op)
-        switch outcome {
-        case .applied(let reply):
-            self.applier.count(.applied)
-            if let origin { self.handOver(reply.encoded, for: position, to: origin) }
-        case .rejected(let error):
-            self.applier.count(.rejected)
-            self.logger.warning("op rejected by redis", metadata: ["partition": "\(position.partition)", "offset": "\(position.offset)", "error": "\(error)"])
-            if let origin { self.handOver(.respError(error), for: position, to: origin) }
-        case .alreadyApplied:
-            self.applier.count(.duplicate)
-        case .deposed:
-            self.depose(position.partition, epoch: units.first.flatMap { self.owners[$0]?.epoch } ?? 0)
-            return
-        case .previousMissing:
-            throw Doubt(description: "the op before \(position) did not apply")
-        }
-        for unit in units { self.lastSent[unit] = position.offset }
-        self.advance(position.partition, past: position.offset)
-    }
-
     /// Applies a flush op (`FlushOps`): deletes the user keys of the partition's slots, fenced
     /// and marked like any run, and hands over its reply.
     func flush(_ message: KafkaMessage, partitions: Int, op: OpRecord) {
         let partition = message.partition
-        let units = self.rack.perSlot
-            ? (0..<HashSlot.count).filter { OpRecord.partition(ofSlot: $0, count: partitions) == partition }.map { Unit(partition: partition, slot: $0) }
-            : [Unit(partition: partition, slot: -1)]
+        let units = self.machine.flushUnits(partition, partitions: partitions)
         do {
-            try self.claim(units.filter { self.owners[$0] == nil })
-            guard !self.deposed.contains(partition) else { return }
+            try self.claim(self.machine.unclaimed(units))
+            guard !self.machine.isDeposed(partition) else { return }
             let outcome = self.rack.perSlot
                 ? try self.flushSlots(units, offset: message.offset)
                 : try self.flushKeyspace(units[0], offset: message.offset, partitions: partitions)
             if case .applied = outcome {
                 self.logger.notice("flushed the keys of the partition's slots (FLUSHALL)", metadata: ["partition": "\(partition)", "offset": "\(message.offset)"])
             }
-            try self.finish(outcome, of: op, at: AppliedReplies.Position(partition: partition, offset: message.offset), units: units)
+            self.machine.ownTurnFinished(outcome, of: op, at: AppliedReplies.Position(partition: partition, offset: message.offset), units: units)
         } catch {
             self.doubt("redis failed during a flush", error: error)
         }
@@ -823,9 +667,9 @@ final class ApplierRun: @unchecked Sendable {
 
     /// A flush on a standalone or Sentinel Redis: the keyspace a SCAN chunk at a time.
     private func flushKeyspace(_ unit: Unit, offset: Int64, partitions: Int) throws -> AppliedOffsets.Outcome {
-        let (marker, owner) = (self.markerKey(unit), self.ownerKey(unit))
-        guard let epoch = self.owners[unit]?.epoch else { return .deposed }
-        let previous = self.lastSent[unit] ?? -1
+        let (marker, owner) = (unit.markerKey(topic: self.settings.topic), unit.ownerKey(topic: self.settings.topic))
+        guard let epoch = self.machine.owners[unit]?.epoch else { return .deposed }
+        let previous = self.machine.lastSent[unit] ?? -1
         var cursor = "0"
         repeat {
             var request = NodeRequests()
@@ -849,10 +693,10 @@ final class ApplierRun: @unchecked Sendable {
     private func flushSlots(_ units: [Unit], offset: Int64) throws -> AppliedOffsets.Outcome {
         var requests = NodeRequests()
         for unit in units {
-            guard let epoch = self.owners[unit]?.epoch else { return .deposed }
-            let marker = self.markerKey(unit)
+            guard let epoch = self.machine.owners[unit]?.epoch else { return .deposed }
+            let marker = unit.markerKey(topic: self.settings.topic)
             requests.add(
-                ["EVAL", FlushOps.slotScript, "2", marker, self.ownerKey(unit), String(epoch), String(offset), String(self.lastSent[unit] ?? -1), String(unit.slot)],
+                ["EVAL", FlushOps.slotScript, "2", marker, unit.ownerKey(topic: self.settings.topic), String(epoch), String(offset), String(self.machine.lastSent[unit] ?? -1), String(unit.slot)],
                 to: try self.node(forKey: marker), as: .ownTurn
             )
         }
@@ -863,147 +707,40 @@ final class ApplierRun: @unchecked Sendable {
             case .integer(-3): break
             case .integer(-2): return .deposed
             case .integer(-1): return .previousMissing
-            case .error(let message):
-                if ["MOVED", "ASK", "CLUSTERDOWN"].contains(where: { message.readableBytesView.starts(with: $0.utf8) }) { self.rack.slotsMoved() }
+            default:
+                if ApplierStateMachine.movesSlots(reply) { self.rack.slotsMoved() }
                 throw Doubt(description: "a slot's flush answered \(reply)")
-            default: throw Doubt(description: "a slot's flush answered \(reply)")
             }
         }
         return flushed ? .applied(reply: .ok) : .alreadyApplied
     }
 
-    /// Reads the replies of the batch in flight, if any, and records each partition's progress
-    /// op by op up to its first doubt. After a doubt nothing in flight is recorded: the resync
-    /// replays it.
+    /// Reads the replies of the batch in flight, if any, for the machine to record.
     func finishInFlight() {
         guard let batch = self.inFlight.take() else { return }
         var replies: [(Entry, RESPValue)] = []
         do {
             for request in batch.requests { replies += try self.receive(request) }
         } catch {
-            if !self.needsResync { self.doubt("redis failed during a batch", error: error) }
+            if !self.machine.needsResync { self.doubt("redis failed during a batch", error: error) }
             return
         }
-        guard !self.needsResync else { return }
-        var outcomes: [Int32: [Int64: AppliedOffsets.Outcome]] = [:]
-        var stopped: RESPValue?
-        for (entry, reply) in replies {
-            switch entry {
-            case .checkpoint where reply.isError:
-                self.doubt("redis refused a checkpoint", error: Doubt(description: "\(reply)"))
-                return
-            case .run(let unit, let offsets) where !self.deposed.contains(unit.partition):
-                let tried = (try? AppliedOffsets.outcomes(of: reply)) ?? []
-                if tried == [.deposed] {
-                    self.depose(unit.partition, epoch: self.owners[unit]?.epoch ?? 0)
-                } else if tried.count == offsets.count, tried.first != .previousMissing {
-                    for (offset, outcome) in zip(offsets, tried) { outcomes[unit.partition, default: [:]][offset] = outcome }
-                } else {
-                    // A script error (OOM, LOADING, MOVED…) or a run whose predecessor did not
-                    // apply: the later runs under its marker did not apply either.
-                    if case .error(let message) = reply, ["MOVED", "ASK", "CLUSTERDOWN"].contains(where: { message.readableBytesView.starts(with: $0.utf8) }) {
-                        self.rack.slotsMoved()
-                    }
-                    stopped = stopped ?? reply
-                }
-            default:
-                break
-            }
-        }
-        var counts = [ApplierStats.Outcome: Int]()
-        for (partition, messages) in batch.messages {
-            self.record(outcomes[partition] ?? [:], partition: partition, messages: messages, counts: &counts)
-        }
-        for (outcome, n) in counts { self.applier.count(outcome, n) }
-        if let stopped {
-            self.doubt("redis could not apply a run of ops now", error: Doubt(description: "\(stopped)".prefix(300).description))
-        } else {
-            self.commitForMonitoring()
-        }
-    }
-
-    /// Advances past each of a partition's messages whose outcome is known (unreadable ones
-    /// count as passed), stopping at the first readable op without an outcome. Replies go to
-    /// the sidecars that wait for them.
-    func record(_ outcomes: [Int64: AppliedOffsets.Outcome], partition: Int32, messages: [Message], counts: inout [ApplierStats.Outcome: Int]) {
-        for message in messages {
-            switch message.kind {
-            case .chunk:
-                self.advance(partition, past: message.offset)
-                continue
-            case .unreadable:
-                counts[.undecodable, default: 0] += 1
-                self.advance(partition, past: message.offset)
-                continue
-            case .op:
-                break
-            }
-            guard let outcome = outcomes[message.offset] else { return }
-            let position = AppliedReplies.Position(partition: partition, offset: message.offset)
-            switch outcome {
-            case .applied(let reply):
-                counts[.applied, default: 0] += 1
-                if let origin = message.replyTo { self.handOver(reply.encoded, for: position, to: origin) }
-            case .alreadyApplied: counts[.duplicate, default: 0] += 1
-            case .rejected(let error):
-                counts[.rejected, default: 0] += 1
-                self.logger.warning("op rejected by redis", metadata: ["partition": "\(partition)", "offset": "\(message.offset)", "error": "\(error)"])
-                if let origin = message.replyTo { self.handOver(.respError(error), for: position, to: origin) }
-            case .previousMissing, .deposed: return
-            }
-            self.advance(partition, past: message.offset)
-        }
-    }
-
-    /// Gives an op's reply to the sidecar that waits for it: in-process, or published on its
-    /// channel with the next request; an op of another rack's sidecar has its reply kept in
-    /// case that sidecar asks for it (its own Redis is away: `PYLON REPLY`).
-    func handOver(_ reply: ByteBuffer, for position: AppliedReplies.Position, to origin: Origin) {
-        if origin.rack != self.settings.rackName {
-            self.applier.recent.keep(reply, for: position)
-        } else if origin.sidecar == self.settings.sidecarName {
-            self.applier.replies.deliver(reply, for: position)
-        } else {
-            self.publishes.append([ByteBuffer(string: "PUBLISH"), ByteBuffer(string: AppliedReplies.channel(for: origin.sidecar)), AppliedReplies.message(reply, for: position)])
-        }
-    }
-
-    /// The checkpoint never passes the first chunk of an op not yet whole: a restart must read it again.
-    func advance(_ partition: Int32, past offset: Int64) {
-        self.next[partition] = offset + 1
-        self.checkpoints[partition] = min(offset + 1, self.chunks.oldestUnfinished(in: partition, next: offset + 1) ?? .max)
-    }
-
-    func doubt(_ what: String, error: Error) {
-        self.logger.warning("\(what); resyncing from the checkpoints", metadata: ["error": "\(error)"])
-        self.applier.count(.resync)
-        self.needsResync = true
+        self.machine.repliesRead(replies, messages: batch.messages)
+        self.act()
+        if !self.machine.needsResync { self.commitForMonitoring() }
     }
 
     // MARK: - Checkpoints and monitoring
 
-    /// How often a busy applier writes its checkpoints. They only say where a restart reads
-    /// from (the markers decide what is applied, so an older one costs a few skipped ops), yet
-    /// written with every batch they were as many Redis commands as the ops themselves when
-    /// batches are small (one op per partition under many clients).
-    static let checkpointInterval = Duration.milliseconds(10)
-
-    /// Adds the owed replies and, `checkpointInterval` after the last ones (or when `force`d),
-    /// the earned checkpoints to a request (each checkpoint to the node of its key; replies to
-    /// any node: a Redis Cluster forwards a PUBLISH to every node).
+    /// Adds the owed replies and the checkpoints due to a request (each checkpoint to the node
+    /// of its key; replies to any node: a Redis Cluster forwards a PUBLISH to every node).
     func addCheckpointsAndPublishes(to requests: inout NodeRequests, force: Bool = false) throws {
-        let checkpointsDue = force || ContinuousClock.now - self.lastCheckpoints >= Self.checkpointInterval
-        for (partition, offset) in self.checkpoints where checkpointsDue {
+        for (partition, offset) in self.machine.checkpointsDue(force: force) {
             let key = AppliedOffsets.checkpointKey(topic: self.settings.topic, partition: partition)
             try requests.add(["SET", key, String(offset)], to: self.node(forKey: key), as: .checkpoint(partition))
         }
         if !self.publishes.isEmpty, let node = self.connections.keys.first {
             for publish in self.publishes { requests.add(publish, to: node, as: .publish) }
-        }
-        // Sent checkpoints are not sent again; if they fail, the resync re-reads them anyway.
-        if checkpointsDue {
-            self.checkpoints = [:]
-            self.lastCheckpoints = .now
         }
         self.publishes = []
     }
@@ -1012,7 +749,7 @@ final class ApplierRun: @unchecked Sendable {
     /// while idle, a Redis that restarted.
     func writeCheckpoints() throws {
         for node in self.connections.keys { _ = try self.sameConnection(to: node) }
-        guard !self.checkpoints.isEmpty || !self.publishes.isEmpty else { return }
+        guard !self.machine.checkpoints.isEmpty || !self.publishes.isEmpty else { return }
         var requests = NodeRequests()
         try self.addCheckpointsAndPublishes(to: &requests, force: true)
         _ = try self.exchange(requests)
@@ -1021,18 +758,13 @@ final class ApplierRun: @unchecked Sendable {
 
     /// Kafka's committed offsets mirror the applier's progress, for lag tools; never read back.
     func commitForMonitoring() {
-        guard ContinuousClock.now - self.lastCommit > .seconds(1), !self.next.isEmpty else { return }
+        guard ContinuousClock.now - self.lastCommit > .seconds(1), !self.machine.next.isEmpty else { return }
         self.lastCommit = .now
-        try? self.consumer.commit(self.next.map { (self.settings.topic, $0.key, $0.value) }, async: true)
+        try? self.consumer.commit(self.machine.next.map { (self.settings.topic, $0.key, $0.value) }, async: true)
     }
 
     func publish() {
         let topic = self.settings.topic
-        self.applier.publish(self.next.keys.sorted().map { partition in
-            Applier.PartitionStatus(
-                partition: partition, deposed: self.deposed.contains(partition), next: self.next[partition]!,
-                logEnd: self.consumer.cachedLogEnd(topic: topic, partition: partition)
-            )
-        })
+        self.applier.publish(self.machine.status { self.consumer.cachedLogEnd(topic: topic, partition: $0) })
     }
 }
