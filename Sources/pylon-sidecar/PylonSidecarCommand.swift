@@ -47,7 +47,7 @@ struct PylonSidecarCommand: AsyncParsableCommand {
     var kafkaPropertyFile: [String] = []
     @Option(name: .customLong("catch-up-offsets"), help: "PARTITION=OFFSET: where to start applying a partition this rack's Redis has no checkpoint for (it was loaded up to there); repeatable. Default: the log's start.")
     var catchUpOffsets: [String] = []
-    @Option(name: .customLong("snapshot-from"), help: "redis://HOST:PORT of another rack's Redis: a partition this rack's Redis has no checkpoint for is loaded from its snapshot, not replayed from the log.")
+    @Option(name: .customLong("snapshot-from"), help: "redis://HOST:PORT of another rack's Redis (redis-cluster://HOST:PORT[,…] of a Redis Cluster rack, into a Cluster rack): a partition this rack's Redis has no checkpoint for is loaded from its snapshot, not replayed from the log.")
     var snapshotFrom: String?
     @Option(name: .customLong("snapshot-dir"), help: "Where snapshot files wait until loaded (default /tmp/pylon-snapshots).")
     var snapshotDirectory: String?

@@ -45,14 +45,28 @@ struct SnapshotCatchUpTests {
         }
     }
 
-    /// Rack 1 of `world`, in front of `redis`, catching up from a snapshot of `source`'s Redis
-    /// (its files in `directory`).
-    static func rackFromSnapshot(of source: WorldFixture.Rack, in world: WorldFixture, redis: RedisEndpoint, directory: ScratchDirectory) async throws -> SidecarFixture {
+    /// Rack 1 of `world`, in front of `redis`, catching up from a snapshot of `source` (a
+    /// rack's Redis; its files in `directory`).
+    static func rackFromSnapshot(of source: RedisEndpoint, in world: WorldFixture, redis: RedisEndpoint, directory: ScratchDirectory) async throws -> SidecarFixture {
         try await SidecarFixture(redis: redis) {
             WorldFixture.join(&$0, world: world.name, rack: "rack1", broker: world.broker, partitions: world.partitions)
-            $0.snapshotFrom = source.redis.address
+            $0.snapshotFrom = source
             $0.snapshotDirectory = directory.url.path
         }
+    }
+
+    /// Keys written straight into a Redis Cluster's nodes (each to the node of its slot), before
+    /// the world's log existed.
+    static func preload(_ cluster: RedisClusterFixture, keys: Int) async throws {
+        let client = try await cluster.nodes[0].client()
+        let topology = ClusterTopology(slotsReply: try await client.send("CLUSTER", "SLOTS"), fallbackHost: "127.0.0.1", version: 0)!
+        await client.close()
+        var commands: [HostPort: [[String]]] = [:]
+        for index in 0..<keys {
+            let key = "old:\(index)"
+            commands[topology.owner(of: HashSlot.of(key))!, default: []].append(["SET", key, "value-\(index)"])
+        }
+        for node in cluster.nodes { try SnapshotTests.run(commands[node.address] ?? [], on: node) }
     }
 
     static func contents(_ servers: [RedisServer]) async throws -> [String: [RESPValue]] {
@@ -81,7 +95,7 @@ struct SnapshotCatchUpTests {
         let (rack1, total) = try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask { try await writer.run(through: source.sidecar) }
             try await Task.sleep(for: .seconds(1))
-            let rack1 = try await Self.rackFromSnapshot(of: source, in: world, redis: .cluster(cluster.seeds), directory: scratch)
+            let rack1 = try await Self.rackFromSnapshot(of: .standalone(source.redis.address), in: world, redis: .cluster(cluster.seeds), directory: scratch)
             let loaded = try await eventually(timeout: .seconds(60)) { rack1.sidecar.applier?.snapshot.current.phase == .loaded }
             #expect(loaded, "snapshot: \(String(describing: rack1.sidecar.applier?.snapshot.current))")
             try await Task.sleep(for: .seconds(1))  // writes keep coming once the new rack applies the log
@@ -116,6 +130,51 @@ struct SnapshotCatchUpTests {
         let (_, metrics) = try await rack1.admin("/metrics")
         #expect(metrics.contains("pylon_snapshot_keys_loaded"))
         #expect((try? FileManager.default.contentsOfDirectory(atPath: scratch.url.path)) == [])  // the file goes once loaded
+    }
+
+    /// A Redis Cluster rack's snapshot is a file per primary, each of its own instant; loaded into
+    /// another Cluster of another shape, every slot continues from its own marker.
+    @Test func aClusterRackCatchesUpFromAnotherClusterRacksSnapshotUnderWrites() async throws {
+        let world = try await WorldFixture(racks: 0)
+        let sourceCluster = try await RedisClusterFixture(masters: 3)
+        try await Self.preload(sourceCluster, keys: 5_000)
+        let source = try await SidecarFixture(redis: .cluster(sourceCluster.seeds)) {
+            WorldFixture.join(&$0, world: world.name, rack: "rack0", broker: world.broker, partitions: world.partitions)
+        }
+        defer { Task { await source.stop() } }
+        let writer = Writer()
+        let scratch = try ScratchDirectory()
+        let targetCluster = try await RedisClusterFixture(masters: 4)
+        let (rack1, total) = try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { try await writer.run(through: source) }
+            try await Task.sleep(for: .seconds(1))
+            let rack1 = try await Self.rackFromSnapshot(of: .cluster(sourceCluster.seeds), in: world, redis: .cluster(targetCluster.seeds), directory: scratch)
+            let loaded = try await eventually(timeout: .seconds(60)) { rack1.sidecar.applier?.snapshot.current.phase == .loaded }
+            #expect(loaded, "snapshot: \(String(describing: rack1.sidecar.applier?.snapshot.current))")
+            try await Task.sleep(for: .seconds(1))
+            writer.running.store(false, ordering: .relaxed)
+            try await group.waitForAll()
+            return (rack1, try world.logEnds().reduce(0, +))
+        }
+        defer { Task { await rack1.stop() } }
+        #expect(writer.errors.withLock { $0 } == [])
+        #expect(try await Self.caughtUp(source.sidecar.applier!, world))
+        #expect(try await Self.caughtUp(rack1.sidecar.applier!, world))
+        let expected = try await Self.contents(sourceCluster.nodes)
+        #expect(expected.count > 5_000)
+        let restored = try await Self.contents(targetCluster.nodes)
+        #expect(restored.count == expected.count)
+        let differing = Set(expected.keys).union(restored.keys).filter { expected[$0] != restored[$0] }
+        #expect(differing.isEmpty, "\(differing.count) keys differ, e.g. \(differing.sorted().prefix(5))")
+        for (index, count) in writer.counts.withLock({ $0 }).enumerated() {
+            #expect(count > 0)
+            #expect(try await rack1.client().send("GET", "counter:\(index)").int == count)
+        }
+        let applier = rack1.sidecar.applier!
+        #expect(applier.stats[.replay] == 0)
+        #expect(applier.stats[.applied] < total)
+        #expect(applier.snapshot.current.keys >= 5_000)
+        #expect((try? FileManager.default.contentsOfDirectory(atPath: scratch.url.path)) == [])
     }
 
     @Test func aLoaderKilledMidCopyResumesFromItsChunkAndTheRackIsExact() async throws {
@@ -179,7 +238,7 @@ struct SnapshotCatchUpTests {
         let source = world.racks[0]
         let redisB = try RedisServer()
         let scratch = try ScratchDirectory()
-        let rack1 = try await Self.rackFromSnapshot(of: source, in: world, redis: .standalone(redisB.address), directory: scratch)
+        let rack1 = try await Self.rackFromSnapshot(of: .standalone(source.redis.address), in: world, redis: .standalone(redisB.address), directory: scratch)
         defer { Task { await rack1.stop() } }
         let client = try await rack1.client()
         for i in 0..<500 { _ = try await client.send("INCR", "counter:\(i % 5)") }
@@ -219,7 +278,7 @@ extension SnapshotCatchUpTests {
 
         let redisB = try RedisServer()
         let scratch = try ScratchDirectory()
-        let rack1 = try await Self.rackFromSnapshot(of: source, in: world, redis: .standalone(redisB.address), directory: scratch)
+        let rack1 = try await Self.rackFromSnapshot(of: .standalone(source.redis.address), in: world, redis: .standalone(redisB.address), directory: scratch)
         defer { Task { await rack1.stop() } }
         #expect(try await Self.caughtUp(rack1.sidecar.applier!, world))
         let target = try await redisB.client()

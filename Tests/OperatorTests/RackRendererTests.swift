@@ -95,6 +95,9 @@ struct RackRendererTests {
             (try self.source("eu-0", "world: w\nredis: {topology: standalone}"), "redis://eu-0-0.eu-0-headless.shop.svc:6379"),
             (try self.source("eu-0", "world: w\nredis: {topology: sentinel, replicas: 2}"), "redis://eu-0-0.eu-0-headless.shop.svc:6379"),
             (try self.source("eu-0", "world: w\nredis: {topology: external, external: {url: 'redis://legacy.db:6379'}}"), "redis://legacy.db:6379"),
+            // A Redis Cluster's snapshot, into this Cluster rack: every primary's file.
+            (try self.source("eu-0", "world: w\nredis: {topology: cluster}"), "redis-cluster://eu-0-headless.shop.svc:6379"),
+            (try self.source("eu-0", "world: w\nredis: {topology: external, external: {url: 'redis-cluster://a.db:6379,b.db:6379'}}"), "redis-cluster://a.db:6379,b.db:6379"),
         ] {
             let objects = try RackRenderer().render(rack: rack, world: world, snapshotSource: source)
             let settings = try self.sidecarSettings(objects)
@@ -108,7 +111,10 @@ struct RackRendererTests {
             ("catchUp: {from: snapshot}", nil, "spec.catchUp.rack: name the rack"),
             ("catchUp: {from: snapshot, rack: eu-0}", nil, "PylonRack eu-0 does not exist in shop"),
             ("catchUp: {from: snapshot, rack: eu-0}", try self.source("eu-0", "world: other\nredis: {topology: standalone}"), "a rack of world other"),
-            ("catchUp: {from: snapshot, rack: eu-0}", try self.source("eu-0", "world: w\nredis: {topology: cluster}"), "is a cluster rack"),
+            ("catchUp: {from: snapshot, rack: eu-0}", try self.source("eu-0", "world: w\nredis: {topology: cluster}"), "only a Redis Cluster rack can load"),
+            ("catchUp: {from: snapshot, rack: eu-0}", try self.source("eu-0", "world: w\nredis: {topology: external, external: {url: 'redis-cluster://a.db:6379'}}"), "only a Redis Cluster rack can load"),
+            ("catchUp: {from: snapshot, rack: eu-0}", try self.source("eu-0", "world: w\nredis: {topology: external, external: {url: 'redis-sentinel://s:26379/m'}}"), "not a redis:// or redis-cluster:// URL"),
+            ("catchUp: {from: snapshot, rack: eu-0}", try self.source("eu-0", "world: w\nredis: {topology: injected}"), "is an injected rack"),
         ] {
             let error = #expect(throws: RackRenderer.RenderError.self) {
                 try RackRenderer().render(rack: self.rack("world: w\nredis: {topology: standalone}\n\(spec)"), world: world, snapshotSource: source)

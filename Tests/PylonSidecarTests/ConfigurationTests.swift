@@ -69,12 +69,19 @@ struct ConfigurationTests {
     @Test func readsTheSnapshotKeys() throws {
         var configuration = SidecarConfiguration()
         try configuration.apply(yaml: "snapshot-from: redis://eu-1-0.eu-1-headless.shop.svc:6379\nsnapshot-dir: /var/lib/pylon/snapshots")
-        #expect(configuration.snapshotFrom == HostPort(host: "eu-1-0.eu-1-headless.shop.svc", port: 6379))
+        #expect(configuration.snapshotFrom == .standalone(HostPort(host: "eu-1-0.eu-1-headless.shop.svc", port: 6379)))
         #expect(configuration.snapshotDirectory == "/var/lib/pylon/snapshots")
         #expect(SidecarConfiguration().snapshotDirectory == "/tmp/pylon-snapshots")
-        let refused = #expect(throws: SidecarConfiguration.Error.self) { try configuration.set("snapshot-from", "redis-cluster://a:6379,b:6379") }
-        #expect(refused?.description.contains("Redis Cluster rack cannot be loaded yet") == true)
+        let refused = #expect(throws: SidecarConfiguration.Error.self) { try configuration.set("snapshot-from", "redis-sentinel://a:26379/main") }
+        #expect(refused?.description.contains("not through the Sentinels") == true)
         #expect(throws: SidecarConfiguration.Error.self) { try configuration.set("snapshot-dir", "") }
+        // A Redis Cluster's snapshot stands at another offset in each slot: only a Cluster rack loads it.
+        try configuration.set("snapshot-from", "redis-cluster://a:6379,b:6379")
+        #expect(configuration.snapshotFrom == .cluster([HostPort(host: "a", port: 6379), HostPort(host: "b", port: 6379)]))
+        let standalone = #expect(throws: SidecarConfiguration.Error.self) { try configuration.validated() }
+        #expect(standalone?.description.contains("only a Redis Cluster rack") == true)
+        try configuration.set("redis", "redis-cluster://c:6379")
+        _ = try configuration.validated()
         try configuration.set("catch-up-offsets", "0=5")
         #expect(throws: SidecarConfiguration.Error(key: "snapshot-from", problem: "a rack catches up either from a snapshot or from catch-up-offsets, not both")) { try configuration.validated() }
     }

@@ -202,17 +202,29 @@ public struct RackRenderer: Sendable {
         guard source.spec.world == rack.spec.world else {
             throw RenderError(description: "spec.catchUp.rack: \(name) is a rack of world \(source.spec.world), not \(rack.spec.world)")
         }
+        // A Redis Cluster's snapshot stands at another offset in each slot: only a Cluster loads it.
+        let clusterOnly = "spec.catchUp.rack: \(name) is a Redis Cluster rack, whose snapshot only a Redis Cluster rack can load; take it from a standalone or Sentinel rack"
         switch source.topology {
         case .standalone, .sentinel:
             return "redis://\(try RackShape(rack: source).podHosts[0]):6379"
+        case .cluster:
+            guard Self.isCluster(rack) else { throw RenderError(description: clusterOnly) }
+            let shape = try RackShape(rack: source)
+            return "redis-cluster://\(shape.headless).\(shape.namespace).svc:6379"
         case .external:
-            guard let url = source.spec.redis.external?.url, url.hasPrefix("redis://") else {
-                throw RenderError(description: "spec.catchUp.rack: \(name)'s external Redis is not a standalone redis:// URL; a snapshot can be taken from a standalone or Sentinel rack only")
+            guard let url = source.spec.redis.external?.url, url.hasPrefix("redis://") || url.hasPrefix("redis-cluster://") else {
+                throw RenderError(description: "spec.catchUp.rack: \(name)'s external Redis is not a redis:// or redis-cluster:// URL; a snapshot is taken from a standalone Redis, a node of a Sentinel set, or a Redis Cluster")
             }
+            guard url.hasPrefix("redis://") || Self.isCluster(rack) else { throw RenderError(description: clusterOnly) }
             return url
-        case .cluster, .injected:
-            throw RenderError(description: "spec.catchUp.rack: \(name) is a \(source.topology.rawValue) rack; a snapshot can be taken from a standalone or Sentinel rack only (yet)")
+        case .injected:
+            throw RenderError(description: "spec.catchUp.rack: \(name) is an injected rack, whose Redis the operator does not know; name a standalone, Sentinel, Cluster or external rack")
         }
+    }
+
+    /// Whether a rack's Redis is a Redis Cluster (its own, or an external one).
+    static func isCluster(_ rack: PylonRack) -> Bool {
+        rack.topology == .cluster || (rack.topology == .external && rack.spec.redis.external?.url.hasPrefix("redis-cluster://") == true)
     }
 
     static func configMapName(rack: String) -> String { "\(rack)-sidecar" }

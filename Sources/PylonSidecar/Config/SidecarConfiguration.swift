@@ -55,10 +55,10 @@ public struct SidecarConfiguration: Sendable, Equatable {
     /// Per partition, where to start applying when this rack's Redis has no checkpoint of its own
     /// (it was loaded with the data up to there by other means); the log's start otherwise.
     public var catchUpOffsets: [Int32: Int64] = [:]
-    /// A Redis of another rack of the world (standalone, or a node of a Sentinel set) whose
-    /// snapshot a partition this rack's Redis has no checkpoint for is loaded from, instead of
+    /// A Redis of another rack of the world (standalone, a node of a Sentinel set, or a Redis
+    /// Cluster for a Redis Cluster rack) whose snapshot a partition this rack's Redis has no checkpoint for is loaded from, instead of
     /// replaying the log (`SnapshotCatchUp`).
-    public var snapshotFrom: HostPort?
+    public var snapshotFrom: RedisEndpoint?
     /// Where snapshot files wait until loaded (a killed load resumes from the file).
     public var snapshotDirectory = "/tmp/pylon-snapshots"
 
@@ -117,6 +117,9 @@ public struct SidecarConfiguration: Sendable, Equatable {
         }
         if self.snapshotFrom != nil, !self.catchUpOffsets.isEmpty {
             throw Error(key: "snapshot-from", problem: "a rack catches up either from a snapshot or from catch-up-offsets, not both")
+        }
+        if case .cluster = self.snapshotFrom, self.redis.topologyName != "cluster" {
+            throw Error(key: "snapshot-from", problem: "a Redis Cluster's snapshot stands at another offset in each slot: only a Redis Cluster rack (redis: redis-cluster://…) can load it; take the snapshot from a standalone or Sentinel rack")
         }
         if !self.peers.isEmpty, self.membership == nil {
             throw Error(key: "peers", problem: "needs kafka-brokers, world and rack: peers are the sidecars of the world's other racks")
@@ -226,10 +229,10 @@ public struct SidecarConfiguration: Sendable, Equatable {
             guard parts.count == 2, let partition = Int32(parts[0]), partition >= 0, let offset = Int64(parts[1]), offset >= 0 else { throw bad("PARTITION=OFFSET") }
             self.catchUpOffsets[partition] = offset
         case "snapshot-from":
-            guard let url = try? RedisEndpoint(url: value), case .standalone(let node) = url else {
-                throw bad("redis://HOST:PORT of a standalone Redis or a node of a Sentinel set (a snapshot of a Redis Cluster rack cannot be loaded yet)")
-            }
-            self.snapshotFrom = node
+            let expected = "redis://HOST:PORT of a standalone Redis or a node of a Sentinel set, or redis-cluster://HOST:PORT[,…] of a Redis Cluster"
+            guard let url = try? RedisEndpoint(url: value) else { throw bad(expected) }
+            if case .sentinel = url { throw bad(expected + " (a snapshot is taken from a node, not through the Sentinels)") }
+            self.snapshotFrom = url
         case "snapshot-dir":
             guard !value.isEmpty else { throw bad("a directory") }
             self.snapshotDirectory = value

@@ -113,6 +113,9 @@ struct RDBReader {
     /// How far through the file, in bytes.
     var offset: Int { self.position }
 
+    /// The file's size in bytes.
+    var size: Int { self.bytes.count }
+
     // MARK: - The format
 
     private mutating func byte() throws -> UInt8 {

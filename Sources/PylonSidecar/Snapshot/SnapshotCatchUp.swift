@@ -12,8 +12,9 @@ import NIOCore
 /// load is done, so a loader killed mid-copy continues where it was. Without the file (another
 /// disk), the partitions' keys are emptied and a new snapshot is loaded from the start.
 struct SnapshotCatchUp: Sendable {
-    /// The source rack's Redis (a standalone or Sentinel-managed node, master or replica).
-    var source: HostPort
+    /// The source rack's Redis: a standalone or Sentinel-managed node (master or replica), or a
+    /// Redis Cluster (its seed nodes: every primary sends its own file).
+    var source: RedisEndpoint
     /// Where snapshot files wait until loaded.
     var directory: String
     /// Keys restored per pipeline: a chunk is also how much a killed loader does again.
@@ -32,25 +33,34 @@ extension ApplierRun {
         let topic = self.settings.topic
         progress.update { $0 = .init(phase: .fetching, source: catchUp.source.description, partitions: partitions, startedAt: .now) }
         do {
-            let (id, resumeAt) = try self.prepareSnapshot(partitions, from: catchUp)
-            let path = Self.snapshotPath(catchUp, id: id)
-            let bytes = try Self.readFile(path)
-            var reader = try RDBReader(bytes)
+            let (snapshot, resumeAt) = try self.prepareSnapshot(partitions, from: catchUp)
+            var files = SnapshotFiles(snapshot, directory: catchUp.directory)
+            // The files' tags first: a snapshot that cannot be loaded is refused before any key.
+            var tags = SnapshotTags()
+            tags.sourceCheckpoints = snapshot.checkpoints
+            var fileBytes = 0
+            for index in snapshot.files.indices {
+                var reader = try files.reader(index)
+                fileBytes += reader.size
+                while let entry = try reader.next() {
+                    guard entry.database == 0, entry.key.starts(with: Bookkeeping.prefix.utf8) else { continue }
+                    tags.note(key: String(decoding: entry.key, as: UTF8.self), value: try reader.stringValue(entry).map { String(decoding: $0, as: UTF8.self) }, topic: topic)
+                }
+            }
             progress.update {
                 $0.phase = .loading
-                $0.snapshot = id
-                $0.fileBytes = bytes.count
+                $0.snapshot = snapshot.id
+                $0.fileBytes = fileBytes
                 $0.startedAt = .now
             }
             self.logger.notice("loading a snapshot of the source rack", metadata: [
-                "source": "\(catchUp.source)", "snapshot": "\(id)", "bytes": "\(bytes.count)", "partitions": "\(partitions)", "resumingAt": "\(resumeAt)",
+                "source": "\(catchUp.source)", "snapshot": "\(snapshot.id)", "files": "\(snapshot.files.count)", "bytes": "\(fileBytes)",
+                "partitions": "\(partitions)", "resumingAt": "\(resumeAt)",
             ])
-            // The file's tags first: a snapshot that cannot be loaded is refused before any key.
-            let tags = try Self.tags(of: reader, topic: topic)
             var logStarts: [Int32: Int64] = [:]
             for partition in partitions { logStarts[partition] = try self.consumer.logStart(topic: topic, partition: partition) }
-            if let refusal = tags.refusal(topic: topic, logStarts: logStarts) {
-                try? FileManager.default.removeItem(atPath: path)  // the next attempt takes a new one
+            if let refusal = tags.refusal(topic: topic, logStarts: logStarts, partitions: self.settings.partitions, perSlot: self.rack.perSlot) {
+                files.remove()  // the next attempt takes a new one
                 throw SnapshotSource.Failure(description: refusal)
             }
             let wanted = Set(partitions)
@@ -58,11 +68,13 @@ extension ApplierRun {
             var inChunk = 0
             // The chunk sent before, whose replies are read once the next one is sent: Redis
             // restores one while the loader reads and frames the next.
-            var inFlight: (sent: [Sent], upTo: Int, keys: Int)?
+            var inFlight: (sent: [Sent], upTo: Int, keys: Int, bytes: Int)?
             var confirmed: Int?
             var index = 0
             var loaded = 0
             var otherDatabases = 0
+            var functions = 0
+            var bytesBefore = 0  // of the files before the one being read
             func confirm() throws {
                 guard let chunk = inFlight.take() else { return }
                 for sent in chunk.sent {
@@ -73,53 +85,59 @@ extension ApplierRun {
                 }
                 loaded += chunk.keys
                 confirmed = chunk.upTo
-                let (done, keys) = (reader.offset, loaded)
+                let keys = loaded
                 progress.update {
-                    $0.bytes = done
+                    $0.bytes = chunk.bytes
                     $0.keys = keys
                 }
             }
-            func send(upTo next: Int) throws {
+            func send(upTo next: Int, bytes: Int) throws {
                 // How far the load got, as confirmed by the chunks before: a killed loader resumes there.
                 if let confirmed {
                     for partition in partitions {
                         let key = SnapshotCatchUp.progressKey(topic: topic, partition: partition)
-                        chunk.add(["SET", key, "\(id) \(confirmed)"], to: try self.node(forKey: key), as: .ownTurn)
+                        chunk.add(["SET", key, "\(snapshot.id) \(confirmed)"], to: try self.node(forKey: key), as: .ownTurn)
                     }
                 }
                 let sent = try self.transmit(chunk)
                 try confirm()
-                inFlight = (sent, next, inChunk)
+                inFlight = (sent, next, inChunk, bytes)
                 chunk = NodeRequests()
                 inChunk = 0
             }
-            while let entry = try reader.next() {
-                defer { index += 1 }
-                guard index >= resumeAt, !entry.key.starts(with: Bookkeeping.prefix.utf8) else { continue }
-                guard entry.database == 0 else {
-                    otherDatabases += 1
-                    continue
+            // Entries are numbered across the files, in their order: where a killed load resumes.
+            for file in snapshot.files.indices {
+                var reader = try files.reader(file)
+                while let entry = try reader.next() {
+                    defer { index += 1 }
+                    guard index >= resumeAt, !entry.key.starts(with: Bookkeeping.prefix.utf8) else { continue }
+                    guard entry.database == 0 else {
+                        otherDatabases += 1
+                        continue
+                    }
+                    let slot = entry.key.withUnsafeBytes { HashSlot.of(bytes: $0) }
+                    guard wanted.contains(OpRecord.partition(ofSlot: slot, count: self.settings.partitions)) else { continue }
+                    guard let node = self.rack.node(slot) else { throw Doubt(description: "the rack's redis node for slot \(slot) is not known yet") }
+                    chunk.add(written: { Self.writeRestore(entry, from: reader, into: &$0) }, to: node, as: .ownTurn)
+                    inChunk += 1
+                    if inChunk >= catchUp.chunkKeys { try send(upTo: index + 1, bytes: bytesBefore + reader.offset) }
                 }
-                let slot = entry.key.withUnsafeBytes { HashSlot.of(bytes: $0) }
-                guard wanted.contains(OpRecord.partition(ofSlot: slot, count: self.settings.partitions)) else { continue }
-                guard let node = self.rack.node(slot) else { throw Doubt(description: "the rack's redis node for slot \(slot) is not known yet") }
-                chunk.add(written: { Self.writeRestore(entry, from: reader, into: &$0) }, to: node, as: .ownTurn)
-                inChunk += 1
-                if inChunk >= catchUp.chunkKeys { try send(upTo: index + 1) }
+                bytesBefore += reader.size
+                functions += reader.functions
             }
-            try send(upTo: index)
+            try send(upTo: index, bytes: fileBytes)
             try confirm()
             if otherDatabases > 0 { self.logger.warning("keys of databases other than 0 in the snapshot were not copied (Pylon serves database 0)", metadata: ["keys": "\(otherDatabases)"]) }
-            if reader.functions > 0 { self.logger.warning("functions in the snapshot were not copied: load them into this rack's Redis yourself", metadata: ["libraries": "\(reader.functions)"]) }
+            if functions > 0 { self.logger.warning("functions in the snapshot were not copied: load them into this rack's Redis yourself", metadata: ["libraries": "\(functions)"]) }
             let offsets = try self.adoptTags(tags, partitions: partitions, logStarts: logStarts)
-            try? FileManager.default.removeItem(atPath: path)
+            files.remove()
             progress.update {
                 $0.phase = .loaded
-                $0.bytes = bytes.count
+                $0.bytes = fileBytes
                 $0.offsets = offsets
             }
             self.logger.notice("snapshot loaded: applying the log from its offsets", metadata: [
-                "snapshot": "\(id)", "keys": "\(loaded)", "offsets": "\(offsets.sorted { $0.key < $1.key })",
+                "snapshot": "\(snapshot.id)", "keys": "\(loaded)", "offsets": "\(offsets.sorted { $0.key < $1.key })",
             ])
             return offsets
         } catch {
@@ -132,21 +150,19 @@ extension ApplierRun {
     }
 
     /// Where to take up loading `partitions`: the snapshot a killed load had begun, when every
-    /// partition recorded it and its file is still here; otherwise a new snapshot, fetched now,
+    /// partition recorded it and its files are still here; otherwise a new snapshot, taken now,
     /// after the partitions' keys are emptied (what a load of another snapshot left).
-    private func prepareSnapshot(_ partitions: [Int32], from catchUp: SnapshotCatchUp) throws -> (id: String, resumeAt: Int) {
+    private func prepareSnapshot(_ partitions: [Int32], from catchUp: SnapshotCatchUp) throws -> (SnapshotManifest, resumeAt: Int) {
         var requests = NodeRequests()
         for partition in partitions {
             let key = SnapshotCatchUp.progressKey(topic: self.settings.topic, partition: partition)
             try requests.add(["GET", key], to: self.node(forKey: key), as: .ownTurn)
         }
         let recorded = try self.exchange(requests).compactMap { $0.1.string?.split(separator: " ") }.filter { $0.count == 2 }
-        if recorded.count == partitions.count, Set(recorded.map { $0[0] }).count == 1, let done = recorded.compactMap({ Int($0[1]) }).min() {
-            let id = String(recorded[0][0])
-            if FileManager.default.fileExists(atPath: Self.snapshotPath(catchUp, id: id)) {
-                self.logger.notice("resuming the load of a snapshot", metadata: ["snapshot": "\(id)", "entries": "\(done)"])
-                return (id, done)
-            }
+        if recorded.count == partitions.count, Set(recorded.map { $0[0] }).count == 1, let done = recorded.compactMap({ Int($0[1]) }).min(),
+           let snapshot = SnapshotManifest.read(id: String(recorded[0][0]), directory: catchUp.directory) {
+            self.logger.notice("resuming the load of a snapshot", metadata: ["snapshot": "\(snapshot.id)", "entries": "\(done)"])
+            return (snapshot, done)
         }
         try self.emptyPartitions(partitions)
         try FileManager.default.createDirectory(atPath: catchUp.directory, withIntermediateDirectories: true)
@@ -156,17 +172,18 @@ extension ApplierRun {
         }
         let id = prefix + String(Int64(Date().timeIntervalSince1970 * 1000))
         self.logger.notice("taking a snapshot of the source rack's redis", metadata: ["source": "\(catchUp.source)", "snapshot": "\(id)"])
-        let size = try SnapshotSource.fetch(from: catchUp.source, to: Self.snapshotPath(catchUp, id: id), timeout: self.settings.redisTimeout) { bytes in
+        let snapshot = try SnapshotSource.take(
+            catchUp.source, id: id, directory: catchUp.directory, topic: self.settings.topic, partitions: self.settings.partitions, timeout: self.settings.redisTimeout
+        ) { bytes in
             self.applier.snapshot.update { $0.bytes = bytes }
         }
-        self.applier.snapshot.update { $0.fileBytes = size }
         var start = NodeRequests()
         for partition in partitions {
             let key = SnapshotCatchUp.progressKey(topic: self.settings.topic, partition: partition)
             try start.add(["SET", key, "\(id) 0"], to: self.node(forKey: key), as: .ownTurn)
         }
         _ = try self.exchange(start)
-        return (id, 0)
+        return (snapshot, 0)
     }
 
     /// Deletes the user keys of `partitions`' slots on every node (nothing applies them meanwhile:
@@ -192,30 +209,26 @@ extension ApplierRun {
         }
     }
 
-    /// Makes the snapshot's markers this rack's (on Redis Cluster, every slot of a partition
-    /// gets the partition's), sets each partition's checkpoint and ends the load's records.
+    /// Makes the snapshot's markers this rack's (`SnapshotTags.adoption`), sets each
+    /// partition's checkpoint and ends the load's records.
     private func adoptTags(_ tags: SnapshotTags, partitions: [Int32], logStarts: [Int32: Int64]) throws -> [Int32: Int64] {
         let topic = self.settings.topic
         var markers = NodeRequests()
+        var offsets: [Int32: Int64] = [:]
         for partition in partitions {
-            guard let marker = tags.markers[partition] else { continue }
-            if self.rack.perSlot {
-                for slot in 0..<HashSlot.count where OpRecord.partition(ofSlot: slot, count: self.settings.partitions) == partition {
-                    let key = AppliedOffsets.markerKey(topic: topic, partition: partition, slot: slot)
-                    try markers.add(["SET", key, String(marker)], to: self.node(forKey: key), as: .ownTurn)
-                }
-            } else {
-                let key = AppliedOffsets.markerKey(topic: topic, partition: partition)
+            let adoption = tags.adoption(of: partition, partitions: self.settings.partitions, logStart: logStarts[partition] ?? 0, perSlot: self.rack.perSlot)
+            offsets[partition] = adoption.start
+            for (slot, marker) in adoption.markers {
+                let key = slot == SnapshotTags.partitionMarker
+                    ? AppliedOffsets.markerKey(topic: topic, partition: partition)
+                    : AppliedOffsets.markerKey(topic: topic, partition: partition, slot: slot)
                 try markers.add(["SET", key, String(marker)], to: self.node(forKey: key), as: .ownTurn)
             }
         }
         try self.write(markers)
         // The checkpoints last: a load killed before them is loaded again, resuming.
         var checkpoints = NodeRequests()
-        var offsets: [Int32: Int64] = [:]
-        for partition in partitions {
-            let start = tags.startOffset(partition, logStart: logStarts[partition] ?? 0)
-            offsets[partition] = start
+        for (partition, start) in offsets {
             let key = AppliedOffsets.checkpointKey(topic: topic, partition: partition)
             try checkpoints.add(["SET", key, String(start)], to: self.node(forKey: key), as: .ownTurn)
         }
@@ -249,25 +262,5 @@ extension ApplierRun {
         buffer.writeString("\r\n")
         buffer.writeRESPBulkString("REPLACE")
         if entry.expiresAt != nil { buffer.writeRESPBulkString("ABSTTL") }
-    }
-
-    /// The markers and checkpoints of `topic` the snapshot holds.
-    private static func tags(of snapshot: RDBReader, topic: String) throws -> SnapshotTags {
-        var reader = snapshot
-        var tags = SnapshotTags()
-        while let entry = try reader.next() {
-            guard entry.database == 0, entry.key.starts(with: Bookkeeping.prefix.utf8) else { continue }
-            tags.note(key: String(decoding: entry.key, as: UTF8.self), value: try reader.stringValue(entry).map { String(decoding: $0, as: UTF8.self) }, topic: topic)
-        }
-        return tags
-    }
-
-    private static func snapshotPath(_ catchUp: SnapshotCatchUp, id: String) -> String {
-        catchUp.directory + "/" + id + ".rdb"
-    }
-
-    private static func readFile(_ path: String) throws -> [UInt8] {
-        guard let data = FileManager.default.contents(atPath: path) else { throw SnapshotSource.Failure(description: "cannot read the snapshot file \(path)") }
-        return [UInt8](data)
     }
 }
