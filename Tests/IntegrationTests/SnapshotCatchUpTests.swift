@@ -75,11 +75,11 @@ struct SnapshotCatchUpTests {
         return all
     }
 
-    /// Waits until `applier` applied every partition up to the log's end now.
-    static func caughtUp(_ applier: Applier, _ world: WorldFixture) async throws -> Bool {
+    /// Waits until `appliers` (a rack's) applied every partition up to the log's end now.
+    static func caughtUp(_ appliers: Applier..., in world: WorldFixture) async throws -> Bool {
         let ends = try world.logEnds()
         return try await eventually(timeout: .seconds(90)) {
-            let next = Dictionary(uniqueKeysWithValues: applier.partitions.map { ($0.partition, $0.next) })
+            let next = Dictionary(appliers.flatMap(\.partitions).map { ($0.partition, $0.next) }) { max($0, $1) }
             return ends.enumerated().allSatisfy { partition, end in end == 0 || (next[Int32(partition)] ?? -1) >= end }
         }
     }
@@ -105,8 +105,8 @@ struct SnapshotCatchUpTests {
         }
         defer { Task { await rack1.stop() } }
         #expect(writer.errors.withLock { $0 } == [])
-        #expect(try await Self.caughtUp(source.sidecar.sidecar.applier!, world))
-        #expect(try await Self.caughtUp(rack1.sidecar.applier!, world))
+        #expect(try await Self.caughtUp(source.sidecar.sidecar.applier!, in: world))
+        #expect(try await Self.caughtUp(rack1.sidecar.applier!, in: world))
         let expected = try await SnapshotTests.contents(source.redis)
         #expect(expected.count > 10_000)
         let restored = try await Self.contents(cluster.nodes)
@@ -158,8 +158,8 @@ struct SnapshotCatchUpTests {
         }
         defer { Task { await rack1.stop() } }
         #expect(writer.errors.withLock { $0 } == [])
-        #expect(try await Self.caughtUp(source.sidecar.applier!, world))
-        #expect(try await Self.caughtUp(rack1.sidecar.applier!, world))
+        #expect(try await Self.caughtUp(source.sidecar.applier!, in: world))
+        #expect(try await Self.caughtUp(rack1.sidecar.applier!, in: world))
         let expected = try await Self.contents(sourceCluster.nodes)
         #expect(expected.count > 5_000)
         let restored = try await Self.contents(targetCluster.nodes)
@@ -175,6 +175,54 @@ struct SnapshotCatchUpTests {
         #expect(applier.stats[.applied] < total)
         #expect(applier.snapshot.current.keys >= 5_000)
         #expect((try? FileManager.default.contentsOfDirectory(atPath: scratch.url.path)) == [])
+    }
+
+    /// A load runs beside the applier, which keeps serving the group: a second sidecar of the
+    /// new rack joining mid-load takes half the partitions at once; the first stops its load and
+    /// loads what it keeps, the second loads the rest; the rack is exact.
+    @Test func aSidecarJoiningMidLoadTakesHalfThePartitionsAndTheRackIsExact() async throws {
+        let world = try await WorldFixture(racks: 1)
+        defer { Task { await world.stop() } }
+        let source = world.racks[0]
+        try Self.preload(source.redis, keys: 20_000)
+        let writer = Writer()
+        let redisB = try RedisServer()
+        let (first, second) = (try ScratchDirectory(), try ScratchDirectory())
+        let (a, b) = try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { try await writer.run(through: source.sidecar) }
+            try await Task.sleep(for: .seconds(1))
+            let a = try await Self.rackFromSnapshot(of: .standalone(source.redis.address), in: world, redis: .standalone(redisB.address), directory: first)
+            // The source waits repl-diskless-sync-delay (5 s) before it sends the file: the load is under way.
+            let fetching = try await eventually(timeout: .seconds(30)) { a.sidecar.applier?.snapshot.current.phase == .fetching }
+            #expect(fetching)
+            let b = try await Self.rackFromSnapshot(of: .standalone(source.redis.address), in: world, redis: .standalone(redisB.address), directory: second)
+            let split = try await eventually(timeout: .seconds(30)) {
+                let (mine, theirs) = (a.sidecar.applier!.partitions.count, b.sidecar.applier!.partitions.count)
+                return mine > 0 && theirs > 0 && mine + theirs == world.partitions
+            }
+            #expect(split, "partitions: \(a.sidecar.applier!.partitions.map(\.partition)) and \(b.sidecar.applier!.partitions.map(\.partition))")
+            let loaded = try await eventually(timeout: .seconds(60)) {
+                a.sidecar.applier!.snapshot.current.phase == .loaded && b.sidecar.applier!.snapshot.current.phase == .loaded
+            }
+            #expect(loaded, "\(String(describing: a.sidecar.applier!.snapshot.current)) / \(String(describing: b.sidecar.applier!.snapshot.current))")
+            try await Task.sleep(for: .seconds(1))
+            writer.running.store(false, ordering: .relaxed)
+            try await group.waitForAll()
+            return (a, b)
+        }
+        defer { Task { await a.stop(); await b.stop() } }
+        #expect(writer.errors.withLock { $0 } == [])
+        #expect(try await Self.caughtUp(source.sidecar.sidecar.applier!, in: world))
+        #expect(try await Self.caughtUp(a.sidecar.applier!, b.sidecar.applier!, in: world))
+        let expected = try await SnapshotTests.contents(source.redis)
+        let restored = try await SnapshotTests.contents(redisB)
+        #expect(expected.count > 20_000)
+        let differing = Set(expected.keys).union(restored.keys).filter { expected[$0] != restored[$0] }
+        #expect(differing.isEmpty, "\(differing.count) keys differ, e.g. \(differing.sorted().prefix(5))")
+        for (index, count) in writer.counts.withLock({ $0 }).enumerated() {
+            #expect(try await a.client().send("GET", "counter:\(index)").int == count)
+        }
+        #expect(a.sidecar.applier!.stats[.replay] == 0 && b.sidecar.applier!.stats[.replay] == 0)
     }
 
     @Test func aLoaderKilledMidCopyResumesFromItsChunkAndTheRackIsExact() async throws {
@@ -242,7 +290,7 @@ struct SnapshotCatchUpTests {
         defer { Task { await rack1.stop() } }
         let client = try await rack1.client()
         for i in 0..<500 { _ = try await client.send("INCR", "counter:\(i % 5)") }
-        #expect(try await Self.caughtUp(rack1.sidecar.applier!, world))
+        #expect(try await Self.caughtUp(rack1.sidecar.applier!, in: world))
         #expect(rack1.sidecar.applier!.snapshot.current.phase == .loaded)  // a new rack: an empty snapshot
         // Its Redis restarts empty (no persistence), on the same port.
         redisB.stop()
@@ -280,7 +328,7 @@ extension SnapshotCatchUpTests {
         let scratch = try ScratchDirectory()
         let rack1 = try await Self.rackFromSnapshot(of: .standalone(source.redis.address), in: world, redis: .standalone(redisB.address), directory: scratch)
         defer { Task { await rack1.stop() } }
-        #expect(try await Self.caughtUp(rack1.sidecar.applier!, world))
+        #expect(try await Self.caughtUp(rack1.sidecar.applier!, in: world))
         let target = try await redisB.client()
         for i in 0..<4 { #expect(try await target.send("GET", "counter:\(i)").int == 125) }
         #expect(rack1.sidecar.applier!.stats[.replay] == 0)

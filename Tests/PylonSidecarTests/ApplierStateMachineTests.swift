@@ -29,8 +29,8 @@ struct ApplierStateMachineTests {
         /// A resync: the connections are open again, these checkpoints read (a partition
         /// missing from them has none), the claims held asserted (answered by the owner keys).
         case resync(checkpoints: [Int32: Int64])
-        /// A loaded snapshot stands at these offsets (the resync that loaded it).
-        case snapshotLoaded([Int32: Int64])
+        /// The snapshot load is done: it wrote these checkpoints, and the resync that follows reads them.
+        case snapshotLoaded(checkpoints: [Int32: Int64])
         /// Another applier claims the partition: its owner key holds this epoch from now on.
         case rival(Int32, epoch: Int)
         /// Redis lost the owner key (emptied, or a client deleted it).
@@ -55,6 +55,8 @@ struct ApplierStateMachineTests {
         var next: [Int32: Int64]? = nil
         var checkpoints: [Int32: Int64]? = nil
         var deposed: Set<Int32> = []
+        /// Partitions being loaded from a snapshot.
+        var loading: Set<Int32> = []
         var needsResync = false
         /// Actions the driver must have been asked to carry out (others may come too).
         var actions: [ApplierStateMachine.Action] = []
@@ -95,10 +97,22 @@ struct ApplierStateMachineTests {
             next: [0: 120]
         ),
         Case(
-            name: "with a snapshot configured, a partition without checkpoint starts where the snapshot stands",
+            name: "with a snapshot configured, a partition without checkpoint is loaded, then starts where the snapshot stands",
             settings: .init(topic: "t", perSlot: false, snapshot: true),
-            events: [.assigned([0, 1]), .snapshotLoaded([0: 40, 1: 3])],
+            events: [.assigned([0, 1]), .resync(checkpoints: [:]), .snapshotLoaded(checkpoints: [0: 40, 1: 3])],
             next: [0: 40, 1: 3], never: ["count(replay)"]
+        ),
+        Case(
+            name: "a partition being loaded from a snapshot takes no message; the others are applied meanwhile",
+            settings: .init(topic: "t", perSlot: false, snapshot: true),
+            events: [.assigned([0, 1]), .resync(checkpoints: [1: 7]), .poll(ops(0, 0...1) + ops(1, 7...7)), .replies([ran(.integer(1))])],
+            sent: ["1:7-7 after -1 (1)"], next: [0: 0, 1: 8], loading: [0]
+        ),
+        Case(
+            name: "once loaded, the partition is read from where the snapshot stands",
+            settings: .init(topic: "t", perSlot: false, snapshot: true),
+            events: [.assigned([0, 1]), .resync(checkpoints: [1: 7]), .snapshotLoaded(checkpoints: [0: 40, 1: 7]), .poll(ops(0, 39...40))],
+            sent: ["0:40-40 after -1 (1)"], next: [0: 40, 1: 7], loading: []
         ),
         // Applying.
         Case(
@@ -272,7 +286,7 @@ struct ApplierStateMachineTests {
                     switch self.machine.start(of: partition, checkpoint: checkpoints[partition]) {
                     case .checkpoint(let offset), .catchUp(let offset): starts[partition] = offset
                     case .replay: starts[partition] = KafkaConsumer.beginning
-                    case .snapshot: Issue.record("no snapshot configured")
+                    case .snapshot: break  // loaded meanwhile, on a thread of its own
                     }
                 }
                 // The claims held are asserted ("keep"): a lost owner key is written back.
@@ -281,9 +295,11 @@ struct ApplierStateMachineTests {
                     self.machine.claimed(unit, epoch: self.ownerKeys[unit.partition]!, now: self.now)
                 }
                 self.machine.resynced(at: starts)
-            case .snapshotLoaded(let offsets):
-                for partition in self.machine.next.keys { #expect(self.machine.start(of: partition, checkpoint: nil) == .snapshot) }
-                self.machine.resynced(at: offsets)
+            case .snapshotLoaded(let checkpoints):
+                #expect(!self.machine.loading.isEmpty)
+                self.machine.snapshotLoaded()
+                #expect(self.machine.needsResync)
+                self.play(.resync(checkpoints: checkpoints))
             case .rival(let partition, let epoch):
                 self.ownerKeys[partition] = epoch
             case .ownerKeyLost(let partition):
@@ -328,6 +344,7 @@ struct ApplierStateMachineTests {
         if let next = rule.next { #expect(player.machine.next == next) }
         if let checkpoints = rule.checkpoints { #expect(player.machine.checkpoints == checkpoints) }
         #expect(Set(player.machine.deposed.keys) == rule.deposed)
+        #expect(player.machine.loading == rule.loading)
         #expect(player.machine.needsResync == rule.needsResync)
         for action in rule.actions { #expect(player.actions.contains(action), "\(action) in \(player.actions)") }
         for kind in rule.never { #expect(!player.actions.contains { $0.kind == kind }, "no \(kind) in \(player.actions)") }

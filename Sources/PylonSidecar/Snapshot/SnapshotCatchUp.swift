@@ -1,5 +1,8 @@
 import Foundation
+import Logging
 import NIOCore
+import Shared
+import Synchronization
 
 /// How a rack whose Redis knows nothing of some partitions (new, or emptied) catches up from a
 /// snapshot of another rack instead of replaying the whole log: the snapshot (`SnapshotSource`,
@@ -25,15 +28,80 @@ struct SnapshotCatchUp: Sendable {
     }
 }
 
-extension ApplierRun {
-    /// Loads `partitions` from a snapshot of the source rack and answers where each continues in
-    /// the log. Throws (the applier retries, resuming) when a Redis or the file fails.
-    func loadSnapshot(_ partitions: [Int32], from catchUp: SnapshotCatchUp) throws -> [Int32: Int64] {
-        let progress = self.applier.snapshot
+/// A load of some partitions from a snapshot, on a thread of its own with its own connections to
+/// this rack's Redis, while the applier goes on with its other partitions and keeps serving the
+/// group. It retries (resuming) until it is done or cancelled; once done, the partitions'
+/// checkpoints are in Redis and `loaded` names where each continues: the applier resyncs.
+/// @unchecked: its connections and files are touched by its thread only; the rest is atomic.
+final class SnapshotLoad: @unchecked Sendable {
+    let partitions: [Int32]
+    private let catchUp: SnapshotCatchUp
+    private let settings: Applier.Settings
+    private let progress: SnapshotProgress
+    private let consumer: KafkaConsumer
+    private let logger: Logger
+    private let redis: RackPipelines
+    private let cancelled = Atomic(false)
+    private let finished = DispatchSemaphore(value: 0)
+    private let result = Mutex<[Int32: Int64]?>(nil)
+
+    struct Cancelled: Error, CustomStringConvertible {
+        var description: String { "the load was stopped (the partitions moved, or the sidecar stops)" }
+    }
+
+    /// Starts loading `partitions`; `wake` is called once they are loaded.
+    init(_ partitions: [Int32], from catchUp: SnapshotCatchUp, applier: Applier, consumer: KafkaConsumer, wake: @escaping @Sendable () -> Void) {
+        self.partitions = partitions
+        self.catchUp = catchUp
+        self.settings = applier.settings
+        self.progress = applier.snapshot
+        self.consumer = consumer
+        self.logger = applier.logger
+        self.redis = RackPipelines(rack: applier.rack, timeout: applier.settings.redisTimeout)
+        Blocking.thread(named: "pylon-snapshot") { [self] in
+            var backoff = Duration.seconds(1)
+            while !self.cancelled.load(ordering: .relaxed) {
+                do {
+                    try self.redis.connectAll()
+                    let offsets = try self.load()
+                    self.result.withLock { $0 = offsets }
+                    wake()
+                    break
+                } catch {
+                    self.redis.dropConnections()
+                    guard !self.cancelled.load(ordering: .relaxed) else { break }
+                    self.logger.warning("the snapshot load failed; retrying, resuming where it was", metadata: ["error": "\(error)", "retryIn": "\(backoff)"])
+                    let until = ContinuousClock.now + backoff
+                    while ContinuousClock.now < until, !self.cancelled.load(ordering: .relaxed) { Thread.sleep(forTimeInterval: 0.05) }
+                    backoff = min(backoff * 2, .seconds(30))
+                }
+            }
+            self.redis.dropConnections()
+            self.finished.signal()
+        }
+    }
+
+    /// Where each partition continues in the log, once loaded.
+    var loaded: [Int32: Int64]? { self.result.withLock { $0 } }
+
+    /// Stops the load (at its next chunk, or its next read of the source) and waits for its thread.
+    func cancel() {
+        self.cancelled.store(true, ordering: .relaxed)
+        self.finished.wait()
+    }
+
+    private func checkCancelled() throws {
+        if self.cancelled.load(ordering: .relaxed) { throw Cancelled() }
+    }
+
+    /// Loads the partitions from a snapshot of the source rack and answers where each continues
+    /// in the log. Throws (retried, resuming) when a Redis or a file fails.
+    private func load() throws -> [Int32: Int64] {
+        let (partitions, catchUp, progress) = (self.partitions, self.catchUp, self.progress)
         let topic = self.settings.topic
         progress.update { $0 = .init(phase: .fetching, source: catchUp.source.description, partitions: partitions, startedAt: .now) }
         do {
-            let (snapshot, resumeAt) = try self.prepareSnapshot(partitions, from: catchUp)
+            let (snapshot, resumeAt) = try self.prepareSnapshot()
             var files = SnapshotFiles(snapshot, directory: catchUp.directory)
             // The files' tags first: a snapshot that cannot be loaded is refused before any key.
             var tags = SnapshotTags()
@@ -59,16 +127,16 @@ extension ApplierRun {
             ])
             var logStarts: [Int32: Int64] = [:]
             for partition in partitions { logStarts[partition] = try self.consumer.logStart(topic: topic, partition: partition) }
-            if let refusal = tags.refusal(topic: topic, logStarts: logStarts, partitions: self.settings.partitions, perSlot: self.rack.perSlot) {
+            if let refusal = tags.refusal(topic: topic, logStarts: logStarts, partitions: self.settings.partitions, perSlot: self.redis.rack.perSlot) {
                 files.remove()  // the next attempt takes a new one
                 throw SnapshotSource.Failure(description: refusal)
             }
             let wanted = Set(partitions)
-            var chunk = NodeRequests()
+            var chunk = RackPipelines.Requests()
             var inChunk = 0
             // The chunk sent before, whose replies are read once the next one is sent: Redis
             // restores one while the loader reads and frames the next.
-            var inFlight: (sent: [Sent], upTo: Int, keys: Int, bytes: Int)?
+            var inFlight: (sent: [RackPipelines.Sent], upTo: Int, keys: Int, bytes: Int)?
             var confirmed: Int?
             var index = 0
             var loaded = 0
@@ -78,7 +146,7 @@ extension ApplierRun {
             func confirm() throws {
                 guard let chunk = inFlight.take() else { return }
                 for sent in chunk.sent {
-                    for (_, reply) in try self.receive(sent) where reply.isError {
+                    for (_, reply) in try self.redis.receive(sent) where reply.isError {
                         let advice = reply.string?.contains("payload version") == true ? " (this rack's Redis must be the source's version or newer)" : ""
                         throw SnapshotSource.Failure(description: "restoring the snapshot: redis answered \(reply.string ?? "\(reply)")\(advice)")
                     }
@@ -92,17 +160,18 @@ extension ApplierRun {
                 }
             }
             func send(upTo next: Int, bytes: Int) throws {
+                try self.checkCancelled()
                 // How far the load got, as confirmed by the chunks before: a killed loader resumes there.
                 if let confirmed {
                     for partition in partitions {
                         let key = SnapshotCatchUp.progressKey(topic: topic, partition: partition)
-                        chunk.add(["SET", key, "\(snapshot.id) \(confirmed)"], to: try self.node(forKey: key), as: .ownTurn)
+                        chunk.add(["SET", key, "\(snapshot.id) \(confirmed)"], to: try self.redis.node(forKey: key), as: .ownTurn)
                     }
                 }
-                let sent = try self.transmit(chunk)
+                let sent = try self.redis.transmit(chunk)
                 try confirm()
                 inFlight = (sent, next, inChunk, bytes)
-                chunk = NodeRequests()
+                chunk = RackPipelines.Requests()
                 inChunk = 0
             }
             // Entries are numbered across the files, in their order: where a killed load resumes.
@@ -117,7 +186,7 @@ extension ApplierRun {
                     }
                     let slot = entry.key.withUnsafeBytes { HashSlot.of(bytes: $0) }
                     guard wanted.contains(OpRecord.partition(ofSlot: slot, count: self.settings.partitions)) else { continue }
-                    guard let node = self.rack.node(slot) else { throw Doubt(description: "the rack's redis node for slot \(slot) is not known yet") }
+                    guard let node = self.redis.rack.node(slot) else { throw RackPipelines.Doubt(description: "the rack's redis node for slot \(slot) is not known yet") }
                     chunk.add(written: { Self.writeRestore(entry, from: reader, into: &$0) }, to: node, as: .ownTurn)
                     inChunk += 1
                     if inChunk >= catchUp.chunkKeys { try send(upTo: index + 1, bytes: bytesBefore + reader.offset) }
@@ -142,7 +211,7 @@ extension ApplierRun {
             return offsets
         } catch {
             progress.update {
-                $0.phase = .failed
+                $0.phase = error is Cancelled ? .stopped : .failed
                 $0.error = "\(error)"
             }
             throw error
@@ -152,19 +221,20 @@ extension ApplierRun {
     /// Where to take up loading `partitions`: the snapshot a killed load had begun, when every
     /// partition recorded it and its files are still here; otherwise a new snapshot, taken now,
     /// after the partitions' keys are emptied (what a load of another snapshot left).
-    private func prepareSnapshot(_ partitions: [Int32], from catchUp: SnapshotCatchUp) throws -> (SnapshotManifest, resumeAt: Int) {
-        var requests = NodeRequests()
+    private func prepareSnapshot() throws -> (SnapshotManifest, resumeAt: Int) {
+        let (partitions, catchUp) = (self.partitions, self.catchUp)
+        var requests = RackPipelines.Requests()
         for partition in partitions {
             let key = SnapshotCatchUp.progressKey(topic: self.settings.topic, partition: partition)
-            try requests.add(["GET", key], to: self.node(forKey: key), as: .ownTurn)
+            try requests.add(["GET", key], to: self.redis.node(forKey: key), as: .ownTurn)
         }
-        let recorded = try self.exchange(requests).compactMap { $0.1.string?.split(separator: " ") }.filter { $0.count == 2 }
+        let recorded = try self.redis.exchange(requests).compactMap { $0.1.string?.split(separator: " ") }.filter { $0.count == 2 }
         if recorded.count == partitions.count, Set(recorded.map { $0[0] }).count == 1, let done = recorded.compactMap({ Int($0[1]) }).min(),
            let snapshot = SnapshotManifest.read(id: String(recorded[0][0]), directory: catchUp.directory) {
             self.logger.notice("resuming the load of a snapshot", metadata: ["snapshot": "\(snapshot.id)", "entries": "\(done)"])
             return (snapshot, done)
         }
-        try self.emptyPartitions(partitions)
+        try self.emptyPartitions()
         try FileManager.default.createDirectory(atPath: catchUp.directory, withIntermediateDirectories: true)
         let prefix = self.settings.sidecarName + "-"
         for old in (try? FileManager.default.contentsOfDirectory(atPath: catchUp.directory)) ?? [] where old.hasPrefix(prefix) {
@@ -175,28 +245,29 @@ extension ApplierRun {
         let snapshot = try SnapshotSource.take(
             catchUp.source, id: id, directory: catchUp.directory, topic: self.settings.topic, partitions: self.settings.partitions, timeout: self.settings.redisTimeout
         ) { bytes in
-            self.applier.snapshot.update { $0.bytes = bytes }
+            try self.checkCancelled()
+            self.progress.update { $0.bytes = bytes }
         }
-        var start = NodeRequests()
+        var start = RackPipelines.Requests()
         for partition in partitions {
             let key = SnapshotCatchUp.progressKey(topic: self.settings.topic, partition: partition)
-            try start.add(["SET", key, "\(id) 0"], to: self.node(forKey: key), as: .ownTurn)
+            try start.add(["SET", key, "\(id) 0"], to: self.redis.node(forKey: key), as: .ownTurn)
         }
-        _ = try self.exchange(start)
+        _ = try self.redis.exchange(start)
         return (snapshot, 0)
     }
 
     /// Deletes the user keys of `partitions`' slots on every node (nothing applies them meanwhile:
     /// this applier holds them and has not started).
-    private func emptyPartitions(_ partitions: [Int32]) throws {
-        let wanted = Set(partitions)
-        for node in self.rack.nodes() {
-            let connection = try self.sameConnection(to: node)
+    private func emptyPartitions() throws {
+        let wanted = Set(self.partitions)
+        for node in self.redis.rack.nodes() {
+            let connection = try self.redis.sameConnection(to: node)
             var cursor = "0"
             repeat {
                 let reply = try connection.exchange(RedisRequest(strings: ["SCAN", cursor, "COUNT", "1000"]).raw, replies: 1)[0]
                 guard let parts = reply.array, parts.count == 2, let next = parts[0].string, let keys = parts[1].array else {
-                    throw Doubt(description: "SCAN answered \(reply)")
+                    throw RackPipelines.Doubt(description: "SCAN answered \(reply)")
                 }
                 cursor = next
                 let doomed = keys.compactMap { key -> ByteBuffer? in
@@ -213,39 +284,39 @@ extension ApplierRun {
     /// partition's checkpoint and ends the load's records.
     private func adoptTags(_ tags: SnapshotTags, partitions: [Int32], logStarts: [Int32: Int64]) throws -> [Int32: Int64] {
         let topic = self.settings.topic
-        var markers = NodeRequests()
+        var markers = RackPipelines.Requests()
         var offsets: [Int32: Int64] = [:]
         for partition in partitions {
-            let adoption = tags.adoption(of: partition, partitions: self.settings.partitions, logStart: logStarts[partition] ?? 0, perSlot: self.rack.perSlot)
+            let adoption = tags.adoption(of: partition, partitions: self.settings.partitions, logStart: logStarts[partition] ?? 0, perSlot: self.redis.rack.perSlot)
             offsets[partition] = adoption.start
             for (slot, marker) in adoption.markers {
                 let key = slot == SnapshotTags.partitionMarker
                     ? AppliedOffsets.markerKey(topic: topic, partition: partition)
                     : AppliedOffsets.markerKey(topic: topic, partition: partition, slot: slot)
-                try markers.add(["SET", key, String(marker)], to: self.node(forKey: key), as: .ownTurn)
+                try markers.add(["SET", key, String(marker)], to: self.redis.node(forKey: key), as: .ownTurn)
             }
         }
         try self.write(markers)
         // The checkpoints last: a load killed before them is loaded again, resuming.
-        var checkpoints = NodeRequests()
+        var checkpoints = RackPipelines.Requests()
         for (partition, start) in offsets {
             let key = AppliedOffsets.checkpointKey(topic: topic, partition: partition)
-            try checkpoints.add(["SET", key, String(start)], to: self.node(forKey: key), as: .ownTurn)
+            try checkpoints.add(["SET", key, String(start)], to: self.redis.node(forKey: key), as: .ownTurn)
         }
         try self.write(checkpoints)
-        var done = NodeRequests()
+        var done = RackPipelines.Requests()
         for partition in partitions {
             let key = SnapshotCatchUp.progressKey(topic: topic, partition: partition)
-            try done.add(["DEL", key], to: self.node(forKey: key), as: .ownTurn)
+            try done.add(["DEL", key], to: self.redis.node(forKey: key), as: .ownTurn)
         }
         try self.write(done)
         return offsets
     }
 
     /// Sends writes and waits until Redis took every one.
-    private func write(_ requests: NodeRequests) throws {
-        for (_, reply) in try self.exchange(requests) where reply.isError {
-            throw Doubt(description: "writing the snapshot's offsets: redis answered \(reply)")
+    private func write(_ requests: RackPipelines.Requests) throws {
+        for (_, reply) in try self.redis.exchange(requests) where reply.isError {
+            throw RackPipelines.Doubt(description: "writing the snapshot's offsets: redis answered \(reply)")
         }
     }
 

@@ -13,6 +13,9 @@ final class SnapshotProgress: Sendable {
         case loading
         /// Loaded; the log is applied from the snapshot's offsets on.
         case loaded
+        /// Stopped before its end: the partitions moved to another sidecar of the rack (which
+        /// resumes or starts over), or this one stops.
+        case stopped
         /// The last attempt failed (`error`); the applier tries again.
         case failed
     }

@@ -15,7 +15,7 @@ enum SnapshotSource {
     /// checkpoints were read (see `SnapshotTags`). The manifest is written last, once every file
     /// is complete. `progress` gets the bytes received so far.
     static func take(
-        _ source: RedisEndpoint, id: String, directory: String, topic: String, partitions: Int, timeout: TimeAmount, progress: (Int) -> Void
+        _ source: RedisEndpoint, id: String, directory: String, topic: String, partitions: Int, timeout: TimeAmount, progress: (Int) throws -> Void
     ) throws -> SnapshotManifest {
         let nodes: [HostPort]
         var checkpoints: [Int32: Int64]?
@@ -33,7 +33,7 @@ enum SnapshotSource {
         var before = 0
         for (index, node) in nodes.enumerated() {
             let file = "\(id).\(index).rdb"
-            before += try self.fetch(from: node, to: directory + "/" + file, timeout: timeout) { progress(before + $0) }
+            before += try self.fetch(from: node, to: directory + "/" + file, timeout: timeout) { try progress(before + $0) }
             snapshot.files.append(file)
         }
         try snapshot.write(directory: directory)
@@ -81,7 +81,7 @@ enum SnapshotSource {
     /// Writes the snapshot of `node` to `path` (through a `.part` file renamed once complete)
     /// and answers its size. `timeout` bounds each wait; a master preparing the file sends a
     /// newline every second meanwhile.
-    static func fetch(from node: HostPort, to path: String, timeout: TimeAmount, progress: (Int) -> Void = { _ in }) throws -> Int {
+    static func fetch(from node: HostPort, to path: String, timeout: TimeAmount, progress: (Int) throws -> Void = { _ in }) throws -> Int {
         let connection = try BlockingRedisConnection(to: node, timeout: timeout)
         defer { connection.close() }
         // A file streamed as it is made (the source writes nothing to disk when configured for
@@ -91,7 +91,10 @@ enum SnapshotSource {
         _ = try connection.exchange(RedisRequest(strings: ["REPLCONF", "rdb-only", "1"]).raw, replies: 1)
         _ = try connection.send(RedisRequest(strings: ["SYNC"]).raw, replies: 0)
         var header = ""
-        while header.isEmpty { header = try connection.readLine() }  // newlines while the master saves
+        while header.isEmpty {  // newlines while the master saves
+            try progress(0)
+            header = try connection.readLine()
+        }
         guard header.hasPrefix("$") else {
             throw Failure(description: "redis at \(node) refused to send a snapshot: \(header.dropFirst()) (the sidecar needs the SYNC command there)")
         }
@@ -109,7 +112,7 @@ enum SnapshotSource {
                     file.write(Data(bytes))
                     tail = Array((tail + bytes).suffix(mark.count))
                 }
-                progress(written)
+                try progress(written)
             }
             written -= mark.count
             try file.truncate(atOffset: UInt64(written))
@@ -117,7 +120,7 @@ enum SnapshotSource {
             guard let size = Int(header.dropFirst()), size >= 0 else { throw Failure(description: "redis at \(node) announced a snapshot of '\(header)' bytes") }
             while written < size {
                 written += try connection.readRaw(limit: size - written) { file.write(Data($0)) }
-                progress(written)
+                try progress(written)
             }
         }
         try file.synchronize()

@@ -150,7 +150,8 @@ final class ApplierStats: Sendable {
 /// rack's Redis nodes, carries out what its `ApplierStateMachine` decides, and reports back to
 /// it what Kafka and Redis did. It holds no rule of its own: only I/O, its handles and timers.
 /// @unchecked: made by `start`, then handed to the thread once and touched only there (the
-/// rebalance callback runs inside that thread's polls, and only records).
+/// rebalance callback runs inside that thread's polls: it records, and on a revocation stops a
+/// snapshot load).
 final class ApplierRun: @unchecked Sendable {
     typealias Unit = ApplierStateMachine.Unit
     typealias Entry = ApplierStateMachine.Entry
@@ -158,13 +159,14 @@ final class ApplierRun: @unchecked Sendable {
     let applier: Applier
     var machine: ApplierStateMachine
     var consumer: KafkaConsumer!
-    /// One connection per node that takes writes, opened by the last resync.
-    var connections: [HostPort: BlockingRedisConnection] = [:]
-    var sha = ""
+    /// The connections to the nodes that take writes, opened by the last resync.
+    let redis: RackPipelines
     /// The batch sent to Redis whose replies are not read yet.
     var inFlight: InFlight?
     /// Replies owed to other sidecars (PUBLISH commands), sent with the next request.
     var publishes: [[ByteBuffer]] = []
+    /// The partitions being loaded from a snapshot (`SnapshotLoad`, on a thread of its own).
+    var load: SnapshotLoad?
     var backoffMilliseconds: Int32 = 50
     var lastCommit = ContinuousClock.now
     var lastConsumerError: String?
@@ -172,31 +174,31 @@ final class ApplierRun: @unchecked Sendable {
     var rack: RackRedis { self.applier.rack }
     var logger: Logger { self.applier.logger }
 
-    struct Doubt: Error, CustomStringConvertible {
-        let description: String
-    }
+    typealias Doubt = RackPipelines.Doubt
 
     init(applier: Applier) throws {
         self.applier = applier
+        self.redis = RackPipelines(rack: applier.rack, timeout: applier.settings.redisTimeout)
         self.machine = ApplierStateMachine(settings: .init(
             topic: applier.settings.topic, perSlot: applier.rack.perSlot,
             catchUpOffsets: applier.settings.catchUpOffsets, snapshot: applier.settings.snapshot != nil
         ))
         // receive.message.max.bytes at its maximum: some brokers (noida-db) ignore fetch.max.bytes and
         // answer a catch-up fetch with the whole backlog at once.
-        var defaults = [
+        let defaults = [
             "isolation.level": "read_committed", "session.timeout.ms": "10000", "fetch.wait.max.ms": "100",
             "receive.message.max.bytes": "2147483647",
         ]
-        // A snapshot loads between two polls of the group (in the resync that starts its
-        // partitions): the group must not take the partitions away meanwhile (another sidecar
-        // would load them too).
-        if applier.settings.snapshot != nil { defaults["max.poll.interval.ms"] = "86400000" }
         // The consumer is made here, on the caller's thread, so bad properties fail `start`.
         self.consumer = try KafkaConsumer(
             brokers: applier.settings.brokers, groupID: applier.settings.groupID,
             properties: defaults.merging(applier.settings.properties) { $1 },
-            onRebalance: { [unowned self] in self.machine.record($0) }
+            onRebalance: { [unowned self] rebalance in
+                // The one thing that must end before the partitions move: a snapshot load, whose
+                // RESTOREs no owner epoch fences. It stops after its chunk in flight.
+                if case .revoked = rebalance { self.stopLoad() }
+                return self.machine.record(rebalance)
+            }
         )
         try self.consumer.subscribe([applier.settings.topic])
         applier.ownWrites.attach(wake: { [consumer = self.consumer!] in consumer.wake() })
@@ -204,6 +206,11 @@ final class ApplierRun: @unchecked Sendable {
 
     func loop() {
         while self.applier.isRunning {
+            if let load = self.load, load.loaded != nil {
+                self.logger.info("partitions loaded from a snapshot: applying the log after it", metadata: ["partitions": "\(load.partitions)"])
+                self.load = nil
+                self.machine.snapshotLoaded()
+            }
             if self.machine.needsResync {
                 self.finishInFlight()
                 if !self.resync() {
@@ -233,11 +240,12 @@ final class ApplierRun: @unchecked Sendable {
             self.reviveDeposed()
         }
         self.applier.ownWrites.attach(wake: nil)
+        self.stopLoad()
         self.finishInFlight()
         // The replies and checkpoints this applier owes go out before it leaves.
         try? self.writeCheckpoints()
         self.consumer.close()
-        self.dropConnections()
+        self.redis.dropConnections()
     }
 
     // MARK: - Carrying out the machine's actions
@@ -311,12 +319,18 @@ final class ApplierRun: @unchecked Sendable {
         }
     }
 
+    func stopLoad() {
+        guard let load = self.load.take() else { return }
+        load.cancel()
+        self.logger.notice("the snapshot load stopped before its end (partitions moved, or the sidecar stops); the next owner resumes or starts over", metadata: ["partitions": "\(load.partitions)"])
+    }
+
     /// Reconnects and restarts every partition where the machine says: its checkpoint, its
     /// catch-up offset, a snapshot loaded now, or the log's start. The claims held are asserted
     /// again.
     func resync() -> Bool {
         do {
-            try self.connectAll()
+            try self.redis.connectAll()
             let starts = try self.startingOffsets(self.machine.next.keys.sorted())
             try self.own(self.machine.heldClaims.map { ($0.unit, "keep", $0.epoch) })
             try self.consumer.assign(starts.sorted { $0.key < $1.key }.map { (self.settings.topic, $0.key, $0.value) })
@@ -328,21 +342,22 @@ final class ApplierRun: @unchecked Sendable {
         } catch {
             self.act()
             self.logger.warning("applier waiting for redis", metadata: ["error": "\(error)"])
-            self.dropConnections()
+            self.redis.dropConnections()
             return false
         }
     }
 
     /// Reads each partition's checkpoint from Redis and answers where each starts (a real
-    /// offset, or `KafkaConsumer.beginning`); partitions to load from a snapshot are loaded here.
+    /// offset, or `KafkaConsumer.beginning`). Partitions to load from a snapshot get no start:
+    /// their load begins (or goes on) on a thread of its own.
     func startingOffsets(_ partitions: [Int32]) throws -> [Int32: Int64] {
-        var requests = NodeRequests()
+        var requests = RackPipelines.Requests()
         for partition in partitions {
             let key = AppliedOffsets.checkpointKey(topic: self.settings.topic, partition: partition)
-            try requests.add(["GET", key], to: self.node(forKey: key), as: .checkpoint(partition))
+            try requests.add(["GET", key], to: self.redis.node(forKey: key), as: .checkpoint(partition))
         }
         var checkpoints: [Int32: Int64] = [:]
-        for (entry, reply) in try self.exchange(requests) {
+        for (entry, reply) in try self.redis.exchange(requests) {
             if case .checkpoint(let partition) = entry, let offset = reply.string.flatMap({ Int64($0) }) { checkpoints[partition] = offset }
         }
         var starts: [Int32: Int64] = [:]
@@ -367,8 +382,8 @@ final class ApplierRun: @unchecked Sendable {
             }
         }
         // A new or emptied Redis loads a snapshot of another rack rather than replay the log.
-        if let snapshot = self.settings.snapshot, !fromSnapshot.isEmpty {
-            starts.merge(try self.loadSnapshot(fromSnapshot, from: snapshot)) { $1 }
+        if let snapshot = self.settings.snapshot, !fromSnapshot.isEmpty, self.load == nil {
+            self.load = SnapshotLoad(fromSnapshot, from: snapshot, applier: self.applier, consumer: self.consumer) { [consumer = self.consumer!] in consumer.wake() }
         }
         return starts
     }
@@ -382,14 +397,14 @@ final class ApplierRun: @unchecked Sendable {
     /// the epochs Redis answered.
     private func own(_ requests: [(unit: Unit, mode: String, value: Int)]) throws {
         guard !requests.isEmpty else { return }
-        var pipeline = NodeRequests()
+        var pipeline = RackPipelines.Requests()
         for (unit, mode, value) in requests {
             try pipeline.add(
                 ["EVAL", AppliedOffsets.ownerScript, "1", unit.ownerKey(topic: self.settings.topic), mode, String(value)],
-                to: self.node(forKey: unit.markerKey(topic: self.settings.topic)), as: .claim(unit)
+                to: self.redis.node(forKey: unit.markerKey(topic: self.settings.topic)), as: .claim(unit)
             )
         }
-        for (entry, reply) in try self.exchange(pipeline) {
+        for (entry, reply) in try self.redis.exchange(pipeline) {
             guard case .claim(let unit) = entry, case .integer(let epoch) = reply else {
                 throw Doubt(description: "claiming a partition: redis answered \(reply)")
             }
@@ -401,10 +416,10 @@ final class ApplierRun: @unchecked Sendable {
     /// Checks, when the machine asks, whether deposed partitions' owner keys vanished from Redis.
     func reviveDeposed() {
         guard let units = self.machine.revivalCheck() else { return }
-        var requests = NodeRequests()
+        var requests = RackPipelines.Requests()
         do {
-            for unit in units { try requests.add(["EXISTS", unit.ownerKey(topic: self.settings.topic)], to: self.node(forKey: unit.markerKey(topic: self.settings.topic)), as: .claim(unit)) }
-            let vanished = try self.exchange(requests).compactMap { entry, reply -> Unit? in
+            for unit in units { try requests.add(["EXISTS", unit.ownerKey(topic: self.settings.topic)], to: self.redis.node(forKey: unit.markerKey(topic: self.settings.topic)), as: .claim(unit)) }
+            let vanished = try self.redis.exchange(requests).compactMap { entry, reply -> Unit? in
                 guard case .claim(let unit) = entry, reply == .integer(0) else { return nil }
                 return unit
             }
@@ -413,103 +428,6 @@ final class ApplierRun: @unchecked Sendable {
         } catch {
             self.doubt("redis failed while checking deposed partitions", error: error)
         }
-    }
-
-    // MARK: - Redis
-
-    /// Requests for several nodes, each node's in one pipeline.
-    struct NodeRequests {
-        var byNode: [HostPort: (bytes: ByteBuffer, entries: [Entry])] = [:]
-
-        mutating func add(_ command: [String], to node: HostPort, as entry: Entry) {
-            self.add(command.map { ByteBuffer(string: $0) }, to: node, as: entry)
-        }
-
-        mutating func add(_ command: [ByteBuffer], to node: HostPort, as entry: Entry) {
-            self.byNode[node, default: (ByteBuffer(), [])].bytes.writeRESPCommand(command)
-            self.byNode[node]!.entries.append(entry)
-        }
-
-        mutating func add(written: (inout ByteBuffer) -> Void, to node: HostPort, as entry: Entry) {
-            written(&self.byNode[node, default: (ByteBuffer(), [])].bytes)
-            self.byNode[node]!.entries.append(entry)
-        }
-    }
-
-    /// One node's pipeline, sent: its replies are still to be read.
-    struct Sent {
-        var connection: BlockingRedisConnection
-        var ticket: BlockingRedisConnection.Ticket
-        var entries: [Entry]
-    }
-
-    /// Sends each node its pipeline; the replies are read by `receive`.
-    func transmit(_ requests: NodeRequests) throws -> [Sent] {
-        try requests.byNode.map { node, request in
-            let connection = try self.sameConnection(to: node)
-            do {
-                return Sent(connection: connection, ticket: try connection.send(request.bytes, replies: request.entries.count), entries: request.entries)
-            } catch {
-                self.dropConnections()
-                throw error
-            }
-        }
-    }
-
-    /// Reads a sent pipeline's replies, with what each answers. A failure (Redis closed the
-    /// connection, or did not answer within the Redis timeout) closes every connection: a late
-    /// reply must not be mistaken for another request's.
-    func receive(_ sent: Sent) throws -> [(Entry, RESPValue)] {
-        do { return zip(sent.entries, try sent.connection.receive(sent.ticket)).map { ($0, $1) } } catch {
-            self.dropConnections()
-            throw error
-        }
-    }
-
-    /// Sends and waits.
-    func exchange(_ requests: NodeRequests) throws -> [(Entry, RESPValue)] {
-        try self.transmit(requests).flatMap { try self.receive($0) }
-    }
-
-    /// The node that takes writes for `key`.
-    func node(forKey key: String) throws -> HostPort {
-        guard let node = self.rack.node(HashSlot.of(key)) else { throw Doubt(description: "the rack's redis node for \(key) is not known yet") }
-        return node
-    }
-
-    /// Connects to every node that takes writes (keeping live connections to the same nodes);
-    /// only a resync may do this, as a new connection may reach a restarted (or emptied) Redis.
-    func connectAll() throws {
-        let nodes = self.rack.nodes()
-        guard !nodes.isEmpty else { throw Doubt(description: "the rack's redis master is not known yet") }
-        for (node, connection) in self.connections where !nodes.contains(node) || !connection.isOpen {
-            connection.close()
-            self.connections[node] = nil
-        }
-        for node in nodes where self.connections[node] == nil {
-            let client = try BlockingRedisConnection(to: node, timeout: self.settings.redisTimeout)
-            let reply = try client.exchange(RedisRequest(strings: ["SCRIPT", "LOAD", AppliedOffsets.script]).raw, replies: 1)[0]
-            guard let sha = reply.string, sha.count == 40 else {
-                client.close()
-                throw Doubt(description: "SCRIPT LOAD answered \(reply)")
-            }
-            self.sha = sha
-            self.connections[node] = client
-        }
-    }
-
-    /// The connection to `node` opened by the last resync; a closed or missing one (Redis
-    /// restarted, a failover moved the master, a slot moved) calls for a resync.
-    func sameConnection(to node: HostPort) throws -> BlockingRedisConnection {
-        guard let client = self.connections[node], client.isOpen else {
-            throw Doubt(description: "no open connection to redis at \(node)")
-        }
-        return client
-    }
-
-    func dropConnections() {
-        for client in self.connections.values { client.close() }
-        self.connections = [:]
     }
 
     // MARK: - Applying
@@ -539,7 +457,7 @@ final class ApplierRun: @unchecked Sendable {
     /// A batch sent to Redis whose replies have not been read yet.
     struct InFlight {
         /// Each node's replies, and what each answers.
-        var requests: [Sent]
+        var requests: [RackPipelines.Sent]
         /// Each partition's messages in log order.
         var messages: [Int32: [ApplierStateMachine.Message]]
     }
@@ -553,16 +471,16 @@ final class ApplierRun: @unchecked Sendable {
         self.act()
         do {
             try self.claim(self.machine.unclaimed(plan.units))
-            var requests = NodeRequests()
+            var requests = RackPipelines.Requests()
             try self.addCheckpointsAndPublishes(to: &requests)
             for run in self.machine.runs(of: plan) {
                 let marker = run.unit.markerKey(topic: self.settings.topic)
                 requests.add(
-                    written: { AppliedOffsets.writeRequest(run.ops, marker: marker, owner: run.owner, previous: run.previous, sha: self.sha, into: &$0) },
-                    to: try self.node(forKey: marker), as: .run(run.unit, offsets: run.ops.map(\.offset))
+                    written: { AppliedOffsets.writeRequest(run.ops, marker: marker, owner: run.owner, previous: run.previous, sha: self.redis.sha, into: &$0) },
+                    to: try self.redis.node(forKey: marker), as: .run(run.unit, offsets: run.ops.map(\.offset))
                 )
             }
-            return (InFlight(requests: try self.transmit(requests), messages: plan.messages), plan.stop)
+            return (InFlight(requests: try self.redis.transmit(requests), messages: plan.messages), plan.stop)
         } catch {
             self.doubt("redis failed during a batch", error: error)
             return (nil, nil)
@@ -603,32 +521,32 @@ final class ApplierRun: @unchecked Sendable {
             try self.claim(self.machine.unclaimed([unit]))
             guard !self.machine.isDeposed(partition), let epoch = self.machine.owners[unit]?.epoch else { return }
             let (marker, owner) = (unit.markerKey(topic: self.settings.topic), unit.ownerKey(topic: self.settings.topic))
-            let node = try self.node(forKey: marker)
-            var check = NodeRequests()
+            let node = try self.redis.node(forKey: marker)
+            var check = RackPipelines.Requests()
             check.add(["WATCH", marker, owner], to: node, as: .ownTurn)
             check.add(["MGET", owner, marker], to: node, as: .ownTurn)
-            let stored = try self.exchange(check)[1].1.array ?? []
+            let stored = try self.redis.exchange(check)[1].1.array ?? []
             let outcome: AppliedOffsets.Outcome
             if let found = self.machine.ownTurnCheck(
                 unit, offset: message.offset, ownerEpoch: stored.first?.string.flatMap { Int($0) },
                 marker: stored.count == 2 ? stored[1].string.flatMap { Int64($0) } ?? -1 : -1
             ) {
-                _ = try self.exchange({ var r = NodeRequests(); r.add(["UNWATCH"], to: node, as: .ownTurn); return r }())
+                _ = try self.redis.exchange({ var r = RackPipelines.Requests(); r.add(["UNWATCH"], to: node, as: .ownTurn); return r }())
                 outcome = found
             } else {
-                var transaction = NodeRequests()
+                var transaction = RackPipelines.Requests()
                 transaction.add(["MULTI"], to: node, as: .ownTurn)
                 transaction.add(["SET", marker, String(message.offset)], to: node, as: .ownTurn)
                 transaction.add(op.arguments, to: node, as: .ownTurn)
                 transaction.add(["EXEC"], to: node, as: .ownTurn)
-                let replies = try self.exchange(transaction).map(\.1)
+                let replies = try self.redis.exchange(transaction).map(\.1)
                 switch replies[3] {
                 case .array(let results?) where results.count == 2:
                     if case .error(let error) = results[1] { outcome = .rejected(error: String(buffer: error)) } else { outcome = .applied(reply: results[1]) }
                 case .error(let error) where String(buffer: error).hasPrefix("EXECABORT") && !Self.isTransient(replies[2]):
                     // Refused when queued (the same on every rack): passed, as a rejected op.
                     outcome = .rejected(error: replies[2].string ?? "EXECABORT")
-                    _ = try self.exchange({ var r = NodeRequests(); r.add(["EVAL", AppliedOffsets.markScript, "2", marker, owner, String(epoch), String(message.offset)], to: node, as: .ownTurn); return r }())
+                    _ = try self.redis.exchange({ var r = RackPipelines.Requests(); r.add(["EVAL", AppliedOffsets.markScript, "2", marker, owner, String(epoch), String(message.offset)], to: node, as: .ownTurn); return r }())
                 default:
                     throw Doubt(description: "a transaction applying op \(position) answered \(replies[3]) (\(replies[2]))")
                 }
@@ -672,12 +590,12 @@ final class ApplierRun: @unchecked Sendable {
         let previous = self.machine.lastSent[unit] ?? -1
         var cursor = "0"
         repeat {
-            var request = NodeRequests()
+            var request = RackPipelines.Requests()
             request.add(
                 ["EVAL", FlushOps.standaloneScript, "2", marker, owner, String(epoch), String(offset), String(previous), cursor, String(unit.partition), String(partitions)],
-                to: try self.node(forKey: marker), as: .ownTurn
+                to: try self.redis.node(forKey: marker), as: .ownTurn
             )
-            switch try self.exchange(request)[0].1 {
+            switch try self.redis.exchange(request)[0].1 {
             case .integer(-3): return .alreadyApplied
             case .integer(-2): return .deposed
             case .integer(-1): return .previousMissing
@@ -691,17 +609,17 @@ final class ApplierRun: @unchecked Sendable {
     /// A flush on Redis Cluster: every slot of the partition emptied by a script of its own, on
     /// the node that owns it, all in one pipeline.
     private func flushSlots(_ units: [Unit], offset: Int64) throws -> AppliedOffsets.Outcome {
-        var requests = NodeRequests()
+        var requests = RackPipelines.Requests()
         for unit in units {
             guard let epoch = self.machine.owners[unit]?.epoch else { return .deposed }
             let marker = unit.markerKey(topic: self.settings.topic)
             requests.add(
                 ["EVAL", FlushOps.slotScript, "2", marker, unit.ownerKey(topic: self.settings.topic), String(epoch), String(offset), String(self.machine.lastSent[unit] ?? -1), String(unit.slot)],
-                to: try self.node(forKey: marker), as: .ownTurn
+                to: try self.redis.node(forKey: marker), as: .ownTurn
             )
         }
         var flushed = false
-        for (_, reply) in try self.exchange(requests) {
+        for (_, reply) in try self.redis.exchange(requests) {
             switch reply {
             case .integer(0): flushed = true
             case .integer(-3): break
@@ -720,7 +638,7 @@ final class ApplierRun: @unchecked Sendable {
         guard let batch = self.inFlight.take() else { return }
         var replies: [(Entry, RESPValue)] = []
         do {
-            for request in batch.requests { replies += try self.receive(request) }
+            for request in batch.requests { replies += try self.redis.receive(request) }
         } catch {
             if !self.machine.needsResync { self.doubt("redis failed during a batch", error: error) }
             return
@@ -734,12 +652,12 @@ final class ApplierRun: @unchecked Sendable {
 
     /// Adds the owed replies and the checkpoints due to a request (each checkpoint to the node
     /// of its key; replies to any node: a Redis Cluster forwards a PUBLISH to every node).
-    func addCheckpointsAndPublishes(to requests: inout NodeRequests, force: Bool = false) throws {
+    func addCheckpointsAndPublishes(to requests: inout RackPipelines.Requests, force: Bool = false) throws {
         for (partition, offset) in self.machine.checkpointsDue(force: force) {
             let key = AppliedOffsets.checkpointKey(topic: self.settings.topic, partition: partition)
-            try requests.add(["SET", key, String(offset)], to: self.node(forKey: key), as: .checkpoint(partition))
+            try requests.add(["SET", key, String(offset)], to: self.redis.node(forKey: key), as: .checkpoint(partition))
         }
-        if !self.publishes.isEmpty, let node = self.connections.keys.first {
+        if !self.publishes.isEmpty, let node = self.redis.connections.keys.first {
             for publish in self.publishes { requests.add(publish, to: node, as: .publish) }
         }
         self.publishes = []
@@ -748,11 +666,11 @@ final class ApplierRun: @unchecked Sendable {
     /// Writes the earned checkpoints and owed replies now (the log is quiet); also notices,
     /// while idle, a Redis that restarted.
     func writeCheckpoints() throws {
-        for node in self.connections.keys { _ = try self.sameConnection(to: node) }
+        for node in self.redis.connections.keys { _ = try self.redis.sameConnection(to: node) }
         guard !self.machine.checkpoints.isEmpty || !self.publishes.isEmpty else { return }
-        var requests = NodeRequests()
+        var requests = RackPipelines.Requests()
         try self.addCheckpointsAndPublishes(to: &requests, force: true)
-        _ = try self.exchange(requests)
+        _ = try self.redis.exchange(requests)
         self.commitForMonitoring()
     }
 
@@ -760,7 +678,8 @@ final class ApplierRun: @unchecked Sendable {
     func commitForMonitoring() {
         guard ContinuousClock.now - self.lastCommit > .seconds(1), !self.machine.next.isEmpty else { return }
         self.lastCommit = .now
-        try? self.consumer.commit(self.machine.next.map { (self.settings.topic, $0.key, $0.value) }, async: true)
+        let progress = self.machine.next.filter { !self.machine.loading.contains($0.key) }
+        try? self.consumer.commit(progress.map { (self.settings.topic, $0.key, $0.value) }, async: true)
     }
 
     func publish() {

@@ -182,6 +182,8 @@ struct ApplierStateMachine {
     private var lastRevivalCheck: ContinuousClock.Instant
     /// Rebalances the consumer reported during a poll, handled by the driver after it.
     private var rebalances: [KafkaConsumer.Rebalance] = []
+    /// Partitions being loaded from a snapshot: assigned here, not read from the log until loaded.
+    private(set) var loading: Set<Int32> = []
     /// Whether the next step is a resync.
     private(set) var needsResync = false
     private var actions: [Action] = []
@@ -240,6 +242,7 @@ struct ApplierStateMachine {
 
     private mutating func endAssignment() {
         self.next = [:]
+        self.loading = []
         self.cursor.removeAll()
         self.lastSent = [:]
         self.chunks.removeAll()
@@ -262,7 +265,12 @@ struct ApplierStateMachine {
 
     /// The driver reconnected, asserted the claims held, and assigned each partition its start
     /// (an offset, or `KafkaConsumer.beginning` for a replay): what was sent before is forgotten.
+    /// A partition without a start is being loaded from a snapshot: it takes no message until
+    /// `snapshotLoaded`.
     mutating func resynced(at starts: [Int32: Int64]) {
+        self.cursor.removeAll()
+        self.loading = Set(self.next.keys.filter { starts[$0] == nil })
+        for partition in self.loading { self.next[partition] = 0 }
         for (partition, offset) in starts {
             self.next[partition] = max(offset, 0)
             self.cursor.start(partition, at: offset)
@@ -272,6 +280,12 @@ struct ApplierStateMachine {
         self.lastSent = [:]
         self.chunks.removeAll()
         self.needsResync = false
+    }
+
+    /// The snapshot load is done: the loaded partitions' checkpoints are in Redis, and a resync
+    /// starts them there.
+    mutating func snapshotLoaded() {
+        self.needsResync = true
     }
 
     /// Redis, Kafka or a check failed: everything in flight is in doubt.
