@@ -75,6 +75,12 @@ struct SnapshotCatchUpTests {
         return all
     }
 
+    /// Every key of the source equal in the loaded rack, and no other.
+    static func expectSame(_ expected: [String: [RESPValue]], _ restored: [String: [RESPValue]], sourceLocation: SourceLocation = #_sourceLocation) {
+        let differing = Set(expected.keys).union(restored.keys).filter { expected[$0] != restored[$0] }
+        #expect(differing.isEmpty, "\(differing.count) keys differ, e.g. \(differing.sorted().prefix(5))", sourceLocation: sourceLocation)
+    }
+
     /// Waits until `appliers` (a rack's) applied every partition up to the log's end now.
     static func caughtUp(_ appliers: Applier..., in world: WorldFixture) async throws -> Bool {
         let ends = try world.logEnds()
@@ -111,8 +117,7 @@ struct SnapshotCatchUpTests {
         #expect(expected.count > 10_000)
         let restored = try await Self.contents(cluster.nodes)
         #expect(restored.count == expected.count)
-        let differing = Set(expected.keys).union(restored.keys).filter { expected[$0] != restored[$0] }
-        #expect(differing.isEmpty, "\(differing.count) keys differ, e.g. \(differing.sorted().prefix(5))")
+        Self.expectSame(expected, restored)
         let counts = writer.counts.withLock { $0 }
         #expect(counts.allSatisfy { $0 > 0 })
         for (index, count) in counts.enumerated() {
@@ -164,8 +169,7 @@ struct SnapshotCatchUpTests {
         #expect(expected.count > 5_000)
         let restored = try await Self.contents(targetCluster.nodes)
         #expect(restored.count == expected.count)
-        let differing = Set(expected.keys).union(restored.keys).filter { expected[$0] != restored[$0] }
-        #expect(differing.isEmpty, "\(differing.count) keys differ, e.g. \(differing.sorted().prefix(5))")
+        Self.expectSame(expected, restored)
         for (index, count) in writer.counts.withLock({ $0 }).enumerated() {
             #expect(count > 0)
             #expect(try await rack1.client().send("GET", "counter:\(index)").int == count)
@@ -217,8 +221,7 @@ struct SnapshotCatchUpTests {
         let expected = try await SnapshotTests.contents(source.redis)
         let restored = try await SnapshotTests.contents(redisB)
         #expect(expected.count > 20_000)
-        let differing = Set(expected.keys).union(restored.keys).filter { expected[$0] != restored[$0] }
-        #expect(differing.isEmpty, "\(differing.count) keys differ, e.g. \(differing.sorted().prefix(5))")
+        Self.expectSame(expected, restored)
         for (index, count) in writer.counts.withLock({ $0 }).enumerated() {
             #expect(try await a.client().send("GET", "counter:\(index)").int == count)
         }
