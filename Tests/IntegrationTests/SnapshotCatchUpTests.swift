@@ -238,22 +238,12 @@ struct SnapshotCatchUpTests {
         let redisB = try RedisServer()
         let scratch = try ScratchDirectory()
         let snapshots = scratch.url.appendingPathComponent("snapshots").path
-        let start: @Sendable () throws -> (LocalProcess, Int) = {
-            let port = try Ports.free()
-            return (try LocalProcess(ExecutableTests.executable.path, [
-                "--listen", "127.0.0.1:\(port)", "--admin", "127.0.0.1:\(try Ports.free())",
-                "--redis", "redis://\(redisB.address)", "--kafka-brokers", world.broker.bootstrap, "--world", world.name, "--rack", "rack1",
-                "--sidecar-name", "rack1-sidecar0", "--snapshot-from", "redis://\(source.redis.address)", "--snapshot-dir", snapshots,
-            ] + WorldFixture.fastRebalances.sorted { $0.key < $1.key }.flatMap { ["--kafka-property", "\($0.key)=\($0.value)"] }, name: "pylon-sidecar rack1", log: scratch.url.appendingPathComponent("rack1.log")), port)
-        }
+        let start = { try Self.sidecarProcess(of: world, redis: redisB, snapshotOf: source.redis, into: snapshots, log: scratch.url.appendingPathComponent("rack1.log")) }
         let target = try await redisB.client()
         let first = try start().0
         // Killed once the load recorded its first chunks in the target, before it is done.
         let progressKeys = (0..<world.partitions).map { SnapshotCatchUp.progressKey(topic: world.topic, partition: Int32($0)) }
-        let midCopy = try await eventually(timeout: .seconds(60)) {
-            guard let recorded = try await target.send("GET", progressKeys[0]).string, let done = Int(recorded.split(separator: " ").last ?? "") else { return false }
-            return done > 0
-        }
+        let midCopy = try await Self.midCopy(target, progressKey: progressKeys[0])
         first.stop(signal: SIGKILL)
         #expect(midCopy)
         let recorded = try await target.send("GET", progressKeys[0]).string ?? ""
@@ -281,6 +271,65 @@ struct SnapshotCatchUpTests {
         #expect(restored.count == expected.count)
         #expect(restored == expected)
         for key in progressKeys { #expect(try await target.send("EXISTS", key).int == 0) }
+    }
+
+    /// A sidecar process of rack 1 of `world`, in front of `redis`, catching up from a snapshot of
+    /// `source` (files in `snapshots`), and the port it serves on.
+    static func sidecarProcess(of world: WorldFixture, redis: RedisServer, snapshotOf source: RedisServer, into snapshots: String, log: URL) throws -> (LocalProcess, Int) {
+        let port = try Ports.free()
+        return (try LocalProcess(ExecutableTests.executable.path, [
+            "--listen", "127.0.0.1:\(port)", "--admin", "127.0.0.1:\(try Ports.free())",
+            "--redis", "redis://\(redis.address)", "--kafka-brokers", world.broker.bootstrap, "--world", world.name, "--rack", "rack1",
+            "--sidecar-name", "rack1-sidecar0", "--snapshot-from", "redis://\(source.address)", "--snapshot-dir", snapshots,
+        ] + WorldFixture.fastRebalances.sorted { $0.key < $1.key }.flatMap { ["--kafka-property", "\($0.key)=\($0.value)"] }, name: "pylon-sidecar rack1", log: log), port)
+    }
+
+    /// Waits until a load into `target` recorded its first chunks (`progressKey`).
+    static func midCopy(_ target: RedisClient, progressKey: String) async throws -> Bool {
+        try await eventually(timeout: .seconds(60)) {
+            guard let recorded = try await target.send("GET", progressKey).string, let done = Int(recorded.split(separator: " ").last ?? "") else { return false }
+            return done > 0
+        }
+    }
+
+    /// The zombie: a sidecar paused mid-load (as one cut off from Kafka, or stopped by its host)
+    /// while another sidecar of the rack claims its partitions and writes there — here the test
+    /// does what that sidecar would: it claims every partition with the owner script and deletes
+    /// the keys loaded so far. When the zombie runs again, its loader's next chunk is refused
+    /// (`LoadFence`) and it stops: no key comes back. (The pause is shorter than the session
+    /// timeout: the broker keeps the zombie in the group, so only the fence can stop it.)
+    @Test func aLoaderWhoseClaimWasTakenWhilePausedWritesNothingWhenItResumes() async throws {
+        let world = try await WorldFixture(racks: 1)
+        defer { Task { await world.stop() } }
+        let source = world.racks[0]
+        try Self.preload(source.redis, keys: 60_000)
+        let redisB = try RedisServer()
+        let target = try await redisB.client()
+        let scratch = try ScratchDirectory()
+        let log = scratch.url.appendingPathComponent("rack1.log")
+        let (zombie, port) = try Self.sidecarProcess(of: world, redis: redisB, snapshotOf: source.redis, into: scratch.url.appendingPathComponent("snapshots").path, log: log)
+        defer { zombie.stop() }
+        let midCopy = try await Self.midCopy(target, progressKey: SnapshotCatchUp.progressKey(topic: world.topic, partition: 0))
+        zombie.pause()
+        #expect(midCopy)
+        let claimed = Int(Date().timeIntervalSince1970 * 1000) + 1
+        for partition in 0..<Int32(world.partitions) {
+            let epoch = try await target.send("EVAL", AppliedOffsets.ownerScript, "1", AppliedOffsets.ownerKey(topic: world.topic, partition: partition), "claim", String(claimed))
+            #expect((epoch.int ?? 0) >= claimed)
+        }
+        let loadedBefore = try await target.send("KEYS", "old:*").array ?? []
+        #expect(!loadedBefore.isEmpty && loadedBefore.count < 60_000)
+        for key in loadedBefore { _ = try await target.send(["UNLINK", key.string!]) }
+        zombie.resume()
+
+        let refused = try await eventually(timeout: .seconds(30)) {
+            (try? String(contentsOf: log, encoding: .utf8))?.contains("another sidecar of the rack claimed its partitions") == true
+        }
+        #expect(refused)
+        try await Task.sleep(for: .seconds(1))
+        #expect(try await target.send("KEYS", "old:*").array?.count == 0)
+        let info = try await RedisClient.connect(to: HostPort(host: "127.0.0.1", port: port)).send("PYLON", "INFO").string ?? ""
+        #expect(info.contains("snapshot_phase:stopped") && info.contains("deposed=1"), "\(info)")
     }
 
     @Test func aRackWhoseRedisComesBackEmptyHealsFromASnapshotNotAReplay() async throws {

@@ -31,6 +31,8 @@ struct ApplierStateMachineTests {
         case resync(checkpoints: [Int32: Int64])
         /// The snapshot load is done: it wrote these checkpoints, and the resync that follows reads them.
         case snapshotLoaded(checkpoints: [Int32: Int64])
+        /// The snapshot load stopped: another sidecar of the rack claimed its partitions (`LoadFence`).
+        case loadDeposed
         /// Another applier claims the partition: its owner key holds this epoch from now on.
         case rival(Int32, epoch: Int)
         /// Redis lost the owner key (emptied, or a client deleted it).
@@ -113,6 +115,18 @@ struct ApplierStateMachineTests {
             settings: .init(topic: "t", perSlot: false, snapshot: true),
             events: [.assigned([0, 1]), .resync(checkpoints: [1: 7]), .snapshotLoaded(checkpoints: [0: 40, 1: 7]), .poll(ops(0, 39...40))],
             sent: ["0:40-40 after -1 (1)"], next: [0: 40, 1: 7], loading: []
+        ),
+        Case(
+            name: "a snapshot load that another sidecar's claim stopped leaves its partitions deposed; the others are applied",
+            settings: .init(topic: "t", perSlot: false, snapshot: true),
+            events: [.assigned([0, 1]), .resync(checkpoints: [1: 7]), .loadDeposed, .poll(ops(0, 0...0) + ops(1, 7...7)), .replies([ran(.integer(1))])],
+            sent: ["1:7-7 after -1 (1)"], next: [0: 0, 1: 8], deposed: [0], loading: [0], actions: [.reportDeposed(partition: 0, epoch: nil)]
+        ),
+        Case(
+            name: "a deposed load's partition still assigned after the grace starts again: from the checkpoint the other sidecar's load wrote",
+            settings: .init(topic: "t", perSlot: false, snapshot: true),
+            events: [.assigned([0]), .resync(checkpoints: [:]), .loadDeposed, .wait(seconds: 31), .resync(checkpoints: [0: 40]), .poll(ops(0, 40...40))],
+            sent: ["0:40-40 after -1 (1)"], next: [0: 40], deposed: [], loading: [], actions: [.reportRevived([0])]
         ),
         // Applying.
         Case(
@@ -300,6 +314,8 @@ struct ApplierStateMachineTests {
                 self.machine.snapshotLoaded()
                 #expect(self.machine.needsResync)
                 self.play(.resync(checkpoints: checkpoints))
+            case .loadDeposed:
+                self.machine.loadDeposed(self.machine.loading.sorted(), now: self.now)
             case .rival(let partition, let epoch):
                 self.ownerKeys[partition] = epoch
             case .ownerKeyLost(let partition):

@@ -20,8 +20,11 @@ struct SnapshotCatchUp: Sendable {
     var source: RedisEndpoint
     /// Where snapshot files wait until loaded.
     var directory: String
-    /// Keys restored per pipeline: a chunk is also how much a killed loader does again.
+    /// Keys restored per chunk: a chunk is also how much a killed loader does again.
     var chunkKeys = 1000
+    /// Bytes of a chunk at most (unless one key is larger): each node's part of a chunk is one
+    /// script call (`LoadFence`), during which that Redis serves no other client.
+    var chunkBytes = 4 << 20
 
     static func progressKey(topic: String, partition: Int32) -> String {
         "pylon:snapshot:\(topic):\(partition)"
@@ -31,8 +34,10 @@ struct SnapshotCatchUp: Sendable {
 /// A load of some partitions from a snapshot, on a thread of its own with its own connections to
 /// this rack's Redis, while the applier goes on with its other partitions and keeps serving the
 /// group. It retries (resuming) until it is done or cancelled; once done, the partitions'
-/// checkpoints are in Redis and `loaded` names where each continues: the applier resyncs.
-/// @unchecked: its connections and files are touched by its thread only; the rest is atomic.
+/// checkpoints are in Redis and `outcome` names where each continues: the applier resyncs.
+/// Every write it makes is fenced by its claim on the partitions (`LoadFence`): once another
+/// sidecar of the rack claimed them, it stops.
+/// @unchecked: its connections, fence and files are touched by its thread only; the rest is atomic.
 final class SnapshotLoad: @unchecked Sendable {
     let partitions: [Int32]
     private let catchUp: SnapshotCatchUp
@@ -41,9 +46,17 @@ final class SnapshotLoad: @unchecked Sendable {
     private let consumer: KafkaConsumer
     private let logger: Logger
     private let redis: RackPipelines
+    private var fence: LoadFence
     private let cancelled = Atomic(false)
     private let finished = DispatchSemaphore(value: 0)
-    private let result = Mutex<[Int32: Int64]?>(nil)
+    private let result = Mutex<Outcome?>(nil)
+
+    enum Outcome: Equatable {
+        /// Loaded: where each partition continues in the log.
+        case loaded([Int32: Int64])
+        /// Another sidecar of the rack claimed the partitions: this load stopped, writing nothing more.
+        case deposed
+    }
 
     struct Cancelled: Error, CustomStringConvertible {
         var description: String { "the load was stopped (the partitions moved, or the sidecar stops)" }
@@ -58,13 +71,19 @@ final class SnapshotLoad: @unchecked Sendable {
         self.consumer = consumer
         self.logger = applier.logger
         self.redis = RackPipelines(rack: applier.rack, timeout: applier.settings.redisTimeout)
+        self.fence = LoadFence(partitions: partitions, topic: applier.settings.topic, perSlot: applier.rack.perSlot, partitionCount: applier.settings.partitions)
         Blocking.thread(named: "pylon-snapshot") { [self] in
             var backoff = Duration.seconds(1)
             while !self.cancelled.load(ordering: .relaxed) {
                 do {
                     try self.redis.connectAll()
                     let offsets = try self.load()
-                    self.result.withLock { $0 = offsets }
+                    self.result.withLock { $0 = .loaded(offsets) }
+                    wake()
+                    break
+                } catch let deposed as LoadFence.Deposed {
+                    self.logger.warning("the snapshot load stops: another sidecar of the rack claimed its partitions", metadata: ["reason": "\(deposed)"])
+                    self.result.withLock { $0 = .deposed }
                     wake()
                     break
                 } catch {
@@ -81,8 +100,8 @@ final class SnapshotLoad: @unchecked Sendable {
         }
     }
 
-    /// Where each partition continues in the log, once loaded.
-    var loaded: [Int32: Int64]? { self.result.withLock { $0 } }
+    /// How the load ended, once it has.
+    var outcome: Outcome? { self.result.withLock { $0 } }
 
     /// Stops the load (at its next chunk, or its next read of the source) and waits for its thread.
     func cancel() {
@@ -101,6 +120,7 @@ final class SnapshotLoad: @unchecked Sendable {
         let topic = self.settings.topic
         progress.update { $0 = .init(phase: .fetching, source: catchUp.source.description, partitions: partitions, startedAt: .now) }
         do {
+            try self.fence.claim(through: self.redis)
             let (snapshot, resumeAt) = try self.prepareSnapshot()
             var files = SnapshotFiles(snapshot, directory: catchUp.directory)
             // The files' tags first: a snapshot that cannot be loaded is refused before any key.
@@ -132,7 +152,7 @@ final class SnapshotLoad: @unchecked Sendable {
                 throw SnapshotSource.Failure(description: refusal)
             }
             let wanted = Set(partitions)
-            var chunk = RackPipelines.Requests()
+            var chunk = LoadFence.Writes()
             var inChunk = 0
             // The chunk sent before, whose replies are read once the next one is sent: Redis
             // restores one while the loader reads and frames the next.
@@ -146,9 +166,11 @@ final class SnapshotLoad: @unchecked Sendable {
             func confirm() throws {
                 guard let chunk = inFlight.take() else { return }
                 for sent in chunk.sent {
-                    for (_, reply) in try self.redis.receive(sent) where reply.isError {
-                        let advice = reply.string?.contains("payload version") == true ? " (this rack's Redis must be the source's version or newer)" : ""
-                        throw SnapshotSource.Failure(description: "restoring the snapshot: redis answered \(reply.string ?? "\(reply)")\(advice)")
+                    for (_, reply) in try self.redis.receive(sent) {
+                        if reply.isError, reply.string?.contains("payload version") == true {
+                            throw SnapshotSource.Failure(description: "restoring the snapshot: redis answered \(reply.string!) (this rack's Redis must be the source's version or newer)")
+                        }
+                        try LoadFence.check(reply, doing: "restoring the snapshot")
                     }
                 }
                 loaded += chunk.keys
@@ -165,13 +187,13 @@ final class SnapshotLoad: @unchecked Sendable {
                 if let confirmed {
                     for partition in partitions {
                         let key = SnapshotCatchUp.progressKey(topic: topic, partition: partition)
-                        chunk.add(["SET", key, "\(snapshot.id) \(confirmed)"], to: try self.redis.node(forKey: key), as: .ownTurn)
+                        chunk.add(["SET", key, "\(snapshot.id) \(confirmed)"], unit: self.fence.unit(ofKey: key, partition: partition), to: try self.redis.node(forKey: key))
                     }
                 }
-                let sent = try self.redis.transmit(chunk)
+                let sent = try self.redis.transmit(chunk.requests(fence: self.fence))
                 try confirm()
                 inFlight = (sent, next, inChunk, bytes)
-                chunk = RackPipelines.Requests()
+                chunk = LoadFence.Writes()
                 inChunk = 0
             }
             // Entries are numbered across the files, in their order: where a killed load resumes.
@@ -185,11 +207,12 @@ final class SnapshotLoad: @unchecked Sendable {
                         continue
                     }
                     let slot = entry.key.withUnsafeBytes { HashSlot.of(bytes: $0) }
-                    guard wanted.contains(OpRecord.partition(ofSlot: slot, count: self.settings.partitions)) else { continue }
+                    let partition = OpRecord.partition(ofSlot: slot, count: self.settings.partitions)
+                    guard wanted.contains(partition) else { continue }
                     guard let node = self.redis.rack.node(slot) else { throw RackPipelines.Doubt(description: "the rack's redis node for slot \(slot) is not known yet") }
-                    chunk.add(written: { Self.writeRestore(entry, from: reader, into: &$0) }, to: node, as: .ownTurn)
+                    chunk.add(arguments: 6, unit: self.fence.unit(ofSlot: slot, partition: partition), to: node) { Self.writeRestore(entry, from: reader, into: &$0) }
                     inChunk += 1
-                    if inChunk >= catchUp.chunkKeys { try send(upTo: index + 1, bytes: bytesBefore + reader.offset) }
+                    if inChunk >= catchUp.chunkKeys || chunk.bytes >= catchUp.chunkBytes { try send(upTo: index + 1, bytes: bytesBefore + reader.offset) }
                 }
                 bytesBefore += reader.size
                 functions += reader.functions
@@ -211,7 +234,7 @@ final class SnapshotLoad: @unchecked Sendable {
             return offsets
         } catch {
             progress.update {
-                $0.phase = error is Cancelled ? .stopped : .failed
+                $0.phase = error is Cancelled || error is LoadFence.Deposed ? .stopped : .failed
                 $0.error = "\(error)"
             }
             throw error
@@ -248,17 +271,17 @@ final class SnapshotLoad: @unchecked Sendable {
             try self.checkCancelled()
             self.progress.update { $0.bytes = bytes }
         }
-        var start = RackPipelines.Requests()
+        var start = LoadFence.Writes()
         for partition in partitions {
             let key = SnapshotCatchUp.progressKey(topic: self.settings.topic, partition: partition)
-            try start.add(["SET", key, "\(id) 0"], to: self.redis.node(forKey: key), as: .ownTurn)
+            try start.add(["SET", key, "\(id) 0"], unit: self.fence.unit(ofKey: key, partition: partition), to: self.redis.node(forKey: key))
         }
-        _ = try self.redis.exchange(start)
+        try self.write(start, doing: "recording the snapshot to load")
         return (snapshot, 0)
     }
 
     /// Deletes the user keys of `partitions`' slots on every node (nothing applies them meanwhile:
-    /// this applier holds them and has not started).
+    /// this loader holds them, and its applier has not started).
     private func emptyPartitions() throws {
         let wanted = Set(self.partitions)
         for node in self.redis.rack.nodes() {
@@ -270,12 +293,14 @@ final class SnapshotLoad: @unchecked Sendable {
                     throw RackPipelines.Doubt(description: "SCAN answered \(reply)")
                 }
                 cursor = next
-                let doomed = keys.compactMap { key -> ByteBuffer? in
-                    guard case .bulkString(let name?) = key, !Bookkeeping.isBookkeeping(name),
-                          wanted.contains(OpRecord.partition(ofSlot: HashSlot.of(name), count: self.settings.partitions)) else { return nil }
-                    return name
+                var doomed = LoadFence.Writes()
+                for case .bulkString(let name?) in keys where !Bookkeeping.isBookkeeping(name) {
+                    let slot = HashSlot.of(name)
+                    let partition = OpRecord.partition(ofSlot: slot, count: self.settings.partitions)
+                    guard wanted.contains(partition) else { continue }
+                    doomed.add([ByteBuffer(string: "UNLINK"), name], unit: self.fence.unit(ofSlot: slot, partition: partition), to: node)
                 }
-                if !doomed.isEmpty { _ = try connection.exchange(RedisRequest([ByteBuffer(string: "UNLINK")] + doomed).raw, replies: 1) }
+                if !doomed.isEmpty { try self.write(doomed, doing: "emptying the partitions to load") }
             } while cursor != "0"
         }
     }
@@ -284,7 +309,7 @@ final class SnapshotLoad: @unchecked Sendable {
     /// partition's checkpoint and ends the load's records.
     private func adoptTags(_ tags: SnapshotTags, partitions: [Int32], logStarts: [Int32: Int64]) throws -> [Int32: Int64] {
         let topic = self.settings.topic
-        var markers = RackPipelines.Requests()
+        var markers = LoadFence.Writes()
         var offsets: [Int32: Int64] = [:]
         for partition in partitions {
             let adoption = tags.adoption(of: partition, partitions: self.settings.partitions, logStart: logStarts[partition] ?? 0, perSlot: self.redis.rack.perSlot)
@@ -293,36 +318,34 @@ final class SnapshotLoad: @unchecked Sendable {
                 let key = slot == SnapshotTags.partitionMarker
                     ? AppliedOffsets.markerKey(topic: topic, partition: partition)
                     : AppliedOffsets.markerKey(topic: topic, partition: partition, slot: slot)
-                try markers.add(["SET", key, String(marker)], to: self.redis.node(forKey: key), as: .ownTurn)
+                try markers.add(["SET", key, String(marker)], unit: self.fence.unit(ofKey: key, partition: partition), to: self.redis.node(forKey: key))
             }
         }
-        try self.write(markers)
+        try self.write(markers, doing: "writing the snapshot's markers")
         // The checkpoints last: a load killed before them is loaded again, resuming.
-        var checkpoints = RackPipelines.Requests()
+        var checkpoints = LoadFence.Writes()
         for (partition, start) in offsets {
             let key = AppliedOffsets.checkpointKey(topic: topic, partition: partition)
-            try checkpoints.add(["SET", key, String(start)], to: self.redis.node(forKey: key), as: .ownTurn)
+            try checkpoints.add(["SET", key, String(start)], unit: self.fence.unit(ofKey: key, partition: partition), to: self.redis.node(forKey: key))
         }
-        try self.write(checkpoints)
-        var done = RackPipelines.Requests()
+        try self.write(checkpoints, doing: "writing the snapshot's checkpoints")
+        var done = LoadFence.Writes()
         for partition in partitions {
             let key = SnapshotCatchUp.progressKey(topic: topic, partition: partition)
-            try done.add(["DEL", key], to: self.redis.node(forKey: key), as: .ownTurn)
+            try done.add(["DEL", key], unit: self.fence.unit(ofKey: key, partition: partition), to: self.redis.node(forKey: key))
         }
-        try self.write(done)
+        try self.write(done, doing: "ending the load's records")
         return offsets
     }
 
-    /// Sends writes and waits until Redis took every one.
-    private func write(_ requests: RackPipelines.Requests) throws {
-        for (_, reply) in try self.redis.exchange(requests) where reply.isError {
-            throw RackPipelines.Doubt(description: "writing the snapshot's offsets: redis answered \(reply)")
-        }
+    /// Sends fenced writes and waits until Redis took every one.
+    private func write(_ writes: LoadFence.Writes, doing what: String) throws {
+        for (_, reply) in try self.redis.exchange(writes.requests(fence: self.fence)) { try LoadFence.check(reply, doing: what) }
     }
 
-    /// `RESTORE key expiry payload REPLACE [ABSTTL]`, written straight into a pipeline.
+    /// The six arguments of `RESTORE key expiry payload REPLACE ABSTTL` (an expiry of 0: none),
+    /// written straight from the file.
     private static func writeRestore(_ entry: RDBReader.Entry, from reader: RDBReader, into buffer: inout ByteBuffer) {
-        buffer.writeRESPArrayHeader(entry.expiresAt == nil ? 5 : 6)
         buffer.writeRESPBulkString("RESTORE")
         buffer.writeRESPLine(UInt8(ascii: "$"), entry.key.count)
         buffer.writeBytes(entry.key)
@@ -332,6 +355,6 @@ final class SnapshotLoad: @unchecked Sendable {
         reader.writeDumpPayload(entry, into: &buffer)
         buffer.writeString("\r\n")
         buffer.writeRESPBulkString("REPLACE")
-        if entry.expiresAt != nil { buffer.writeRESPBulkString("ABSTTL") }
+        buffer.writeRESPBulkString("ABSTTL")
     }
 }

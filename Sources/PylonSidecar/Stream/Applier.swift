@@ -194,8 +194,8 @@ final class ApplierRun: @unchecked Sendable {
             brokers: applier.settings.brokers, groupID: applier.settings.groupID,
             properties: defaults.merging(applier.settings.properties) { $1 },
             onRebalance: { [unowned self] rebalance in
-                // The one thing that must end before the partitions move: a snapshot load, whose
-                // RESTOREs no owner epoch fences. It stops after its chunk in flight.
+                // A snapshot load ends before the partitions move, after its chunk in flight, so
+                // the next owner does not find it writing (its writes are fenced too: `LoadFence`).
                 if case .revoked = rebalance { self.stopLoad() }
                 return self.machine.record(rebalance)
             }
@@ -206,10 +206,15 @@ final class ApplierRun: @unchecked Sendable {
 
     func loop() {
         while self.applier.isRunning {
-            if let load = self.load, load.loaded != nil {
-                self.logger.info("partitions loaded from a snapshot: applying the log after it", metadata: ["partitions": "\(load.partitions)"])
+            if let load = self.load, let outcome = load.outcome {
                 self.load = nil
-                self.machine.snapshotLoaded()
+                if case .loaded = outcome {
+                    self.logger.info("partitions loaded from a snapshot: applying the log after it", metadata: ["partitions": "\(load.partitions)"])
+                    self.machine.snapshotLoaded()
+                } else {
+                    self.machine.loadDeposed(load.partitions)
+                    self.act()
+                }
             }
             if self.machine.needsResync {
                 self.finishInFlight()
@@ -266,7 +271,7 @@ final class ApplierRun: @unchecked Sendable {
                 ])
             case .reportDeposed(let partition, let epoch):
                 self.logger.warning("another applier of the rack claimed the partition: applying nothing there until the group assigns it again", metadata: [
-                    "partition": "\(partition)", "epoch": "\(epoch)",
+                    "partition": "\(partition)", "epoch": "\(epoch.map(String.init) ?? "newer than the snapshot load's")",
                 ])
             case .reportRevived(let partitions):
                 self.logger.notice("claiming deposed partitions again (their claim vanished, or no rebalance took them away)", metadata: ["partitions": "\(partitions)"])

@@ -121,8 +121,8 @@ struct ApplierStateMachine {
         case reportRejected(AppliedReplies.Position, error: String)
         /// A message that is not a readable op: passed, logged.
         case reportUnreadable(AppliedReplies.Position, error: String)
-        /// Another applier of the rack claimed the partition (a newer epoch).
-        case reportDeposed(partition: Int32, epoch: Int)
+        /// Another applier of the rack claimed the partition (a newer epoch; nil when its snapshot load found it).
+        case reportDeposed(partition: Int32, epoch: Int?)
         /// Claimed again after being deposed: the claim vanished, or no rebalance came.
         case reportRevived([Int32])
         /// Something is in doubt: reconnect, re-read the checkpoints, restart every partition there.
@@ -288,6 +288,12 @@ struct ApplierStateMachine {
         self.needsResync = true
     }
 
+    /// The snapshot load stopped because another sidecar of the rack claimed its partitions
+    /// (`LoadFence`): they are deposed here, as if a claim of the applier's were lost.
+    mutating func loadDeposed(_ partitions: [Int32], now: ContinuousClock.Instant = .now) {
+        for partition in partitions where self.loading.contains(partition) { self.depose(partition, epoch: nil, now: now) }
+    }
+
     /// Redis, Kafka or a check failed: everything in flight is in doubt.
     mutating func doubt(_ reason: String) {
         self.needsResync = true
@@ -312,7 +318,7 @@ struct ApplierStateMachine {
         }
     }
 
-    private mutating func depose(_ partition: Int32, epoch: Int, now: ContinuousClock.Instant) {
+    private mutating func depose(_ partition: Int32, epoch: Int?, now: ContinuousClock.Instant) {
         guard self.deposed[partition] == nil else { return }
         self.deposed[partition] = now
         self.count(.deposed)

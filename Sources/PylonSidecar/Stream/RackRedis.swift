@@ -9,7 +9,10 @@ struct RackRedis: Sendable {
     var perSlot: Bool
     /// A node answered MOVED or ASK: the slot map is stale.
     var slotsMoved: @Sendable () -> Void
+}
 
+extension RackRedis {
+    /// The nodes of the backend's current map.
     init(_ backend: RedisBackend) {
         self.node = { backend.writeNode(forSlot: $0) }
         self.nodes = { backend.writeNodes }
