@@ -12,8 +12,11 @@
 # The broker is librdkafka's mock cluster (scripts/mock-kafka), as in bench-consistency.sh. It
 # keeps at most 100,000 messages and 5 MB per partition, dropping the oldest (retention): the
 # topic has 32 partitions so that the whole log of a million ops stays (checked: the replaying
-# rack ends with every key).
-# Usage: scripts/bench-snapshot.sh     env: KEYS=1000000
+# rack ends with every key). It answers a fetch only when the fetch's max wait is over, so an idle
+# consumer polls at that rate: with 1 ms (bench-consistency.sh's setting, for write latency) the
+# source rack's idle sidecar and the loading sidecar's applier took about half a core each during
+# the load; 10 ms keeps them near idle and the replay fast.
+# Usage: scripts/bench-snapshot.sh     env: KEYS=1000000 FETCH_WAIT_MS=10
 set -euo pipefail
 cd "$(dirname "$0")/.."
 KEYS=${KEYS:-1000000}
@@ -34,7 +37,7 @@ sidecar() {  # name, redis port, extra flags… → sets SIDECAR_PORT
   SIDECAR_PORT=$(free_port)
   "$BIN" --listen "127.0.0.1:$SIDECAR_PORT" --admin "127.0.0.1:$(free_port)" --redis "redis://127.0.0.1:$redis_port" \
     --kafka-brokers "$bootstrap" --world bench --rack "$name" --sidecar-name "$name-0" --log-level notice \
-    --kafka-property fetch.wait.max.ms=1 "$@" 2>> "$WORK/sidecar-$name.log" &
+    --kafka-property fetch.wait.max.ms=${FETCH_WAIT_MS:-10} "$@" 2>> "$WORK/sidecar-$name.log" &
   track $!
   wait_port "$SIDECAR_PORT"
 }

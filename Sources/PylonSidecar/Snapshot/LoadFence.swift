@@ -84,10 +84,13 @@ struct LoadFence {
     }
 
     /// The loader's writes on one node: ARGV[1] the number of claims to check, then each claim as
-    /// its owner key and the epoch held, then each command as its argument count and arguments.
-    /// Replies how many commands ran, or `-DEPOSED …` (and runs none) when a claim is not held.
-    /// The keys are undeclared (`allow-cross-slot-keys`): on Redis Cluster a chunk's keys are in
-    /// many slots of the node it is sent to.
+    /// its owner key and the epoch held, then each command as its argument count and arguments —
+    /// a count of 0 being `RESTORE key ttl payload REPLACE ABSTTL` with its three variable
+    /// arguments only (a load's bulk: fewer arguments for Redis and Lua to copy). Replies how
+    /// many commands ran, or `-DEPOSED …` (and runs none) when a claim is not held. The keys are
+    /// undeclared (`allow-cross-slot-keys`): on Redis Cluster a chunk's keys are in many slots of
+    /// the node it is sent to. (A transaction under a WATCH of the owner keys was tried for
+    /// standalone racks: no faster, as Redis then answers every command twice.)
     static let script = """
     #!lua flags=allow-cross-slot-keys
     local claims = tonumber(ARGV[1])
@@ -97,10 +100,15 @@ struct LoadFence {
         return redis.error_reply('DEPOSED ' .. ARGV[i] .. ' holds epoch ' .. tostring(stored) .. ', not ' .. ARGV[i + 1])
       end
     end
-    local i, ran = 2 * claims + 2, 0
-    while i <= #ARGV do
+    local i, last, ran = 2 * claims + 2, #ARGV, 0
+    while i <= last do
       local count = tonumber(ARGV[i])
-      redis.call(unpack(ARGV, i + 1, i + count))
+      if count == 0 then
+        redis.call('RESTORE', ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], 'REPLACE', 'ABSTTL')
+        count = 3
+      else
+        redis.call(unpack(ARGV, i + 1, i + count))
+      end
       i, ran = i + count + 1, ran + 1
     end
     return ran
@@ -109,42 +117,55 @@ struct LoadFence {
     /// Writes for several nodes, each node's in one `script` call that checks the claims on the
     /// units it writes before it runs them.
     struct Writes {
-        private var byNode: [HostPort: (body: ByteBuffer, arguments: Int, units: Set<Unit>)] = [:]
+        /// One node's part: its commands as the script's arguments, and the units they write.
+        private struct Part {
+            var body = ByteBuffer()
+            var arguments = 0
+            var units: Set<Unit> = []
+
+            /// Adds a command (`count`: its argument count, or 0 for a RESTORE's three); answers its bytes.
+            mutating func add(count: Int, arguments: Int, unit: Unit, write: (inout ByteBuffer) -> Void) -> Int {
+                self.units.insert(unit)
+                self.arguments += arguments + 1
+                let before = self.body.writerIndex
+                self.body.writeRESPBulkString(count)
+                write(&self.body)
+                return self.body.writerIndex - before
+            }
+        }
+
+        private var parts: [HostPort: Part] = [:]
         /// The commands' bytes, on every node.
         private(set) var bytes = 0
 
-        var isEmpty: Bool { self.byNode.isEmpty }
+        var isEmpty: Bool { self.parts.isEmpty }
 
         mutating func add(_ command: [String], unit: Unit, to node: HostPort) {
             self.add(command.map { ByteBuffer(string: $0) }, unit: unit, to: node)
         }
 
         mutating func add(_ command: [ByteBuffer], unit: Unit, to node: HostPort) {
-            self.add(arguments: command.count, unit: unit, to: node) { body in
+            self.bytes += self.parts[node, default: Part()].add(count: command.count, arguments: command.count, unit: unit) { body in
                 for argument in command { body.writeRESPBulkString(argument) }
             }
         }
 
-        /// Adds a command of `arguments` arguments that `write` writes as bulk strings.
-        mutating func add(arguments: Int, unit: Unit, to node: HostPort, write: (inout ByteBuffer) -> Void) {
-            self.byNode[node, default: (ByteBuffer(), 0, [])].units.insert(unit)
-            self.byNode[node]!.arguments += arguments + 1
-            let before = self.byNode[node]!.body.writerIndex
-            self.byNode[node]!.body.writeRESPBulkString(arguments)
-            write(&self.byNode[node]!.body)
-            self.bytes += self.byNode[node]!.body.writerIndex - before
+        /// Adds `RESTORE key ttl payload REPLACE ABSTTL`: `write` writes its key, ttl and payload
+        /// as bulk strings.
+        mutating func addRestore(unit: Unit, to node: HostPort, write: (inout ByteBuffer) -> Void) {
+            self.bytes += self.parts[node, default: Part()].add(count: 0, arguments: 3, unit: unit, write: write)
         }
 
         /// One `EVAL` per node, holding the claims of `fence` on the units it writes.
         func requests(fence: LoadFence) throws -> RackPipelines.Requests {
             var requests = RackPipelines.Requests()
-            for (node, writes) in self.byNode {
-                let claims = try writes.units.map { unit in
+            for (node, part) in self.parts {
+                let claims = try part.units.map { unit in
                     guard let epoch = fence.epochs[unit] else { throw RackPipelines.Doubt(description: "the snapshot load writes \(unit) without claiming it") }
                     return (unit.ownerKey(topic: fence.topic), epoch)
                 }
                 requests.add(written: { buffer in
-                    buffer.writeRESPArrayHeader(4 + 2 * claims.count + writes.arguments)
+                    buffer.writeRESPArrayHeader(4 + 2 * claims.count + part.arguments)
                     buffer.writeRESPBulkString("EVAL")
                     buffer.writeRESPBulkString(LoadFence.script)
                     buffer.writeRESPBulkString("0")
@@ -153,7 +174,7 @@ struct LoadFence {
                         buffer.writeRESPBulkString(key)
                         buffer.writeRESPBulkString(epoch)
                     }
-                    var body = writes.body
+                    var body = part.body
                     buffer.writeBuffer(&body)
                 }, to: node, as: .ownTurn)
             }

@@ -210,7 +210,7 @@ final class SnapshotLoad: @unchecked Sendable {
                     let partition = OpRecord.partition(ofSlot: slot, count: self.settings.partitions)
                     guard wanted.contains(partition) else { continue }
                     guard let node = self.redis.rack.node(slot) else { throw RackPipelines.Doubt(description: "the rack's redis node for slot \(slot) is not known yet") }
-                    chunk.add(arguments: 6, unit: self.fence.unit(ofSlot: slot, partition: partition), to: node) { Self.writeRestore(entry, from: reader, into: &$0) }
+                    chunk.addRestore(unit: self.fence.unit(ofSlot: slot, partition: partition), to: node) { Self.writeRestore(entry, from: reader, into: &$0) }
                     inChunk += 1
                     if inChunk >= catchUp.chunkKeys || chunk.bytes >= catchUp.chunkBytes { try send(upTo: index + 1, bytes: bytesBefore + reader.offset) }
                 }
@@ -343,10 +343,9 @@ final class SnapshotLoad: @unchecked Sendable {
         for (_, reply) in try self.redis.exchange(writes.requests(fence: self.fence)) { try LoadFence.check(reply, doing: what) }
     }
 
-    /// The six arguments of `RESTORE key expiry payload REPLACE ABSTTL` (an expiry of 0: none),
-    /// written straight from the file.
+    /// The key, expiry (0: none) and payload of `RESTORE … REPLACE ABSTTL`, written straight
+    /// from the file.
     private static func writeRestore(_ entry: RDBReader.Entry, from reader: RDBReader, into buffer: inout ByteBuffer) {
-        buffer.writeRESPBulkString("RESTORE")
         buffer.writeRESPLine(UInt8(ascii: "$"), entry.key.count)
         buffer.writeBytes(entry.key)
         buffer.writeString("\r\n")
@@ -354,7 +353,5 @@ final class SnapshotLoad: @unchecked Sendable {
         buffer.writeRESPLine(UInt8(ascii: "$"), entry.value.count + 11)
         reader.writeDumpPayload(entry, into: &buffer)
         buffer.writeString("\r\n")
-        buffer.writeRESPBulkString("REPLACE")
-        buffer.writeRESPBulkString("ABSTTL")
     }
 }
