@@ -14,15 +14,6 @@ struct LoadFenceTests {
         #expect(epoch.int != nil)
     }
 
-    static func deposed(_ body: () throws -> Void) -> Bool {
-        do {
-            try body()
-            return false
-        } catch {
-            return error is LoadFence.Deposed
-        }
-    }
-
     @Test func aStandaloneLoadWritesWhileItsClaimsHoldAndNothingOnceAnotherSidecarClaimed() async throws {
         let server = try RedisServer()
         let address = server.address
@@ -55,9 +46,9 @@ struct LoadFenceTests {
         try await Self.rival(claims: AppliedOffsets.ownerKey(topic: "t", partition: 1), on: server)
         let reply = try redis.exchange(writes("3").requests(fence: fence))[0].1
         #expect(reply.string?.hasPrefix("DEPOSED pylon:owner:t:1") == true, "\(reply)")
-        #expect(Self.deposed { try LoadFence.check(reply, doing: "writing") })
+        #expect(throws: LoadFence.Deposed.self) { try LoadFence.check(reply, doing: "writing") }
         #expect(try await client.send("MGET", "a", "b") == .array([.bulkString(ByteBuffer(string: "2")), .bulkString(ByteBuffer(string: "2"))]))
-        #expect(Self.deposed { try fence.claim(through: redis) })
+        #expect(throws: LoadFence.Deposed.self) { try fence.claim(through: redis) }
     }
 
     @Test func aClusterLoadWritesKeysOfManySlotsPerNodeAndOnlyTheNodeOfAClaimedSlotRefuses() async throws {

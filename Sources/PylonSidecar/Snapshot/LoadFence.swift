@@ -59,16 +59,8 @@ struct LoadFence {
     /// asserts its claims again: that restores a claim a Redis lost (it came back empty) and
     /// finds one another sidecar took meanwhile (`Deposed`).
     mutating func claim(through redis: RackPipelines, now: Int = Int(Date().timeIntervalSince1970 * 1000)) throws {
-        var requests = RackPipelines.Requests()
-        for unit in self.units {
-            let key = unit.ownerKey(topic: self.topic)
-            let (mode, value) = self.epochs[unit].map { ("keep", $0) } ?? ("claim", now)
-            try requests.add(["EVAL", AppliedOffsets.ownerScript, "1", key, mode, String(value)], to: redis.node(forKey: key), as: .claim(unit))
-        }
-        for (entry, reply) in try redis.exchange(requests) {
-            guard case .claim(let unit) = entry, case .integer(let epoch) = reply else {
-                throw RackPipelines.Doubt(description: "claiming a partition to load: redis answered \(reply)")
-            }
+        let claims = self.units.map { unit in self.epochs[unit].map { (unit, "keep", $0) } ?? (unit, "claim", now) }
+        for (unit, epoch) in try redis.own(claims, topic: self.topic) {
             if let held = self.epochs[unit], held != epoch {
                 throw Deposed(description: "another sidecar of the rack claimed partition \(unit.partition) (epoch \(epoch), this load held \(held))")
             }

@@ -398,23 +398,11 @@ final class ApplierRun: @unchecked Sendable {
         try self.own(units.map { ($0, "claim", Int(Date().timeIntervalSince1970 * 1000)) })
     }
 
-    /// Runs the owner script for each unit (`AppliedOffsets.ownerScript`) and tells the machine
-    /// the epochs Redis answered.
+    /// Runs the owner script for each unit (`RackPipelines.own`) and tells the machine the
+    /// epochs Redis answered.
     private func own(_ requests: [(unit: Unit, mode: String, value: Int)]) throws {
         guard !requests.isEmpty else { return }
-        var pipeline = RackPipelines.Requests()
-        for (unit, mode, value) in requests {
-            try pipeline.add(
-                ["EVAL", AppliedOffsets.ownerScript, "1", unit.ownerKey(topic: self.settings.topic), mode, String(value)],
-                to: self.redis.node(forKey: unit.markerKey(topic: self.settings.topic)), as: .claim(unit)
-            )
-        }
-        for (entry, reply) in try self.redis.exchange(pipeline) {
-            guard case .claim(let unit) = entry, case .integer(let epoch) = reply else {
-                throw Doubt(description: "claiming a partition: redis answered \(reply)")
-            }
-            self.machine.claimed(unit, epoch: epoch)
-        }
+        for (unit, epoch) in try self.redis.own(requests, topic: self.settings.topic) { self.machine.claimed(unit, epoch: epoch) }
         self.act()
     }
 

@@ -77,6 +77,25 @@ final class RackPipelines {
         try self.transmit(requests).flatMap { try self.receive($0) }
     }
 
+    /// Runs the owner script (`AppliedOffsets.ownerScript`) for each unit — `claim` with the
+    /// claimant's clock in ms, or `keep` with the epoch held — on the node of its marker, and
+    /// answers the epoch each owner key holds now. Used by the applier and the snapshot loader.
+    func own(_ claims: [(unit: ApplierStateMachine.Unit, mode: String, value: Int)], topic: String) throws -> [(unit: ApplierStateMachine.Unit, epoch: Int)] {
+        var pipeline = Requests()
+        for (unit, mode, value) in claims {
+            try pipeline.add(
+                ["EVAL", AppliedOffsets.ownerScript, "1", unit.ownerKey(topic: topic), mode, String(value)],
+                to: self.node(forKey: unit.markerKey(topic: topic)), as: .claim(unit)
+            )
+        }
+        return try self.exchange(pipeline).map { entry, reply in
+            guard case .claim(let unit) = entry, case .integer(let epoch) = reply else {
+                throw Doubt(description: "claiming a partition: redis answered \(reply)")
+            }
+            return (unit, epoch)
+        }
+    }
+
     /// The node that takes writes for `key`.
     func node(forKey key: String) throws -> HostPort {
         guard let node = self.rack.node(HashSlot.of(key)) else { throw Doubt(description: "the rack's redis node for \(key) is not known yet") }
