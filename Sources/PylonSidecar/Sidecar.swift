@@ -210,37 +210,60 @@ public final class Sidecar: Service, Sendable {
         public let description: String
     }
 
-    /// Stops accepting, waits for in-flight replies (bounded by the grace period), closes everything.
+    /// Stops accepting, waits for in-flight replies (bounded by the grace period), closes
+    /// everything; a stop that takes `stop-timeout-ms` longer than that ends the process
+    /// (`ShutdownWatchdog`).
     public func stop() async {
         guard !self.stopped.exchange(true, ordering: .acquiringAndReleasing) else { return }
+        let grace = Duration.milliseconds(self.configuration.shutdownGraceMilliseconds)
+        let watchdog = self.configuration.stopTimeoutMilliseconds == 0 ? nil : ShutdownWatchdog(
+            limit: grace + .milliseconds(self.configuration.stopTimeoutMilliseconds), logger: self.logger
+        ) {
+            fflush(nil)
+            _exit(1)
+        }
+        defer { watchdog?.finished() }
         guard let bound = self.bound.value else {
-            await self.stopStreams()
+            await self.stopStreams(watchdog)
             await self.backend.shutdown()
             return
         }
+        watchdog?.enter("closing the listening socket")
         try? await bound.server.close()
-        let deadline = ContinuousClock.now + .milliseconds(self.configuration.shutdownGraceMilliseconds)
+        watchdog?.enter("waiting for in-flight replies (shutdown-grace-ms)")
+        let deadline = ContinuousClock.now + grace
         while self.stats.connectedClients.load(ordering: .relaxed) > 0, ContinuousClock.now < deadline, self.stats.pendingReplies.load(ordering: .relaxed) > 0 {
             try? await Task.sleep(for: .milliseconds(10))
         }
         self.gateway.clients.closeAll()
-        await self.stopStreams()
+        await self.stopStreams(watchdog)
+        watchdog?.enter("closing the connections to redis")
         await self.backend.shutdown()
+        watchdog?.enter("closing the admin endpoint")
         await bound.admin.close()
         self.logger.info("pylon-sidecar stopped")
     }
 
-    /// Stops the applier (after its batch in hand) and flushes the producer.
-    private func stopStreams() async {
+    /// Stops the applier (after its batch in hand) and flushes the producer. The blocking part
+    /// runs on a thread of its own and is waited for even when the stopping task is cancelled:
+    /// the applier's owed replies and checkpoints, and the producer's last writes, go out.
+    private func stopStreams(_ watchdog: ShutdownWatchdog?) async {
+        watchdog?.enter("closing the replies and peers subscriptions")
         self.replies?.stop()
         self.peers?.stop()
         await self.failover.value?.forEach { $0.forBoth { $0.close() } }
         await self.peerReplies.value?.forEach { $0.close() }
         let (applier, log, progress) = (self.applier, self.log, self.progress)
-        _ = try? await Blocking.run {
-            progress?.stop()
-            applier?.stop()
-            log?.close()
+        await withCheckedContinuation { (stopped: CheckedContinuation<Void, Never>) in
+            Blocking.thread(named: "pylon-stop") {
+                watchdog?.enter("stopping the rack-progress measurements")
+                progress?.stop()
+                watchdog?.enter("stopping the applier")
+                applier?.stop()
+                watchdog?.enter("flushing the world's log (kafka producer)")
+                log?.close()
+                stopped.resume()
+            }
         }
     }
 

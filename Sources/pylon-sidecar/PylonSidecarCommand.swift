@@ -73,6 +73,8 @@ struct PylonSidecarCommand: AsyncParsableCommand {
     var connectTimeout: String?
     @Option(name: .customLong("shutdown-grace-ms"), help: "On SIGTERM, wait this long for in-flight replies (default 5000).")
     var shutdownGrace: String?
+    @Option(name: .customLong("stop-timeout-ms"), help: "Exit (status 1) when stopping takes this long after the grace period; 0: wait for ever (default 15000).")
+    var stopTimeout: String?
     @Option(help: "Event-loop threads (default 1).")
     var threads: String?
     @Option(help: "When writes are acknowledged: applied (a rack applied it, with the real reply; default) or log (Kafka has it; a placeholder reply).")
@@ -102,7 +104,7 @@ struct PylonSidecarCommand: AsyncParsableCommand {
                 ("replication-factor", self.replicationFactor), ("write-timeout-ms", self.writeTimeout),
                 ("max-ready-lag", self.maxReadyLag), ("sidecar-name", self.sidecarName), ("max-arguments", self.maxArguments),
                 ("max-inline-length", self.maxInlineLength), ("max-write-bytes", self.maxWriteBytes), ("connect-timeout-ms", self.connectTimeout),
-                ("shutdown-grace-ms", self.shutdownGrace), ("consistency", self.consistency), ("applied-timeout-ms", self.appliedTimeout),
+                ("shutdown-grace-ms", self.shutdownGrace), ("stop-timeout-ms", self.stopTimeout), ("consistency", self.consistency), ("applied-timeout-ms", self.appliedTimeout),
                 ("peer-probe-interval-ms", self.peerProbeInterval), ("max-peer-lag", self.maxPeerLag), ("max-local-lag", self.maxLocalLag),
                 ("snapshot-from", self.snapshotFrom), ("snapshot-dir", self.snapshotDirectory),
             ] + self.kafkaProperty.map { ("kafka-property", $0) } + self.kafkaPropertyFile.map { ("kafka-property-file", $0) } + self.contentiousKeys.map { ("contentious-keys", $0) }

@@ -1,4 +1,7 @@
 import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
 import PylonSidecar
 import Testing
 
@@ -54,6 +57,45 @@ struct ExecutableTests {
         #expect(lines.contains { $0.contains("\"msg\":\"pylon-sidecar stopped\"") }, "\(logs)")
         for line in lines {
             #expect((try? JSONSerialization.jsonObject(with: Data(line.utf8))) != nil, "not JSON: \(line)")
+        }
+    }
+
+    /// The machine around a sidecar shutting down: its Redis and its broker are killed, then
+    /// the sidecar gets SIGTERM. It still stops by itself, soon after its grace period (its
+    /// applier is retrying Redis, its producer and consumer have no broker), with status 0 —
+    /// not after `stop-timeout-ms`, whose watchdog would end it with status 1. With a bound
+    /// shorter than any stop (1 ms, no grace), the watchdog ends it, naming the step it was in.
+    @Test(arguments: [(timeout: "20000", bounded: false), (timeout: "1", bounded: true)])
+    func stopsOnSIGTERMAfterItsRedisAndBrokerAreGone(timeout: String, bounded: Bool) async throws {
+        let broker = try KafkaBroker()
+        let redis = try RedisServer()
+        let port = try Ports.free()
+        let (process, stderr) = try self.run([
+            "--listen", "127.0.0.1:\(port)", "--admin", "127.0.0.1:\(try Ports.free())", "--redis", "redis://\(redis.address)",
+            "--kafka-brokers", broker.bootstrap, "--world", "gone", "--rack", "r1", "--shutdown-grace-ms", bounded ? "0" : "1000", "--stop-timeout-ms", timeout,
+        ])
+        defer { if process.isRunning { kill(process.processIdentifier, SIGKILL) } }
+        try Ports.waitUntilOpen(port, timeout: 30)
+        let client = try await RedisClient.connect(to: HostPort(host: "127.0.0.1", port: port))
+        // Applied: the applier runs and has the partition of `k`.
+        #expect(try await client.send("INCR", "k") == .integer(1))
+        redis.process.stop(signal: SIGKILL)
+        broker.process.stop(signal: SIGKILL)
+        process.terminate()
+        let signalled = ContinuousClock.now
+        while process.isRunning, ContinuousClock.now - signalled < .seconds(30) { try await Task.sleep(for: .milliseconds(50)) }
+        let took = ContinuousClock.now - signalled
+        #expect(!process.isRunning, "still running 30 s after SIGTERM")
+        #expect(took < .seconds(15), "took \(took)")
+        if process.isRunning { kill(process.processIdentifier, SIGKILL) }
+        process.waitUntilExit()
+        let logs = String(decoding: stderr.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        if bounded {
+            #expect(process.terminationStatus == 1, "\(logs.suffix(3000))")
+            #expect(logs.contains("the sidecar did not stop in time: exiting") && logs.contains("step="), "\(logs.suffix(3000))")
+        } else {
+            #expect(process.terminationStatus == 0, "\(logs.suffix(3000))")
+            #expect(logs.contains("pylon-sidecar stopped"), "\(logs.suffix(3000))")
         }
     }
 

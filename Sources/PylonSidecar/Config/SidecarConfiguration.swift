@@ -22,6 +22,9 @@ public struct SidecarConfiguration: Sendable, Equatable {
     public var limits = RESPLimits.default
     /// Graceful shutdown waits this long for in-flight replies.
     public var shutdownGraceMilliseconds = 5000
+    /// A stop still unfinished this long after the grace period ends the process (status 1),
+    /// naming the step it was stuck in (`ShutdownWatchdog`); 0 waits for ever.
+    public var stopTimeoutMilliseconds = 15000
     /// Event-loop threads; each serves its clients and holds its own connections to Redis. One,
     /// like twemproxy: a sidecar shares its machine with Redis and the application, and on the
     /// 2-core benchmark machine one loop beat two (BENCHMARKS.md). Raise it where cores are spare.
@@ -142,7 +145,7 @@ public struct SidecarConfiguration: Sendable, Equatable {
     public static let keys = [
         "listen", "redis", "admin", "read-from", "log-level", "log-format", "rack", "world",
         "redis-timeout-ms", "connect-timeout-ms", "max-pending-replies", "max-bulk-length",
-        "max-arguments", "max-inline-length", "shutdown-grace-ms", "threads",
+        "max-arguments", "max-inline-length", "shutdown-grace-ms", "stop-timeout-ms", "threads",
         "kafka-brokers", "topic", "partitions", "replication-factor", "kafka-property", "write-timeout-ms",
         "max-ready-lag", "sidecar-name", "consistency", "contentious-keys", "applied-timeout-ms",
         "peers", "peer-probe-interval-ms", "max-peer-lag", "max-local-lag", "kafka-property-file",
@@ -195,6 +198,7 @@ public struct SidecarConfiguration: Sendable, Equatable {
         case "max-inline-length": self.limits.maxInlineLength = try integer(16...(1 << 30))
         case "max-write-bytes": self.maxWriteBytes = try integer(1...(1 << 40))
         case "shutdown-grace-ms": self.shutdownGraceMilliseconds = try integer(0...3_600_000)
+        case "stop-timeout-ms": self.stopTimeoutMilliseconds = try integer(0...3_600_000)
         case "threads": self.threads = try integer(1...256)
         case "kafka-brokers":
             let brokers = value.split(separator: ",").map(String.init)
