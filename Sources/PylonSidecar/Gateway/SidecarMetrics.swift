@@ -1,5 +1,6 @@
 import CoreMetrics
 import Prometheus
+import Synchronization
 
 /// The sidecar's Prometheus metrics (all named `pylon_…`), created up front so the hot path only
 /// increments: one counter per command, one latency histogram per disposition class.
@@ -13,6 +14,10 @@ public final class SidecarMetrics: Sendable {
     let connections: CoreMetrics.Gauge
     let connectionsTotal: CoreMetrics.Counter
     let protocolErrors: CoreMetrics.Counter
+    private let applierEvents: [CoreMetrics.Counter]
+    /// The lag gauge of each partition applied here, made once: the applier records every lag
+    /// after each batch, and making a gauge takes the registry's lock and builds its labels.
+    private let lagGauges = Mutex<[Int32: CoreMetrics.Gauge]>([:])
     private let factory: PrometheusMetricsFactory
 
     public init(table: CommandTable, registry: PrometheusCollectorRegistry = PrometheusCollectorRegistry()) {
@@ -33,6 +38,9 @@ public final class SidecarMetrics: Sendable {
         self.connections = CoreMetrics.Gauge(label: "pylon_client_connections", factory: factory)
         self.connectionsTotal = CoreMetrics.Counter(label: "pylon_client_connections_total", factory: factory)
         self.protocolErrors = CoreMetrics.Counter(label: "pylon_protocol_errors_total", factory: factory)
+        self.applierEvents = ApplierStats.Outcome.allCases.map { outcome in
+            CoreMetrics.Counter(label: "pylon_applier_events_total", dimensions: [("outcome", outcome.name)], factory: factory)
+        }
     }
 
     func counted(_ command: Command?) {
@@ -51,7 +59,7 @@ public final class SidecarMetrics: Sendable {
     /// What the applier did, by outcome (`pylon_applier_events_total`): ops applied, rejected,
     /// duplicate or undecodable, and partition replays and resyncs.
     func applierOps(_ outcome: ApplierStats.Outcome, _ n: Int) {
-        CoreMetrics.Counter(label: "pylon_applier_events_total", dimensions: [("outcome", outcome.name)], factory: self.factory).increment(by: n)
+        self.applierEvents[outcome.rawValue].increment(by: n)
     }
 
     /// A catch-up from a snapshot (`SnapshotProgress`): whether one runs, the file's size, how
@@ -67,8 +75,16 @@ public final class SidecarMetrics: Sendable {
     /// Log end minus the next offset to apply, per partition this sidecar applies; nil removes a
     /// partition that went to another sidecar of the rack.
     func applierLag(partition: Int32, lag: Int64?) {
-        let gauge = CoreMetrics.Gauge(label: "pylon_applier_lag_ops", dimensions: [("partition", "\(partition)")], factory: self.factory)
-        if let lag { gauge.record(lag) } else { gauge.destroy() }
+        guard let lag else {
+            self.lagGauges.withLock { $0.removeValue(forKey: partition) }?.destroy()
+            return
+        }
+        self.lagGauges.withLock { gauges in
+            if let gauge = gauges[partition] { return gauge }
+            let gauge = CoreMetrics.Gauge(label: "pylon_applier_lag_ops", dimensions: [("partition", "\(partition)")], factory: self.factory)
+            gauges[partition] = gauge
+            return gauge
+        }.record(lag)
     }
 
     /// A peer sidecar's state (`pylon_peer_up`, `pylon_peer_rtt_seconds`, `pylon_peer_lag_ops`);

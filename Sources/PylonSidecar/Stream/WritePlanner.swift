@@ -36,11 +36,11 @@ public enum WritePlanner {
     static let splittable: Set<String> = ["del", "unlink", "mset"]
 
     /// Plans a write. `now` is the gateway's clock, in Unix milliseconds.
-    /// `partitions` is the log's partition count; `seed` makes SPOP's choice (random by
-    /// default; tests fix it).
+    /// `partitions` is the log's partition count; `seed` makes SPOP's choice (drawn when an
+    /// SPOP needs one — a draw is a system call —; tests fix it).
     public static func plan(
         _ arguments: [ByteBuffer], command: Command, now: Int64, partitions: Int = 1, maxWriteBytes: Int = 64 << 20,
-        seed: UInt64 = .random(in: .min ... .max)
+        seed: UInt64? = nil
     ) throws -> [PlannedOp] {
         let bytes = arguments.reduce(0) { $0 + $1.readableBytes }
         guard bytes <= maxWriteBytes else {
@@ -55,7 +55,7 @@ public enum WritePlanner {
         return try self.partitioned(arguments, command: command, now: now, seed: seed)
     }
 
-    static func partitioned(_ arguments: [ByteBuffer], command: Command, now: Int64, seed: UInt64) throws -> [PlannedOp] {
+    static func partitioned(_ arguments: [ByteBuffer], command: Command, now: Int64, seed: UInt64?) throws -> [PlannedOp] {
         if let reason = refusals[command.name] { throw Refusal(description: reason) }
         let rewritten = try self.deterministic(arguments, command: command.name, now: now, seed: seed)
         guard let positions = command.keyPositions(in: rewritten) else {
@@ -87,7 +87,7 @@ public enum WritePlanner {
 
     // MARK: - Determinism
 
-    static func deterministic(_ arguments: [ByteBuffer], command: String, now: Int64, seed: UInt64 = 0) throws -> [ByteBuffer] {
+    static func deterministic(_ arguments: [ByteBuffer], command: String, now: Int64, seed: UInt64? = nil) throws -> [ByteBuffer] {
         let time = Clock(arguments: arguments, command: command, now: now)
         var out = arguments
         switch command {
@@ -118,7 +118,7 @@ public enum WritePlanner {
                 }
                 count = String(n)
             }
-            out = [ByteBuffer(string: AppliedOffsets.spopCommand), arguments[1], ByteBuffer(string: count), ByteBuffer(string: String(seed, radix: 16))]
+            out = [ByteBuffer(string: AppliedOffsets.spopCommand), arguments[1], ByteBuffer(string: count), ByteBuffer(string: String(seed ?? .random(in: .min ... .max), radix: 16))]
         case "getex":
             var index = 2
             while index < out.count {
