@@ -63,7 +63,9 @@ struct ExecutableTests {
     /// The machine around a sidecar shutting down: its Redis and its broker are killed, then
     /// the sidecar gets SIGTERM. It still stops by itself, soon after its grace period (its
     /// applier is retrying Redis, its producer and consumer have no broker), with status 0 —
-    /// not after `stop-timeout-ms`, whose watchdog would end it with status 1. With a bound
+    /// not after `stop-timeout-ms`, whose watchdog would end it with status 1. The topic has 64
+    /// partitions: the rack-progress thread, reading each partition's end from the gone broker,
+    /// once took a second per partition and held the stop for over a minute. With a bound
     /// shorter than any stop (1 ms, no grace), the watchdog ends it, naming the step it was in.
     @Test(arguments: [(timeout: "20000", bounded: false), (timeout: "1", bounded: true)])
     func stopsOnSIGTERMAfterItsRedisAndBrokerAreGone(timeout: String, bounded: Bool) async throws {
@@ -72,7 +74,7 @@ struct ExecutableTests {
         let port = try Ports.free()
         let (process, stderr) = try self.run([
             "--listen", "127.0.0.1:\(port)", "--admin", "127.0.0.1:\(try Ports.free())", "--redis", "redis://\(redis.address)",
-            "--kafka-brokers", broker.bootstrap, "--world", "gone", "--rack", "r1", "--shutdown-grace-ms", bounded ? "0" : "1000", "--stop-timeout-ms", timeout,
+            "--kafka-brokers", broker.bootstrap, "--world", "gone", "--rack", "r1", "--partitions", "64", "--shutdown-grace-ms", bounded ? "0" : "1000", "--stop-timeout-ms", timeout,
         ])
         defer { if process.isRunning { kill(process.processIdentifier, SIGKILL) } }
         try Ports.waitUntilOpen(port, timeout: 30)
@@ -80,7 +82,11 @@ struct ExecutableTests {
         // Applied: the applier runs and has the partition of `k`.
         #expect(try await client.send("INCR", "k") == .integer(1))
         redis.process.stop(signal: SIGKILL)
-        broker.process.stop(signal: SIGKILL)
+        // A broker that stops answering (a network partition) rather than one that refuses
+        // connections: every call to it takes its whole timeout.
+        kill(broker.process.process.processIdentifier, SIGSTOP)
+        defer { kill(broker.process.process.processIdentifier, SIGCONT) }
+        try await Task.sleep(for: .seconds(2))  // a round of rack-progress readings is under way
         process.terminate()
         let signalled = ContinuousClock.now
         while process.isRunning, ContinuousClock.now - signalled < .seconds(30) { try await Task.sleep(for: .milliseconds(50)) }

@@ -62,10 +62,15 @@ final class RackProgress: Sendable {
         self.stopped.wait()
     }
 
+    /// The most the log's end may take to read.
+    static let logEndTimeout = Duration.seconds(2)
+
     private func measure(_ clients: inout [HostPort: RedisClient]) throws -> Int64 {
         let topic = self.log.topic
         let partitions = (0..<Int32(self.log.partitions))
-        let ends = try partitions.map { try self.log.producer.watermarks(topic: topic, partition: $0, timeoutMilliseconds: 1000).high }
+        // One request for every partition, bounded: a stop waits for the round under way, and
+        // against a broker that stopped answering a read per partition took a minute each.
+        let ends = try self.log.producer.endOffsets(topic: topic, partitions: Array(partitions), timeoutMilliseconds: Int32(Self.logEndTimeout.milliseconds))
         // Each partition's marker and checkpoint, read from the node holding each key.
         var reads: [HostPort: [String]] = [:]
         for partition in partitions {
@@ -81,7 +86,12 @@ final class RackProgress: Sendable {
             }
             var request = ByteBuffer()
             for key in keys { request.writeRESPCommand([ByteBuffer(string: "GET"), ByteBuffer(string: key)]) }
-            for (key, value) in zip(keys, try clients[node]!.pipeline(request, replies: keys.count).wait()) {
+            // A Redis that stopped answering (SIGSTOP, a full network) fails the read in a
+            // second: closing the connection fails what waits on it.
+            let client = clients[node]!
+            let giveUp = client.channel.eventLoop.scheduleTask(in: .seconds(1)) { client.channel.close(promise: nil) }
+            defer { giveUp.cancel() }
+            for (key, value) in zip(keys, try client.pipeline(request, replies: keys.count).wait()) {
                 if let number = value.string.flatMap({ Int64($0) }) { values[key] = number }
             }
         }
