@@ -29,6 +29,7 @@ struct KafkaProducerTests {
             let marks = try producer.watermarks(topic: "pylon.test.ops", partition: partition)
             #expect(marks.high == 50)
         }
+        #expect(try producer.endOffsets(topic: "pylon.test.ops", partitions: [3, 0, 1, 2], timeoutMilliseconds: 2000) == [50, 50, 50, 50])
     }
 
     @Test func aBrokerThatIsAwayFailsTheSendInsteadOfHangingAndSaysItWasNeverSent() async throws {

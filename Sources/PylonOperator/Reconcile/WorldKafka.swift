@@ -21,7 +21,7 @@ public struct WorldKafka: Sendable {
             // Short timeouts: an unreachable Kafka must not hold a reconcile worker for long.
             guard let count = try admin.partitionCount(topic: topic, timeoutMilliseconds: 2000) else { return [] }
             let partitions = (0..<Int32(count)).map { $0 }
-            let ends = try partitions.map { try admin.watermarks(topic: topic, partition: $0, timeoutMilliseconds: 2000).high }
+            let ends = try admin.endOffsets(topic: topic, partitions: partitions, timeoutMilliseconds: 2000)
             let committed = try admin.committedOffsets(group: group, topic: topic, partitions: partitions, timeoutMilliseconds: 2000)
             return zip(ends, committed).map { end, committed in max(0, end - (committed ?? 0)) }
         }
