@@ -60,12 +60,12 @@ struct ExecutableTests {
         }
     }
 
-    /// The machine around a sidecar shutting down: its Redis and its broker are killed, then
-    /// the sidecar gets SIGTERM. It still stops by itself, soon after its grace period (its
-    /// applier is retrying Redis, its producer and consumer have no broker), with status 0 —
-    /// not after `stop-timeout-ms`, whose watchdog would end it with status 1. The topic has 64
-    /// partitions: the rack-progress thread, reading each partition's end from the gone broker,
-    /// once took a second per partition and held the stop for over a minute. With a bound
+    /// The machine around a sidecar shutting down: its Redis is killed and its broker stops
+    /// answering, then the sidecar gets SIGTERM. It still stops by itself, soon after its grace
+    /// period (its applier is retrying Redis, its producer and consumer have no broker), with
+    /// status 0 — not after `stop-timeout-ms`, whose watchdog would end it with status 1. The
+    /// topic has 64 partitions: the rack-progress thread, once reading each partition's end
+    /// with a call that waits out its socket timeout on such a broker, held the stop. With a bound
     /// shorter than any stop (1 ms, no grace), the watchdog ends it, naming the step it was in.
     @Test(arguments: [(timeout: "20000", bounded: false), (timeout: "1", bounded: true)])
     func stopsOnSIGTERMAfterItsRedisAndBrokerAreGone(timeout: String, bounded: Bool) async throws {

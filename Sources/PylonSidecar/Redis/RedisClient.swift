@@ -52,15 +52,23 @@ public final class RedisClient: Sendable {
     }
 
     /// Writes raw bytes (any number of pipelined commands); the future holds their `replies`
-    /// replies, in order, or the first failure (the connection closing fails them all).
-    public func pipeline(_ bytes: ByteBuffer, replies: Int) -> EventLoopFuture<[RESPValue]> {
-        let loop = self.channel.eventLoop
+    /// replies, in order, or the first failure (the connection closing fails them all). With a
+    /// `timeout`, a Redis that has not answered them all by then (stopped, or cut off) has the
+    /// connection closed, which fails them.
+    public func pipeline(_ bytes: ByteBuffer, replies: Int, timeout: TimeAmount? = nil) -> EventLoopFuture<[RESPValue]> {
+        let channel = self.channel
+        let loop = channel.eventLoop
         let promises = (0..<replies).map { _ in loop.makePromise(of: RESPValue.self) }
-        self.channel.writeAndFlush(RedisClientHandler.Outgoing(bytes: bytes, promises: promises)).whenFailure { error in
+        channel.writeAndFlush(RedisClientHandler.Outgoing(bytes: bytes, promises: promises)).whenFailure { error in
             // The connection is gone: no reply will come (failing a promise twice is harmless).
             for promise in promises { promise.fail(error) }
         }
-        return EventLoopFuture.whenAllSucceed(promises.map(\.futureResult), on: loop)
+        let all = EventLoopFuture.whenAllSucceed(promises.map(\.futureResult), on: loop)
+        if let timeout {
+            let giveUp = loop.scheduleTask(in: timeout) { channel.close(promise: nil) }
+            all.whenComplete { _ in giveUp.cancel() }
+        }
+        return all
     }
 
     public func close() async {

@@ -171,10 +171,7 @@ final class Peers: Sendable {
                 client = try await RedisClient.connect(to: address, on: eventLoop, timeout: timeout)
             }
             let started = ContinuousClock.now
-            let ping = client!.pipeline(RedisRequest(strings: ["PYLON", "PING"]).raw, replies: 1)
-            let deadline = eventLoop.scheduleTask(in: timeout) { [client] in client?.channel.close(promise: nil) }
-            defer { deadline.cancel() }
-            let reply = try await ping.get()[0]
+            let reply = try await client!.pipeline(RedisRequest(strings: ["PYLON", "PING"]).raw, replies: 1, timeout: timeout).get()[0]
             let elapsed = ContinuousClock.now - started
             guard let fields = reply.array, fields.count % 2 == 0 else { throw RedisClient.Error(description: "PYLON PING answered \(reply)") }
             var answer: [String: RESPValue] = [:]
