@@ -2,6 +2,7 @@ import Foundation
 import NIOCore
 import NIOPosix
 import Shared
+import Synchronization
 import Testing
 
 @testable import PylonSidecar
@@ -87,5 +88,47 @@ struct KafkaConsumerTests {
         #expect(read.map(\.offset) == Array(5..<20))
         #expect(try read.map { try OpRecord(decoding: $0.value) } == Array(records[5...]))
         try consumer.commit([(topic, partition, 20)])
+    }
+
+    /// The applier's contract with its group: a partition the group gives is fetched only once
+    /// the owner assigns it, from exactly the offset it names (never from a placeholder start
+    /// librdkafka might move later), and the group waits for that call without taking the
+    /// partition away, however long the owner needs (its Redis is away).
+    @Test func aGroupPartitionIsReadOnlyFromWhereItsOwnerAssignsIt() async throws {
+        let broker = try KafkaBroker()
+        let producer = try KafkaProducer(brokers: broker.bootstrap)
+        defer { producer.close() }
+        let topic = "pylon.test.group"
+        try producer.createTopic(topic, partitions: 1, replicationFactor: 1)
+        let loop = MultiThreadedEventLoopGroup.singleton.any()
+        for i in 0..<10 { _ = try await producer.send(topic: topic, partition: 0, key: nil, value: ByteBuffer(string: "\(i)"), on: loop).get() }
+        let rebalances = Mutex<[String]>([])
+        let consumer = try KafkaConsumer(
+            brokers: broker.bootstrap, groupID: "pylon.test.group-a", properties: WorldFixture.fastRebalances,
+            onRebalance: { rebalance in
+                switch rebalance {
+                case .assigned(let partitions): rebalances.withLock { $0.append("assigned \(partitions.map(\.partition))") }
+                case .revoked(let partitions): rebalances.withLock { $0.append("revoked \(partitions.map(\.partition))") }
+                }
+            }
+        )
+        defer { consumer.close() }
+        try consumer.subscribe([topic])
+        // Past the session timeout (6 s) without assigning: nothing is fetched, nothing revoked.
+        var early: [Int64] = []
+        let waited = ContinuousClock.now + .seconds(8)
+        while ContinuousClock.now < waited {
+            if let message = try? consumer.poll(timeoutMilliseconds: 200) { early.append(message.offset) }
+        }
+        #expect(rebalances.withLock { $0 } == ["assigned [0]"])
+        #expect(early.isEmpty)
+        try consumer.assign([(topic, 0, 7)])
+        var read: [Int64] = []
+        let deadline = ContinuousClock.now + .seconds(20)
+        while read.count < 3, ContinuousClock.now < deadline {
+            if let message = try consumer.poll(timeoutMilliseconds: 200) { read.append(message.offset) }
+        }
+        #expect(read == [7, 8, 9])
+        #expect(rebalances.withLock { $0 } == ["assigned [0]"])
     }
 }

@@ -197,7 +197,7 @@ final class ApplierRun: @unchecked Sendable {
                 // A snapshot load ends before the partitions move, after its chunk in flight, so
                 // the next owner does not find it writing (its writes are fenced too: `LoadFence`).
                 if case .revoked = rebalance { self.stopLoad() }
-                return self.machine.record(rebalance)
+                self.machine.record(rebalance)
             }
         )
         try self.consumer.subscribe([applier.settings.topic])

@@ -208,13 +208,10 @@ struct ApplierStateMachine {
 
     // MARK: - Rebalances
 
-    /// The consumer's rebalance callback: records the event for the driver (which handles it
-    /// once the poll returns) and answers where librdkafka starts fetching: the log's end, as
-    /// nothing is applied before the driver's resync assigns each partition its own start.
-    mutating func record(_ rebalance: KafkaConsumer.Rebalance) -> [Int64] {
+    /// The consumer's rebalance callback: records the event for the driver, which handles it
+    /// once the poll returns (nothing is fetched before its resync assigns each partition its start).
+    mutating func record(_ rebalance: KafkaConsumer.Rebalance) {
         self.rebalances.append(rebalance)
-        if case .assigned(let partitions) = rebalance { return partitions.map { _ in KafkaConsumer.end } }
-        return []
     }
 
     mutating func takeRebalances() -> [KafkaConsumer.Rebalance] {
@@ -226,10 +223,7 @@ struct ApplierStateMachine {
     /// claims start anew, and a resync finds each partition's start.
     mutating func assigned(_ partitions: [Int32]) {
         self.endAssignment()
-        for partition in partitions {
-            self.next[partition] = KafkaConsumer.end
-            self.cursor.start(partition, at: KafkaConsumer.end)
-        }
+        for partition in partitions { self.next[partition] = KafkaConsumer.end }
         self.needsResync = true
     }
 

@@ -32,23 +32,22 @@ public final class KafkaConsumer: @unchecked Sendable {
 
     /// What a consumer-group rebalance did to this member. Called on the thread that polls.
     public enum Rebalance {
-        /// These partitions are now this member's; the consumer assigns them, each from the
-        /// offset the handler returns for it.
+        /// These partitions are now this member's. Nothing is fetched until the handler's owner
+        /// calls `assign` with where each starts (the group waits for that call, heartbeating).
         case assigned([(topic: String, partition: Int32)])
         /// This member's partitions were taken away (before they are given to another member).
         case revoked([(topic: String, partition: Int32)])
     }
 
-    /// Answers rebalances: for `.assigned`, the starting offset of each partition, in order.
-    public typealias RebalanceHandler = (Rebalance) -> [Int64]
+    public typealias RebalanceHandler = (Rebalance) -> Void
 
     private final class RebalanceBox {
         let handler: RebalanceHandler
         init(_ handler: @escaping RebalanceHandler) { self.handler = handler }
     }
 
-    /// A consumer; with `onRebalance`, it joins its group through `subscribe` and lets the
-    /// handler say where each assigned partition starts.
+    /// A consumer; with `onRebalance`, it joins its group through `subscribe`, and the
+    /// handler's owner assigns each partition the group gives it (`assign`) from where it says.
     public init(brokers: String, groupID: String, properties: [String: String] = [:], onRebalance: RebalanceHandler? = nil) throws {
         let settings = [
             "enable.auto.commit": "false",
@@ -66,9 +65,13 @@ public final class KafkaConsumer: @unchecked Sendable {
                     (topic: String(cString: list.pointee.elems[index].topic), partition: list.pointee.elems[index].partition)
                 }
                 if error == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS {
-                    let offsets = box.handler(.assigned(partitions))
-                    for index in 0..<min(offsets.count, partitions.count) { list.pointee.elems[index].offset = offsets[index] }
-                    rd_kafka_assign(handle, list)
+                    // Not assigned here at a placeholder offset to be moved later: librdkafka
+                    // 2.0.2 answers an outdated ListOffsets reply (a logical start such as END,
+                    // replaced before the broker answered it) by querying that start again,
+                    // which moved a partition restarted at a real offset to the log's end — a
+                    // gap of ops never fetched (seen after a broker restart, whose reply came
+                    // 2 s late). The owner assigns once, at the real offsets.
+                    box.handler(.assigned(partitions))
                 } else {
                     _ = box.handler(.revoked(partitions))
                     rd_kafka_assign(handle, nil)

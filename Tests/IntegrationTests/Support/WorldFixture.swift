@@ -2,6 +2,7 @@ import Foundation
 import NIOCore
 import NIOPosix
 import Shared
+import Testing
 
 @testable import PylonSidecar
 
@@ -72,15 +73,22 @@ final class WorldFixture: Sendable {
     }
 
     /// Waits until every rack applied the log up to its current end.
+    /// On a timeout the issue recorded says where each lagging rack's partitions stand.
     func waitUntilApplied(timeout: Duration = .seconds(60)) async throws -> Bool {
         let ends = try self.logEnds()
-        return try await eventually(timeout: timeout) {
-            self.racks.allSatisfy { rack in
-                guard let applier = rack.sidecar.sidecar.applier else { return false }
-                let next = Dictionary(uniqueKeysWithValues: applier.partitions.map { ($0.partition, $0.next) })
-                return ends.enumerated().allSatisfy { partition, end in end == 0 || (next[Int32(partition)] ?? -1) >= end }
-            }
+        func lagging(_ rack: Rack) -> [Applier.PartitionStatus]? {
+            guard let applier = rack.sidecar.sidecar.applier else { return [] }
+            let partitions = applier.partitions
+            let next = Dictionary(uniqueKeysWithValues: partitions.map { ($0.partition, $0.next) })
+            let behind = ends.enumerated().contains { partition, end in end > 0 && (next[Int32(partition)] ?? -1) < end }
+            return behind ? partitions : nil
         }
+        let applied = try await eventually(timeout: timeout) { self.racks.allSatisfy { lagging($0) == nil } }
+        if !applied {
+            let behind = self.racks.compactMap { rack in lagging(rack).map { "\(rack.name): \($0.map { "\($0.partition)@\($0.next)\($0.deposed ? " deposed" : "")" })" } }
+            Issue.record("the log (ends \(ends)) is not applied by \(behind.joined(separator: "; "))")
+        }
+        return applied
     }
 
     /// Every key of a Redis (Pylon's own bookkeeping aside) with its DUMP and absolute expiry.
