@@ -58,7 +58,7 @@ public final class Sidecar: Service, Sendable {
         self.backend = backend
         self.layer = layer
         if let membership = configuration.membership, let log = worldLog {
-            let replies = AppliedReplies()
+            let replies = AppliedReplies(timeout: .milliseconds(Int64(configuration.appliedTimeoutMilliseconds)))
             let rack = RackRedis(backend)
             self.log = log
             self.replies = replies

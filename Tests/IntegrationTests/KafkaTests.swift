@@ -88,6 +88,37 @@ struct KafkaConsumerTests {
         #expect(read.map(\.offset) == Array(5..<20))
         #expect(try read.map { try OpRecord(decoding: $0.value) } == Array(records[5...]))
         try consumer.commit([(topic, partition, 20)])
+
+        // Read again, passing over what a reader already has (the applier's own writes): only the rest comes.
+        try consumer.assign([(topic, partition, 0)])
+        var rest: [Int64] = []
+        while rest.count < 10, ContinuousClock.now < deadline {
+            if let message = try consumer.poll(timeoutMilliseconds: 200, skip: { $1 % 2 == 0 }) { rest.append(message.offset) }
+        }
+        #expect(rest == Array(stride(from: 1, to: 20, by: 2)))
+    }
+
+    /// Where each partition's log starts, asked at once: after retention deleted records, the
+    /// first offset left; and a bounded error, not a minute's wait, from a broker that stopped
+    /// answering (the applier asks while it resyncs, the snapshot loader before it loads).
+    @Test func logStartsAreAskedAtOnceAndBoundedWhenTheBrokerStopsAnswering() async throws {
+        let broker = try KafkaBroker()
+        let producer = try KafkaProducer(brokers: broker.bootstrap)
+        defer { producer.close(timeout: .zero) }
+        let topic = "pylon.test.ops"
+        try producer.createTopic(topic, partitions: 3, replicationFactor: 1)
+        let loop = MultiThreadedEventLoopGroup.singleton.any()
+        for i in 0..<30 { _ = try await producer.send(topic: topic, partition: Int32(i % 3), key: nil, value: ByteBuffer(string: "\(i)"), on: loop).get() }
+        try producer.deleteRecords(topic: topic, before: [0: 4, 2: 7])
+        let consumer = try KafkaConsumer(brokers: broker.bootstrap, groupID: "pylon.test.log-starts")
+        defer { consumer.close() }
+        #expect(try consumer.logStarts(topic: topic, partitions: [2, 0, 1]) == [0: 4, 1: 0, 2: 7])
+
+        broker.process.pause()
+        defer { broker.process.resume() }
+        let asked = ContinuousClock.now
+        #expect(throws: KafkaError.self) { try consumer.logStarts(topic: topic, partitions: [0, 1, 2], timeoutMilliseconds: 1000) }
+        #expect(ContinuousClock.now - asked < .seconds(5))
     }
 
     /// The applier's contract with its group: a partition the group gives is fetched only once

@@ -64,6 +64,18 @@ struct LogCursorTests {
         cursor.removeAll()
         #expect(cursor.admit(fetched: [self.message(0, 2)], own: [self.message(0, 2)]).isEmpty)
     }
+
+    @Test("the consumer passes over exactly the fetched messages admit would drop (the own writes applied already)")
+    func admitsAnswersAsAdmitDoes() {
+        var cursor = LogCursor()
+        cursor.start(0, at: 4)
+        cursor.start(1, at: KafkaConsumer.beginning)
+        _ = cursor.admit(fetched: [], own: [self.message(0, 4), self.message(0, 5)])
+        let fetched = [(0, 3), (0, 5), (0, 6), (1, 0), (1, 9), (2, 0)].map { self.message(Int32($0.0), Int64($0.1)) }
+        let wanted = fetched.filter { cursor.admits($0.partition, offset: $0.offset) }
+        #expect(self.positions(wanted) == ["0:6", "1:0", "1:9"])
+        #expect(self.positions(cursor.admit(fetched: fetched, own: [])) == self.positions(wanted))
+    }
 }
 
 @Suite("Own writes")

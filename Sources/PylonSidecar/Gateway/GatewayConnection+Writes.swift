@@ -57,7 +57,7 @@ extension GatewayConnection {
         let deadline = NIODeadline.now() + timeout
         let askedPeers = NIOLoopBoundBox(false, eventLoop: self.context.eventLoop)
         let waits = positions.map { position in
-            let local = replies.reply(for: position, on: self.context.eventLoop, timeout: timeout)
+            let local = replies.reply(for: position, on: self.context.eventLoop)
             if let peerReplies = self.peerReplies {
                 self.askPeersWhenTheReplyIsLate(position, replies: replies, peerReplies: peerReplies, until: deadline, pending: local, asked: askedPeers)
             }

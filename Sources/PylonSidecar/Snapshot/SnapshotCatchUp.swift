@@ -145,8 +145,7 @@ final class SnapshotLoad: @unchecked Sendable {
                 "source": "\(catchUp.source)", "snapshot": "\(snapshot.id)", "files": "\(snapshot.files.count)", "bytes": "\(fileBytes)",
                 "partitions": "\(partitions)", "resumingAt": "\(resumeAt)",
             ])
-            var logStarts: [Int32: Int64] = [:]
-            for partition in partitions { logStarts[partition] = try self.consumer.logStart(topic: topic, partition: partition) }
+            let logStarts = try self.consumer.logStarts(topic: topic, partitions: partitions)
             if let refusal = tags.refusal(topic: topic, logStarts: logStarts, partitions: self.settings.partitions, perSlot: self.redis.rack.perSlot) {
                 files.remove()  // the next attempt takes a new one
                 throw SnapshotSource.Failure(description: refusal)

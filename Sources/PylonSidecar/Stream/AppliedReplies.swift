@@ -25,42 +25,93 @@ final class AppliedReplies: Sendable {
 
     private struct State {
         var waiting: [Position: EventLoopPromise<ByteBuffer>] = [:]
+        /// Every waiter's deadline, oldest first: one timeout for all keeps them in order, so one
+        /// timer at the oldest deadline serves them all (a timer per write, scheduled and
+        /// cancelled, cost more than the write's own hand-offs). Answered waiters leave lazily.
+        var deadlines = CircularBuffer<(position: Position, deadline: NIODeadline)>()
+        var sweepScheduled = false
         var early: [Position: (reply: ByteBuffer, at: ContinuousClock.Instant)] = [:]
     }
 
     private let state = Mutex(State())
+    /// How long a waiter waits for its reply (`applied-timeout-ms`).
+    let timeout: TimeAmount
     private let keepEarly = Duration.seconds(30)
     private let subscription = Mutex<(task: Task<Void, Never>?, client: RedisClient?)>((nil, nil))
 
-    /// The reply of the op at `position`, or `Timeout`.
-    func reply(for position: Position, on eventLoop: EventLoop, timeout: TimeAmount) -> EventLoopFuture<ByteBuffer> {
+    init(timeout: TimeAmount) {
+        self.timeout = timeout
+    }
+
+    /// The reply of the op at `position`, or `Timeout` after `timeout`.
+    func reply(for position: Position, on eventLoop: EventLoop) -> EventLoopFuture<ByteBuffer> {
         let promise = eventLoop.makePromise(of: ByteBuffer.self)
-        let early = self.state.withLock { state -> ByteBuffer? in
-            if let early = state.early.removeValue(forKey: position) { return early.reply }
+        let deadline = NIODeadline.now() + self.timeout
+        let (early, startSweep) = self.state.withLock { state -> (ByteBuffer?, Bool) in
+            if let early = state.early.removeValue(forKey: position) { return (early.reply, false) }
             state.waiting[position] = promise
-            return nil
+            while let oldest = state.deadlines.first, state.waiting[oldest.position] == nil { state.deadlines.removeFirst() }
+            state.deadlines.append((position, deadline))
+            defer { state.sweepScheduled = true }
+            return (nil, !state.sweepScheduled)
         }
         if let early {
             promise.succeed(early)
-            return promise.futureResult
+        } else if startSweep {
+            eventLoop.scheduleTask(deadline: deadline) { self.sweep(on: eventLoop, at: deadline) }
         }
-        let timer = eventLoop.scheduleTask(in: timeout) { [self] in
-            if self.state.withLock({ $0.waiting.removeValue(forKey: position) }) != nil { promise.fail(Timeout()) }
-        }
-        promise.futureResult.whenComplete { _ in timer.cancel() }
         return promise.futureResult
+    }
+
+    /// Fails the waiters whose deadline passed (`deadline`, the one this sweep was scheduled
+    /// for, at least); then waits for the oldest left, if any.
+    private func sweep(on eventLoop: EventLoop, at deadline: NIODeadline) {
+        let now = max(NIODeadline.now(), deadline)
+        let (expired, next) = self.state.withLock { state -> ([EventLoopPromise<ByteBuffer>], NIODeadline?) in
+            var expired: [EventLoopPromise<ByteBuffer>] = []
+            while let oldest = state.deadlines.first, oldest.deadline <= now || state.waiting[oldest.position] == nil {
+                state.deadlines.removeFirst()
+                if let waiter = state.waiting.removeValue(forKey: oldest.position) { expired.append(waiter) }
+            }
+            state.sweepScheduled = !state.deadlines.isEmpty
+            return (expired, state.deadlines.first?.deadline)
+        }
+        for waiter in expired { waiter.fail(Timeout()) }
+        if let next { eventLoop.scheduleTask(deadline: next) { self.sweep(on: eventLoop, at: next) } }
     }
 
     /// Hands over the reply of the op at `position` (a RESP reply, raw).
     func deliver(_ reply: ByteBuffer, for position: Position) {
+        self.deliver(CollectionOfOne((reply: reply, position: position)))
+    }
+
+    /// Hands over replies together: the waiters of one event loop get theirs in one task on it,
+    /// not one task each (an applier's batch answers many writes at once).
+    func deliver(_ replies: some Collection<(reply: ByteBuffer, position: Position)>) {
+        guard !replies.isEmpty else { return }
         let now = ContinuousClock.now
-        let waiter = self.state.withLock { state -> EventLoopPromise<ByteBuffer>? in
-            if let waiter = state.waiting.removeValue(forKey: position) { return waiter }
-            state.early[position] = (reply, now)
+        let waiters = self.state.withLock { state -> [(EventLoopPromise<ByteBuffer>, ByteBuffer)] in
+            var waiters: [(EventLoopPromise<ByteBuffer>, ByteBuffer)] = []
+            for (reply, position) in replies {
+                if let waiter = state.waiting.removeValue(forKey: position) {
+                    waiters.append((waiter, reply))
+                } else {
+                    state.early[position] = (reply, now)
+                }
+            }
             if state.early.count > 1024 { state.early = state.early.filter { now - $0.value.at < self.keepEarly } }
-            return nil
+            return waiters
         }
-        waiter?.succeed(reply)
+        guard let first = waiters.first else { return }
+        if waiters.count == 1 { return first.0.succeed(first.1) }
+        var byLoop: [ObjectIdentifier: (loop: EventLoop, waiters: [(EventLoopPromise<ByteBuffer>, ByteBuffer)])] = [:]
+        for waiter in waiters {
+            let loop = waiter.0.futureResult.eventLoop
+            byLoop[ObjectIdentifier(loop), default: (loop, [])].waiters.append(waiter)
+        }
+        for (loop, batch) in byLoop.values {
+            loop.execute { for (promise, reply) in batch { promise.succeed(reply) } }
+        }
     }
 
     // MARK: - Between sidecars

@@ -165,6 +165,8 @@ final class ApplierRun: @unchecked Sendable {
     var inFlight: InFlight?
     /// Replies owed to other sidecars (PUBLISH commands), sent with the next request.
     var publishes: [[ByteBuffer]] = []
+    /// Replies to this sidecar's own writes, handed over together once the actions are carried out.
+    var ownReplies: [(reply: ByteBuffer, position: AppliedReplies.Position)] = []
     /// The partitions being loaded from a snapshot (`SnapshotLoad`, on a thread of its own).
     var load: SnapshotLoad?
     var backoffMilliseconds: Int32 = 50
@@ -281,6 +283,8 @@ final class ApplierRun: @unchecked Sendable {
                 self.rack.slotsMoved()
             }
         }
+        self.applier.replies.deliver(self.ownReplies)
+        self.ownReplies.removeAll(keepingCapacity: true)
     }
 
     /// A failure of Redis or a check: the machine resyncs.
@@ -296,7 +300,7 @@ final class ApplierRun: @unchecked Sendable {
         if origin.rack != self.settings.rackName {
             self.applier.recent.keep(reply, for: position)
         } else if origin.sidecar == self.settings.sidecarName {
-            self.applier.replies.deliver(reply, for: position)
+            self.ownReplies.append((reply, position))
         } else {
             self.publishes.append([ByteBuffer(string: "PUBLISH"), ByteBuffer(string: AppliedReplies.channel(for: origin.sidecar)), AppliedReplies.message(reply, for: position)])
         }
@@ -367,6 +371,7 @@ final class ApplierRun: @unchecked Sendable {
         }
         var starts: [Int32: Int64] = [:]
         var fromSnapshot: [Int32] = []
+        var replayed: [Int32] = []
         for partition in partitions {
             switch self.machine.start(of: partition, checkpoint: checkpoints[partition]) {
             case .checkpoint(let offset):
@@ -378,12 +383,17 @@ final class ApplierRun: @unchecked Sendable {
                 fromSnapshot.append(partition)
             case .replay:
                 self.logger.notice("this rack's redis has no record of the partition: replaying the world's log from its start", metadata: ["partition": "\(partition)"])
-                if let start = try? self.consumer.logStart(topic: self.settings.topic, partition: partition), start > 0 {
-                    self.logger.error("the world's log no longer holds this partition's first ops (retention deleted them): this rack will miss them; catch it up from another rack's snapshot (snapshot-from)", metadata: [
-                        "partition": "\(partition)", "logStart": "\(start)",
-                    ])
-                }
+                replayed.append(partition)
                 starts[partition] = KafkaConsumer.beginning
+            }
+        }
+        // Asked once for every replayed partition, bounded: a broker that stopped answering
+        // delays the resync by seconds, not a minute per partition.
+        if !replayed.isEmpty, let logStarts = try? self.consumer.logStarts(topic: self.settings.topic, partitions: replayed, timeoutMilliseconds: 2000) {
+            for (partition, start) in logStarts.sorted(by: { $0.key < $1.key }) where start > 0 {
+                self.logger.error("the world's log no longer holds this partition's first ops (retention deleted them): this rack will miss them; catch it up from another rack's snapshot (snapshot-from)", metadata: [
+                    "partition": "\(partition)", "logStart": "\(start)",
+                ])
             }
         }
         // A new or emptied Redis loads a snapshot of another rack rather than replay the log.
@@ -428,9 +438,12 @@ final class ApplierRun: @unchecked Sendable {
     func poll(timeoutMilliseconds: Int32) -> [KafkaMessage] {
         var batch: [KafkaMessage] = []
         do {
-            guard let first = try self.consumer.poll(timeoutMilliseconds: timeoutMilliseconds) else { return [] }
+            // Messages the cursor would not admit (this sidecar's own writes, applied as soon as
+            // Kafka acknowledged them) are passed over without being copied.
+            let applied = { (partition: Int32, offset: Int64) in !self.machine.admits(partition, offset: offset) }
+            guard let first = try self.consumer.poll(timeoutMilliseconds: timeoutMilliseconds, skip: applied) else { return [] }
             batch.append(first)
-            while batch.count < self.settings.batchSize, let message = try self.consumer.poll(timeoutMilliseconds: 0) {
+            while batch.count < self.settings.batchSize, let message = try self.consumer.poll(timeoutMilliseconds: 0, skip: applied) {
                 batch.append(message)
             }
         } catch {

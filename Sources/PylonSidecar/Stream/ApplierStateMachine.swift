@@ -351,6 +351,11 @@ struct ApplierStateMachine {
         self.cursor.admit(fetched: fetched, own: own)
     }
 
+    /// Whether `admit` would take a fetched message at this position (not one applied already).
+    func admits(_ partition: Int32, offset: Int64) -> Bool {
+        self.cursor.admits(partition, offset: offset)
+    }
+
     /// Sorts a polled batch under its markers, assembling chunked ops; deposed partitions' messages are left out.
     mutating func plan(_ batch: ArraySlice<KafkaMessage>) -> Plan {
         var plan = Plan()

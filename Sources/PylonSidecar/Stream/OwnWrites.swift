@@ -71,13 +71,20 @@ struct LogCursor {
         self.expected = [:]
     }
 
+    /// Whether a fetched message would be sent (`admit`): nothing before the next offset of a
+    /// partition this applier applies.
+    func admits(_ partition: Int32, offset: Int64) -> Bool {
+        guard let next = self.expected[partition] else { return false }
+        return offset >= next
+    }
+
     /// The messages to send next, in order: the fetched ones, then the own writes that follow
     /// them without a gap.
     mutating func admit(fetched: [KafkaMessage], own: [KafkaMessage]) -> [KafkaMessage] {
         var admitted: [KafkaMessage] = []
         admitted.reserveCapacity(fetched.count + own.count)
         for message in fetched {
-            guard let next = self.expected[message.partition], message.offset >= next else { continue }
+            guard self.admits(message.partition, offset: message.offset) else { continue }
             admitted.append(message)
             self.expected[message.partition] = message.offset + 1
         }

@@ -103,16 +103,12 @@ public final class KafkaConsumer: @unchecked Sendable {
         return high
     }
 
-    /// The first offset the partition's log still holds (retention deletes the ones before),
-    /// asked of the broker.
-    public func logStart(topic: String, partition: Int32, timeoutMilliseconds: Int32 = 5000) throws -> Int64 {
-        var low: Int64 = 0
-        var high: Int64 = 0
-        let error = rd_kafka_query_watermark_offsets(self.handle, topic, partition, &low, &high, timeoutMilliseconds)
-        guard error == RD_KAFKA_RESP_ERR_NO_ERROR else {
-            throw KafkaError("the log start of \(topic) partition \(partition): \(String(cString: rd_kafka_err2str(error)))")
-        }
-        return low
+    /// The first offset each partition's log still holds (retention deletes the ones before),
+    /// asked of the broker; bounded by `timeoutMilliseconds` even when a broker stops answering
+    /// (`KafkaClient.offsets`).
+    public func logStarts(topic: String, partitions: [Int32], timeoutMilliseconds: Int32 = 5000) throws -> [Int32: Int64] {
+        let starts = try KafkaClient.offsets(self.handle, at: Self.beginning, topic: topic, partitions: partitions, timeoutMilliseconds: timeoutMilliseconds)
+        return Dictionary(uniqueKeysWithValues: zip(partitions, starts))
     }
 
     /// Offsets meaning "the start of the partition's log" and "its end".
@@ -128,16 +124,25 @@ public final class KafkaConsumer: @unchecked Sendable {
     }
 
     /// Waits up to `timeoutMilliseconds` for the next message; nil when none arrived. Errors that
-    /// only report a partition's end are skipped; others are thrown.
-    public func poll(timeoutMilliseconds: Int32) throws -> KafkaMessage? {
-        guard let message = rd_kafka_consumer_poll(self.handle, timeoutMilliseconds) else { return nil }
-        defer { rd_kafka_message_destroy(message) }
-        let m = message.pointee
-        if m.err == RD_KAFKA_RESP_ERR__PARTITION_EOF { return nil }
-        guard m.err == RD_KAFKA_RESP_ERR_NO_ERROR else { throw KafkaError(String(cString: rd_kafka_err2str(m.err))) }
-        let value = m.payload.map { ByteBuffer(bytes: UnsafeRawBufferPointer(start: $0, count: m.len)) } ?? ByteBuffer()
-        let key = m.key.map { Array(UnsafeRawBufferPointer(start: $0, count: m.key_len)) }
-        return KafkaMessage(topic: String(cString: rd_kafka_topic_name(m.rkt)), partition: m.partition, offset: m.offset, key: key, value: value)
+    /// only report a partition's end are skipped; others are thrown. Messages `skip` names (by
+    /// partition and offset) are passed over before anything of them is copied: a reader that
+    /// already has them (the applier's own writes) pays nothing for their coming back.
+    public func poll(timeoutMilliseconds: Int32, skip: ((Int32, Int64) -> Bool)? = nil) throws -> KafkaMessage? {
+        var timeout = timeoutMilliseconds
+        while let message = rd_kafka_consumer_poll(self.handle, timeout) {
+            defer { rd_kafka_message_destroy(message) }
+            let m = message.pointee
+            if m.err == RD_KAFKA_RESP_ERR__PARTITION_EOF { return nil }
+            guard m.err == RD_KAFKA_RESP_ERR_NO_ERROR else { throw KafkaError(String(cString: rd_kafka_err2str(m.err))) }
+            if let skip, skip(m.partition, m.offset) {
+                timeout = 0
+                continue
+            }
+            let value = m.payload.map { ByteBuffer(bytes: UnsafeRawBufferPointer(start: $0, count: m.len)) } ?? ByteBuffer()
+            let key = m.key.map { Array(UnsafeRawBufferPointer(start: $0, count: m.key_len)) }
+            return KafkaMessage(topic: String(cString: rd_kafka_topic_name(m.rkt)), partition: m.partition, offset: m.offset, key: key, value: value)
+        }
+        return nil
     }
 
     /// Makes the current (or else the next) `poll` return at once, from any thread: someone has

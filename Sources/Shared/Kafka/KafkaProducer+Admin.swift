@@ -128,30 +128,10 @@ extension KafkaProducer {
         return (low, high)
     }
 
-    /// The log end offset of each of `partitions` of `topic`, asked of the leaders all at once
-    /// and bounded by `timeoutMilliseconds` even when a broker stops answering (where
-    /// `rd_kafka_query_watermark_offsets` waits for its requests' socket timeout, a minute).
+    /// The log end offset of each of `partitions` of `topic`, bounded by `timeoutMilliseconds`
+    /// even when a broker stops answering (`KafkaClient.offsets`).
     public func endOffsets(topic: String, partitions: [Int32], timeoutMilliseconds: Int32) throws -> [Int64] {
-        let list = rd_kafka_topic_partition_list_new(Int32(partitions.count))!
-        defer { rd_kafka_topic_partition_list_destroy(list) }
-        // The timestamp -1 (`RD_KAFKA_OFFSET_END`) asks for each partition's latest offset.
-        for partition in partitions { rd_kafka_topic_partition_list_add(list, topic, partition).pointee.offset = Int64(RD_KAFKA_OFFSET_END) }
-        let error = rd_kafka_offsets_for_times(self.pointer, list, timeoutMilliseconds)
-        guard error == RD_KAFKA_RESP_ERR_NO_ERROR else {
-            throw KafkaError("end offsets of \(topic): \(String(cString: rd_kafka_err2str(error)))")
-        }
-        var ends: [Int32: Int64] = [:]
-        for index in 0..<Int(list.pointee.cnt) {
-            let entry = list.pointee.elems[index]
-            guard entry.err == RD_KAFKA_RESP_ERR_NO_ERROR, entry.offset >= 0 else {
-                throw KafkaError("end offset of \(topic)[\(entry.partition)]: \(String(cString: rd_kafka_err2str(entry.err)))")
-            }
-            ends[entry.partition] = entry.offset
-        }
-        return try partitions.map { partition in
-            guard let end = ends[partition] else { throw KafkaError("end offset of \(topic)[\(partition)]: not in the broker's answer") }
-            return end
-        }
+        try KafkaClient.offsets(self.pointer, at: Int64(RD_KAFKA_OFFSET_END), topic: topic, partitions: partitions, timeoutMilliseconds: timeoutMilliseconds)
     }
 
     /// How many partitions the broker says `topic` has (nil when it does not exist).
