@@ -85,16 +85,16 @@ final class AppliedReplies: Sendable {
         self.deliver(CollectionOfOne((reply: reply, position: position)))
     }
 
-    /// Hands over replies together: the waiters of one event loop get theirs in one task on it,
-    /// not one task each (an applier's batch answers many writes at once).
+    /// Hands over replies together: the waiters of one event loop get theirs in one task on it
+    /// (`EventLoopPromise.complete`), not one task each (an applier's batch answers many writes).
     func deliver(_ replies: some Collection<(reply: ByteBuffer, position: Position)>) {
         guard !replies.isEmpty else { return }
         let now = ContinuousClock.now
-        let waiters = self.state.withLock { state -> [(EventLoopPromise<ByteBuffer>, ByteBuffer)] in
-            var waiters: [(EventLoopPromise<ByteBuffer>, ByteBuffer)] = []
+        let waiters = self.state.withLock { state -> [(promise: EventLoopPromise<ByteBuffer>, result: Result<ByteBuffer, any Error>)] in
+            var waiters: [(promise: EventLoopPromise<ByteBuffer>, result: Result<ByteBuffer, any Error>)] = []
             for (reply, position) in replies {
                 if let waiter = state.waiting.removeValue(forKey: position) {
-                    waiters.append((waiter, reply))
+                    waiters.append((waiter, .success(reply)))
                 } else {
                     state.early[position] = (reply, now)
                 }
@@ -102,16 +102,7 @@ final class AppliedReplies: Sendable {
             if state.early.count > 1024 { state.early = state.early.filter { now - $0.value.at < self.keepEarly } }
             return waiters
         }
-        guard let first = waiters.first else { return }
-        if waiters.count == 1 { return first.0.succeed(first.1) }
-        var byLoop: [ObjectIdentifier: (loop: EventLoop, waiters: [(EventLoopPromise<ByteBuffer>, ByteBuffer)])] = [:]
-        for waiter in waiters {
-            let loop = waiter.0.futureResult.eventLoop
-            byLoop[ObjectIdentifier(loop), default: (loop, [])].waiters.append(waiter)
-        }
-        for (loop, batch) in byLoop.values {
-            loop.execute { for (promise, reply) in batch { promise.succeed(reply) } }
-        }
+        EventLoopPromise.complete(waiters)
     }
 
     // MARK: - Between sidecars

@@ -61,15 +61,10 @@ public final class KafkaProducer: Sendable {
                 return reports
             }
             guard !reports.isEmpty else { return }
-            var byLoop: [ObjectIdentifier: (EventLoop, [(EventLoopPromise<KafkaDelivery>, Result<KafkaDelivery, KafkaError>)])] = [:]
             for (completion, result) in reports {
                 if case .success(let delivery) = result { completion.onDelivery?(delivery) }
-                let loop = completion.promise.futureResult.eventLoop
-                byLoop[ObjectIdentifier(loop), default: (loop, [])].1.append((completion.promise, result))
             }
-            for (loop, batch) in byLoop.values {
-                loop.execute { for (promise, result) in batch { promise.completeWith(result.mapError { $0 }) } }
-            }
+            EventLoopPromise.complete(reports.map { (promise: $0.0.promise, result: $0.1.mapError { $0 }) })
         }
 
         static func now() -> Int64 { Int64(DispatchTime.now().uptimeNanoseconds / 1_000_000) }
