@@ -56,8 +56,27 @@ final class LocalProcess: @unchecked Sendable {
     }
 
     /// Suspends or resumes the process (a Redis that accepts bytes but never answers).
-    func pause() { kill(self.process.processIdentifier, SIGSTOP) }
+    /// `pause` returns once every thread has stopped: SIGSTOP stops the others only when the
+    /// thread it woke gets a CPU, and on a loaded machine they would answer a request sent
+    /// meanwhile (in CI a broker answered a ListOffsets sent after kill had returned).
+    func pause() {
+        let pid = self.process.processIdentifier
+        kill(pid, SIGSTOP)
+        let deadline = Date().addingTimeInterval(5)
+        while !Self.allThreadsStopped(pid), Date() < deadline { usleep(1_000) }
+    }
     func resume() { kill(self.process.processIdentifier, SIGCONT) }
+
+    /// Whether /proc shows every thread of `pid` stopped (state T).
+    private static func allThreadsStopped(_ pid: Int32) -> Bool {
+        guard let threads = try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task") else { return true }
+        return threads.allSatisfy { thread in
+            guard let stat = try? String(contentsOfFile: "/proc/\(pid)/task/\(thread)/stat", encoding: .utf8),
+                  let end = stat.lastIndex(of: ")") else { return true }
+            // The state follows the command name, which is in parentheses and may hold spaces.
+            return stat[stat.index(after: end)...].trimmingCharacters(in: .whitespaces).first == "T"
+        }
+    }
 
     deinit { self.stop(signal: SIGKILL) }
 
