@@ -4,89 +4,91 @@ import Testing
 
 @testable import PylonSidecar
 
-/// The snapshot loader's fence (`LoadFence`) against real Redis: its writes run only while its
-/// claims hold, are refused whole once another sidecar claimed a unit they write, and reach
-/// keys of many slots of a Redis Cluster node in one call.
+/// The snapshot loader's fence (`LoadFence`) against real Redis: a loader writes while its claims
+/// hold; another sidecar's claim closes the connections of the loaders of the claimed partitions
+/// on the node claimed on (and only those), so nothing the old loader sends afterwards runs; and
+/// a loader reconnecting finds its claim taken.
 @Suite("The snapshot loader's fence", .serialized, .timeLimit(.minutes(2)))
 struct LoadFenceTests {
-    static func rival(claims key: String, on server: RedisServer) async throws {
-        let epoch = try await server.client().send("EVAL", AppliedOffsets.ownerScript, "1", key, "claim", String(Int(Date().timeIntervalSince1970 * 1000) + 1000))
-        #expect(epoch.int != nil)
+    static func pipelines(_ rack: RackRedis, loading partitions: [Int32]? = nil, topic: String = "t") -> RackPipelines {
+        RackPipelines(rack: rack, timeout: .seconds(5), name: partitions.map { LoadFence.connectionName(topic: topic, partitions: $0) })
+    }
+
+    /// The names of the named client connections `server` has.
+    static func names(on server: RedisServer) async throws -> [String] {
+        let list = try await server.client().send("CLIENT", "LIST", "TYPE", "normal").string ?? ""
+        return list.split(whereSeparator: \.isNewline).compactMap { line in
+            line.split(separator: " ").first { $0.hasPrefix("name=") }.map { String($0.dropFirst(5)) }
+        }.filter { !$0.isEmpty }.sorted()
     }
 
     @Test func aStandaloneLoadWritesWhileItsClaimsHoldAndNothingOnceAnotherSidecarClaimed() async throws {
         let server = try RedisServer()
         let address = server.address
-        let redis = RackPipelines(rack: RackRedis(node: { _ in address }, nodes: { [address] }, perSlot: false, slotsMoved: {}), timeout: .seconds(5))
-        defer { redis.dropConnections() }
-        try redis.connectAll()
-        var fence = LoadFence(partitions: [0, 1], topic: "t", perSlot: false, partitionCount: 2)
+        let rack = RackRedis(node: { _ in address }, nodes: { [address] }, perSlot: false, slotsMoved: {})
+        let loader = Self.pipelines(rack, loading: [0, 1])
+        defer { loader.dropConnections() }
+        try loader.connectAll()
+        var fence = LoadFence(partitions: [0, 1], topic: "t", perSlot: false, partitionCount: 3)
         #expect(fence.units.map(\.slot) == [-1, -1])
-        try fence.claim(through: redis)
-        // "a" and "b" are in different partitions of two.
-        #expect(Set(["a", "b"].map { OpRecord.partition(ofSlot: HashSlot.of($0), count: 2) }) == [0, 1])
-        func writes(_ value: String) -> LoadFence.Writes {
-            var writes = LoadFence.Writes()
-            for key in ["a", "b"] {
-                let slot = HashSlot.of(key)
-                writes.add(["SET", key, value], unit: fence.unit(ofSlot: slot, partition: OpRecord.partition(ofSlot: slot, count: 2)), to: address)
-            }
+        try fence.claim(through: loader)
+        func writes(_ value: String) -> RackPipelines.Requests {
+            var writes = RackPipelines.Requests()
+            for key in ["a", "b"] { writes.add(["SET", key, value], to: address, as: .ownTurn) }
             return writes
         }
-        #expect(try redis.exchange(writes("1").requests(fence: fence)).map(\.1) == [.integer(2)])
+        #expect(try loader.exchange(writes("1")).map(\.1) == [.ok, .ok])
         let client = try await server.client()
-        #expect(try await client.send("MGET", "a", "b") == .array([.bulkString(ByteBuffer(string: "1")), .bulkString(ByteBuffer(string: "1"))]))
 
         // A Redis that came back empty: asserting the claims again writes them back.
         _ = try await client.send("FLUSHALL")
-        try fence.claim(through: redis)
-        #expect(try redis.exchange(writes("2").requests(fence: fence)).map(\.1) == [.integer(2)])
+        try fence.claim(through: loader)
+        #expect(try await client.send("GET", AppliedOffsets.ownerKey(topic: "t", partition: 1)).int == fence.epochs[.init(partition: 1, slot: -1)])
 
-        // Another sidecar claims partition 1: the whole call is refused, partition 0's write too.
-        try await Self.rival(claims: AppliedOffsets.ownerKey(topic: "t", partition: 1), on: server)
-        let reply = try redis.exchange(writes("3").requests(fence: fence))[0].1
-        #expect(reply.string?.hasPrefix("DEPOSED pylon:owner:t:1") == true, "\(reply)")
-        #expect(throws: LoadFence.Deposed.self) { try LoadFence.check(reply, doing: "writing") }
-        #expect(try await client.send("MGET", "a", "b") == .array([.bulkString(ByteBuffer(string: "2")), .bulkString(ByteBuffer(string: "2"))]))
-        #expect(throws: LoadFence.Deposed.self) { try fence.claim(through: redis) }
+        // Bystanders: a loader of partition 2, one of another topic's partition 1.
+        let others = [Self.pipelines(rack, loading: [2]), Self.pipelines(rack, loading: [1], topic: "u")]
+        defer { for other in others { other.dropConnections() } }
+        for other in others { try other.connectAll() }
+        #expect(try await Self.names(on: server) == ["pylon-load:t:0,1", "pylon-load:t:2", "pylon-load:u:1"])
+
+        // Another sidecar's applier claims partition 1: the loader's connection is closed, what it
+        // sends afterwards does not run, and on a new connection its claim is found taken.
+        let applier = Self.pipelines(rack)
+        defer { applier.dropConnections() }
+        try applier.connectAll()
+        #expect(try applier.own([(.init(partition: 1, slot: -1), "claim", Int(Date().timeIntervalSince1970 * 1000) + 1000)], topic: "t").count == 1)
+        #expect(try await Self.names(on: server) == ["pylon-load:t:2", "pylon-load:u:1"])
+        #expect(throws: (any Error).self) { try loader.exchange(writes("2")) }
+        #expect(try await client.send("MGET", "a", "b") == .array([.null, .null]))
+        try loader.connectAll()
+        #expect(throws: LoadFence.Deposed.self) { try fence.claim(through: loader) }
     }
 
-    @Test func aClusterLoadWritesKeysOfManySlotsPerNodeAndOnlyTheNodeOfAClaimedSlotRefuses() async throws {
+    @Test func aClusterClaimClosesTheLoadersConnectionOnTheClaimedSlotsNodeOnly() async throws {
         let cluster = try await RedisClusterFixture(masters: 3)
         let topology = ClusterTopology(slotsReply: try await cluster.nodes[0].client().send("CLUSTER", "SLOTS"), fallbackHost: "127.0.0.1", version: 0)!
         let nodes = cluster.nodes.map(\.address)
-        let redis = RackPipelines(rack: RackRedis(node: { topology.owner(of: $0) }, nodes: { nodes }, perSlot: true, slotsMoved: {}), timeout: .seconds(5))
-        defer { redis.dropConnections() }
-        try redis.connectAll()
+        let rack = RackRedis(node: { topology.owner(of: $0) }, nodes: { nodes }, perSlot: true, slotsMoved: {})
+        let loader = Self.pipelines(rack, loading: [0, 1, 2, 3])
+        defer { loader.dropConnections() }
+        try loader.connectAll()
         var fence = LoadFence(partitions: [0, 1, 2, 3], topic: "t", perSlot: true, partitionCount: 4)
         #expect(fence.units.count >= HashSlot.count)  // every slot, and the slots of the bookkeeping keys
-        try fence.claim(through: redis)
-        func writes(_ keys: [String]) throws -> LoadFence.Writes {
-            var writes = LoadFence.Writes()
-            for key in keys {
-                let slot = HashSlot.of(key)
-                try writes.add(["SET", key, "v"], unit: fence.unit(ofSlot: slot, partition: OpRecord.partition(ofSlot: slot, count: 4)), to: redis.node(forKey: key))
-            }
-            return writes
-        }
-        let keys = (0..<300).map { "key:\($0)" }
-        let replies = try redis.exchange(writes(keys).requests(fence: fence)).map(\.1)
-        #expect(replies.count == 3 && replies.compactMap(\.int).reduce(0, +) == 300, "\(replies)")
-        // Another sidecar claims the slot of "other:0": only its node refuses.
-        let refusedSlot = HashSlot.of("other:0")
-        let owner = try #require(topology.owner(of: refusedSlot))
-        let server = try #require(cluster.nodes.first { $0.address == owner })
-        try await Self.rival(claims: AppliedOffsets.ownerKey(topic: "t", partition: OpRecord.partition(ofSlot: refusedSlot, count: 4), slot: refusedSlot), on: server)
-        let more = (0..<300).map { "other:\($0)" }
-        for (_, reply) in try redis.exchange(writes(more).requests(fence: fence)) {
-            #expect(reply.isError == (reply.string?.hasPrefix("DEPOSED") == true), "\(reply)")
-        }
-        let written = more.filter { topology.owner(of: HashSlot.of($0)) != owner }
+        try fence.claim(through: loader)
+        // The loader's own claims closed none of its connections.
+        for node in cluster.nodes { #expect(try await Self.names(on: node).contains("pylon-load:t:0,1,2,3")) }
+
+        // Another sidecar claims the slot of "other:0": only that node's connection of the loader closes.
+        let claimedSlot = HashSlot.of("other:0")
+        let owner = try #require(topology.owner(of: claimedSlot))
+        let applier = Self.pipelines(rack)
+        defer { applier.dropConnections() }
+        try applier.connectAll()
+        _ = try applier.own([(.init(partition: OpRecord.partition(ofSlot: claimedSlot, count: 4), slot: claimedSlot), "claim", Int(Date().timeIntervalSince1970 * 1000) + 1000)], topic: "t")
         for node in cluster.nodes {
-            let client = try await node.client()
-            let onNode = more.filter { topology.owner(of: HashSlot.of($0)) == node.address }
-            for key in onNode { #expect(try await client.send("EXISTS", key).int == (node.address == owner ? 0 : 1)) }
+            #expect(try await Self.names(on: node).contains("pylon-load:t:0,1,2,3") == (node.address != owner), "\(node.address)")
         }
-        #expect(!written.isEmpty && written.count < more.count)
+        try loader.connectAll()
+        #expect(throws: LoadFence.Deposed.self) { try fence.claim(through: loader) }
     }
 }

@@ -294,10 +294,11 @@ struct SnapshotCatchUpTests {
 
     /// The zombie: a sidecar paused mid-load (as one cut off from Kafka, or stopped by its host)
     /// while another sidecar of the rack claims its partitions and writes there — here the test
-    /// does what that sidecar would: it claims every partition with the owner script and deletes
-    /// the keys loaded so far. When the zombie runs again, its loader's next chunk is refused
-    /// (`LoadFence`) and it stops: no key comes back. (The pause is shorter than the session
-    /// timeout: the broker keeps the zombie in the group, so only the fence can stop it.)
+    /// does what that sidecar would: it claims every partition as an applier does
+    /// (`RackPipelines.own`, which closes the loaders' connections) and deletes the keys loaded
+    /// so far. When the zombie runs again, nothing it had sent or sends runs (`LoadFence`), its
+    /// loader finds its claims taken and stops: no key comes back. (The pause is shorter than
+    /// the session timeout: the broker keeps the zombie in the group, so only the fence can stop it.)
     @Test func aLoaderWhoseClaimWasTakenWhilePausedWritesNothingWhenItResumes() async throws {
         let world = try await WorldFixture(racks: 1)
         defer { Task { await world.stop() } }
@@ -313,10 +314,12 @@ struct SnapshotCatchUpTests {
         zombie.pause()
         #expect(midCopy)
         let claimed = Int(Date().timeIntervalSince1970 * 1000) + 1
-        for partition in 0..<Int32(world.partitions) {
-            let epoch = try await target.send("EVAL", AppliedOffsets.ownerScript, "1", AppliedOffsets.ownerKey(topic: world.topic, partition: partition), "claim", String(claimed))
-            #expect((epoch.int ?? 0) >= claimed)
-        }
+        let address = redisB.address
+        let rival = RackPipelines(rack: RackRedis(node: { _ in address }, nodes: { [address] }, perSlot: false, slotsMoved: {}), timeout: .seconds(5))
+        defer { rival.dropConnections() }
+        try rival.connectAll()
+        let epochs = try rival.own((0..<Int32(world.partitions)).map { (.init(partition: $0, slot: -1), "claim", claimed) }, topic: world.topic)
+        #expect(epochs.count == world.partitions && epochs.allSatisfy { $0.epoch >= claimed })
         let loadedBefore = try await target.send("KEYS", "old:*").array ?? []
         #expect(!loadedBefore.isEmpty && loadedBefore.count < 60_000)
         for key in loadedBefore { _ = try await target.send(["UNLINK", key.string!]) }

@@ -22,8 +22,7 @@ struct SnapshotCatchUp: Sendable {
     var directory: String
     /// Keys restored per chunk: a chunk is also how much a killed loader does again.
     var chunkKeys = 1000
-    /// Bytes of a chunk at most (unless one key is larger): each node's part of a chunk is one
-    /// script call (`LoadFence`), during which that Redis serves no other client.
+    /// Bytes of a chunk at most (unless one key is larger).
     var chunkBytes = 4 << 20
 
     static func progressKey(topic: String, partition: Int32) -> String {
@@ -35,8 +34,8 @@ struct SnapshotCatchUp: Sendable {
 /// this rack's Redis, while the applier goes on with its other partitions and keeps serving the
 /// group. It retries (resuming) until it is done or cancelled; once done, the partitions'
 /// checkpoints are in Redis and `outcome` names where each continues: the applier resyncs.
-/// Every write it makes is fenced by its claim on the partitions (`LoadFence`): once another
-/// sidecar of the rack claimed them, it stops.
+/// Its writes are fenced by its claim on the partitions (`LoadFence`): once another sidecar of
+/// the rack claimed them, its connections are closed, and it stops.
 /// @unchecked: its connections, fence and files are touched by its thread only; the rest is atomic.
 final class SnapshotLoad: @unchecked Sendable {
     let partitions: [Int32]
@@ -70,7 +69,10 @@ final class SnapshotLoad: @unchecked Sendable {
         self.progress = applier.snapshot
         self.consumer = consumer
         self.logger = applier.logger
-        self.redis = RackPipelines(rack: applier.rack, timeout: applier.settings.redisTimeout)
+        self.redis = RackPipelines(
+            rack: applier.rack, timeout: applier.settings.redisTimeout,
+            name: LoadFence.connectionName(topic: applier.settings.topic, partitions: partitions)
+        )
         self.fence = LoadFence(partitions: partitions, topic: applier.settings.topic, perSlot: applier.rack.perSlot, partitionCount: applier.settings.partitions)
         Blocking.thread(named: "pylon-snapshot") { [self] in
             var backoff = Duration.seconds(1)
@@ -151,7 +153,7 @@ final class SnapshotLoad: @unchecked Sendable {
                 throw SnapshotSource.Failure(description: refusal)
             }
             let wanted = Set(partitions)
-            var chunk = LoadFence.Writes()
+            var chunk = RackPipelines.Requests()
             var inChunk = 0
             // The chunk sent before, whose replies are read once the next one is sent: Redis
             // restores one while the loader reads and frames the next.
@@ -169,7 +171,7 @@ final class SnapshotLoad: @unchecked Sendable {
                         if reply.isError, reply.string?.contains("payload version") == true {
                             throw SnapshotSource.Failure(description: "restoring the snapshot: redis answered \(reply.string!) (this rack's Redis must be the source's version or newer)")
                         }
-                        try LoadFence.check(reply, doing: "restoring the snapshot")
+                        try Self.check(reply, doing: "restoring the snapshot")
                     }
                 }
                 loaded += chunk.keys
@@ -186,13 +188,13 @@ final class SnapshotLoad: @unchecked Sendable {
                 if let confirmed {
                     for partition in partitions {
                         let key = SnapshotCatchUp.progressKey(topic: topic, partition: partition)
-                        chunk.add(["SET", key, "\(snapshot.id) \(confirmed)"], unit: self.fence.unit(ofKey: key, partition: partition), to: try self.redis.node(forKey: key))
+                        chunk.add(["SET", key, "\(snapshot.id) \(confirmed)"], to: try self.redis.node(forKey: key), as: .ownTurn)
                     }
                 }
-                let sent = try self.redis.transmit(chunk.requests(fence: self.fence))
+                let sent = try self.redis.transmit(chunk)
                 try confirm()
                 inFlight = (sent, next, inChunk, bytes)
-                chunk = LoadFence.Writes()
+                chunk = RackPipelines.Requests()
                 inChunk = 0
             }
             // Entries are numbered across the files, in their order: where a killed load resumes.
@@ -209,9 +211,9 @@ final class SnapshotLoad: @unchecked Sendable {
                     let partition = OpRecord.partition(ofSlot: slot, count: self.settings.partitions)
                     guard wanted.contains(partition) else { continue }
                     guard let node = self.redis.rack.node(slot) else { throw RackPipelines.Doubt(description: "the rack's redis node for slot \(slot) is not known yet") }
-                    chunk.addRestore(unit: self.fence.unit(ofSlot: slot, partition: partition), to: node) { Self.writeRestore(entry, from: reader, into: &$0) }
+                    chunk.add(written: { Self.writeRestore(entry, from: reader, into: &$0) }, to: node, as: .ownTurn)
                     inChunk += 1
-                    if inChunk >= catchUp.chunkKeys || chunk.bytes >= catchUp.chunkBytes { try send(upTo: index + 1, bytes: bytesBefore + reader.offset) }
+                    if inChunk >= catchUp.chunkKeys || chunk.byteCount >= catchUp.chunkBytes { try send(upTo: index + 1, bytes: bytesBefore + reader.offset) }
                 }
                 bytesBefore += reader.size
                 functions += reader.functions
@@ -270,10 +272,10 @@ final class SnapshotLoad: @unchecked Sendable {
             try self.checkCancelled()
             self.progress.update { $0.bytes = bytes }
         }
-        var start = LoadFence.Writes()
+        var start = RackPipelines.Requests()
         for partition in partitions {
             let key = SnapshotCatchUp.progressKey(topic: self.settings.topic, partition: partition)
-            try start.add(["SET", key, "\(id) 0"], unit: self.fence.unit(ofKey: key, partition: partition), to: self.redis.node(forKey: key))
+            try start.add(["SET", key, "\(id) 0"], to: self.redis.node(forKey: key), as: .ownTurn)
         }
         try self.write(start, doing: "recording the snapshot to load")
         return (snapshot, 0)
@@ -292,14 +294,14 @@ final class SnapshotLoad: @unchecked Sendable {
                     throw RackPipelines.Doubt(description: "SCAN answered \(reply)")
                 }
                 cursor = next
-                var doomed = LoadFence.Writes()
+                var doomed = RackPipelines.Requests()
                 for case .bulkString(let name?) in keys where !Bookkeeping.isBookkeeping(name) {
                     let slot = HashSlot.of(name)
                     let partition = OpRecord.partition(ofSlot: slot, count: self.settings.partitions)
                     guard wanted.contains(partition) else { continue }
-                    doomed.add([ByteBuffer(string: "UNLINK"), name], unit: self.fence.unit(ofSlot: slot, partition: partition), to: node)
+                    doomed.add([ByteBuffer(string: "UNLINK"), name], to: node, as: .ownTurn)
                 }
-                if !doomed.isEmpty { try self.write(doomed, doing: "emptying the partitions to load") }
+                if !doomed.byNode.isEmpty { try self.write(doomed, doing: "emptying the partitions to load") }
             } while cursor != "0"
         }
     }
@@ -308,7 +310,7 @@ final class SnapshotLoad: @unchecked Sendable {
     /// partition's checkpoint and ends the load's records.
     private func adoptTags(_ tags: SnapshotTags, partitions: [Int32], logStarts: [Int32: Int64]) throws -> [Int32: Int64] {
         let topic = self.settings.topic
-        var markers = LoadFence.Writes()
+        var markers = RackPipelines.Requests()
         var offsets: [Int32: Int64] = [:]
         for partition in partitions {
             let adoption = tags.adoption(of: partition, partitions: self.settings.partitions, logStart: logStarts[partition] ?? 0, perSlot: self.redis.rack.perSlot)
@@ -317,40 +319,45 @@ final class SnapshotLoad: @unchecked Sendable {
                 let key = slot == SnapshotTags.partitionMarker
                     ? AppliedOffsets.markerKey(topic: topic, partition: partition)
                     : AppliedOffsets.markerKey(topic: topic, partition: partition, slot: slot)
-                try markers.add(["SET", key, String(marker)], unit: self.fence.unit(ofKey: key, partition: partition), to: self.redis.node(forKey: key))
+                try markers.add(["SET", key, String(marker)], to: self.redis.node(forKey: key), as: .ownTurn)
             }
         }
         try self.write(markers, doing: "writing the snapshot's markers")
         // The checkpoints last: a load killed before them is loaded again, resuming.
-        var checkpoints = LoadFence.Writes()
+        var checkpoints = RackPipelines.Requests()
         for (partition, start) in offsets {
             let key = AppliedOffsets.checkpointKey(topic: topic, partition: partition)
-            try checkpoints.add(["SET", key, String(start)], unit: self.fence.unit(ofKey: key, partition: partition), to: self.redis.node(forKey: key))
+            try checkpoints.add(["SET", key, String(start)], to: self.redis.node(forKey: key), as: .ownTurn)
         }
         try self.write(checkpoints, doing: "writing the snapshot's checkpoints")
-        var done = LoadFence.Writes()
+        var done = RackPipelines.Requests()
         for partition in partitions {
             let key = SnapshotCatchUp.progressKey(topic: topic, partition: partition)
-            try done.add(["DEL", key], unit: self.fence.unit(ofKey: key, partition: partition), to: self.redis.node(forKey: key))
+            try done.add(["DEL", key], to: self.redis.node(forKey: key), as: .ownTurn)
         }
         try self.write(done, doing: "ending the load's records")
         return offsets
     }
 
-    /// Sends fenced writes and waits until Redis took every one.
-    private func write(_ writes: LoadFence.Writes, doing what: String) throws {
-        for (_, reply) in try self.redis.exchange(writes.requests(fence: self.fence)) { try LoadFence.check(reply, doing: what) }
+    /// Sends writes and waits until Redis took every one.
+    private func write(_ writes: RackPipelines.Requests, doing what: String) throws {
+        for (_, reply) in try self.redis.exchange(writes) { try Self.check(reply, doing: what) }
     }
 
-    /// The key, expiry (0: none) and payload of `RESTORE … REPLACE ABSTTL`, written straight
-    /// from the file.
+    /// A write's reply, read: an error fails the attempt (retried, resuming).
+    private static func check(_ reply: RESPValue, doing what: String) throws {
+        if reply.isError { throw RackPipelines.Doubt(description: "\(what): redis answered \(reply.string ?? "")") }
+    }
+
+    /// `RESTORE key expiry payload REPLACE ABSTTL` (expiry 0: none), written straight from the file.
     private static func writeRestore(_ entry: RDBReader.Entry, from reader: RDBReader, into buffer: inout ByteBuffer) {
+        buffer.writeStaticString("*6\r\n$7\r\nRESTORE\r\n")
         buffer.writeRESPLine(UInt8(ascii: "$"), entry.key.count)
         buffer.writeBytes(entry.key)
         buffer.writeString("\r\n")
         buffer.writeRESPBulkString(Int(entry.expiresAt ?? 0))
         buffer.writeRESPLine(UInt8(ascii: "$"), entry.value.count + 11)
         reader.writeDumpPayload(entry, into: &buffer)
-        buffer.writeString("\r\n")
+        buffer.writeStaticString("\r\n$7\r\nREPLACE\r\n$6\r\nABSTTL\r\n")
     }
 }

@@ -15,18 +15,25 @@ final class RackPipelines {
 
     let rack: RackRedis
     let timeout: TimeAmount
+    /// The connections' client name (`CLIENT SETNAME`), if any: a snapshot loader's
+    /// (`LoadFence.connectionName`), which the claims of other sidecars close.
+    let name: String?
     private(set) var connections: [HostPort: BlockingRedisConnection] = [:]
     /// The apply script's SHA1 (`AppliedOffsets.script`), loaded on every node.
     private(set) var sha = ""
 
-    init(rack: RackRedis, timeout: TimeAmount) {
+    init(rack: RackRedis, timeout: TimeAmount, name: String? = nil) {
         self.rack = rack
         self.timeout = timeout
+        self.name = name
     }
 
     /// Requests for several nodes, each node's in one pipeline.
     struct Requests {
         var byNode: [HostPort: (bytes: ByteBuffer, entries: [Entry])] = [:]
+
+        /// The requests' bytes, on every node.
+        var byteCount: Int { self.byNode.values.reduce(0) { $0 + $1.bytes.readableBytes } }
 
         mutating func add(_ command: [String], to node: HostPort, as entry: Entry) {
             self.add(command.map { ByteBuffer(string: $0) }, to: node, as: entry)
@@ -80,19 +87,42 @@ final class RackPipelines {
     /// Runs the owner script (`AppliedOffsets.ownerScript`) for each unit — `claim` with the
     /// claimant's clock in ms, or `keep` with the epoch held — on the node of its marker, and
     /// answers the epoch each owner key holds now. Used by the applier and the snapshot loader.
+    /// A claim ends by closing, on each node claimed on, the connections of the snapshot loaders
+    /// of those partitions (other than the caller's own): a loader that lost them writes no more
+    /// (`LoadFence`).
     func own(_ claims: [(unit: ApplierStateMachine.Unit, mode: String, value: Int)], topic: String) throws -> [(unit: ApplierStateMachine.Unit, epoch: Int)] {
         var pipeline = Requests()
+        var claimed: [HostPort: Set<Int32>] = [:]
         for (unit, mode, value) in claims {
-            try pipeline.add(
-                ["EVAL", AppliedOffsets.ownerScript, "1", unit.ownerKey(topic: topic), mode, String(value)],
-                to: self.node(forKey: unit.markerKey(topic: topic)), as: .claim(unit)
-            )
+            let node = try self.node(forKey: unit.markerKey(topic: topic))
+            try pipeline.add(["EVAL", AppliedOffsets.ownerScript, "1", unit.ownerKey(topic: topic), mode, String(value)], to: node, as: .claim(unit))
+            if mode == "claim" { claimed[node, default: []].insert(unit.partition) }
         }
-        return try self.exchange(pipeline).map { entry, reply in
+        let epochs = try self.exchange(pipeline).map { entry, reply in
             guard case .claim(let unit) = entry, case .integer(let epoch) = reply else {
                 throw Doubt(description: "claiming a partition: redis answered \(reply)")
             }
-            return (unit, epoch)
+            return (unit: unit, epoch: epoch)
+        }
+        for (node, partitions) in claimed { try self.closeLoaders(of: partitions, topic: topic, on: node) }
+        return epochs
+    }
+
+    /// Closes the connections to `node` of the snapshot loaders of any of `partitions`, except
+    /// this one (`SKIPME`): Redis drops what they sent and did not run yet.
+    private func closeLoaders(of partitions: Set<Int32>, topic: String, on node: HostPort) throws {
+        var list = Requests()
+        list.add(["CLIENT", "LIST", "TYPE", "normal"], to: node, as: .ownTurn)
+        let reply = try self.exchange(list)[0].1
+        guard !reply.isError, let text = reply.string else {
+            throw Doubt(description: "listing the snapshot loaders to fence off (CLIENT LIST; Pylon needs it and CLIENT KILL): redis answered \(reply)")
+        }
+        var kills = Requests()
+        for id in LoadFence.loaders(in: text, topic: topic, partitions: partitions) {
+            kills.add(["CLIENT", "KILL", "ID", String(id), "SKIPME", "yes"], to: node, as: .ownTurn)
+        }
+        for (_, reply) in try self.exchange(kills) where reply.isError {
+            throw Doubt(description: "closing a snapshot loader's connection (CLIENT KILL): redis answered \(reply)")
         }
     }
 
@@ -113,10 +143,13 @@ final class RackPipelines {
         }
         for node in nodes where self.connections[node] == nil {
             let client = try BlockingRedisConnection(to: node, timeout: self.timeout)
-            let reply = try client.exchange(RedisRequest(strings: ["SCRIPT", "LOAD", AppliedOffsets.script]).raw, replies: 1)[0]
-            guard let sha = reply.string, sha.count == 40 else {
+            var setUp = ByteBuffer()
+            if let name = self.name { setUp.writeRESPCommand(["CLIENT", "SETNAME", name].map { ByteBuffer(string: $0) }) }
+            setUp.writeRESPCommand(["SCRIPT", "LOAD", AppliedOffsets.script].map { ByteBuffer(string: $0) })
+            let replies = try client.exchange(setUp, replies: self.name == nil ? 1 : 2)
+            guard let sha = replies.last?.string, sha.count == 40, !replies.contains(where: \.isError) else {
                 client.close()
-                throw Doubt(description: "SCRIPT LOAD answered \(reply)")
+                throw Doubt(description: "setting up a connection to redis at \(node) (CLIENT SETNAME, SCRIPT LOAD): redis answered \(replies)")
             }
             self.sha = sha
             self.connections[node] = client
