@@ -8,7 +8,9 @@
 #    snapshot (SYNC) and loads it: load keys/s and MB/s (PYLON INFO), and the time from the
 #    sidecar's start to the rack caught up with the log;
 #  - a new rack without a snapshot replays the whole log: time to caught up;
-#  - p99 of GETs through the source rack's sidecar before and during the snapshot load.
+#  - p99 of GETs through the source rack's sidecar before and during the snapshot load: on the
+#    shared cores, and again with the racks on a core each, as on two machines (the load runs on
+#    the new rack's; on shared cores the GETs wait for the load's CPU more than for the copy).
 # The broker is librdkafka's mock cluster (scripts/mock-kafka), as in bench-consistency.sh. It
 # keeps at most 100,000 messages and 5 MB per partition, dropping the oldest (retention): the
 # topic has 32 partitions so that the whole log of a million ops stays (checked: the replaying
@@ -35,7 +37,7 @@ sidecar() {  # name, redis port, extra flags… → sets SIDECAR_PORT
   local name=$1 redis_port=$2
   shift 2
   SIDECAR_PORT=$(free_port)
-  "$BIN" --listen "127.0.0.1:$SIDECAR_PORT" --admin "127.0.0.1:$(free_port)" --redis "redis://127.0.0.1:$redis_port" \
+  ${CORE:+taskset -c "$CORE"} "$BIN" --listen "127.0.0.1:$SIDECAR_PORT" --admin "127.0.0.1:$(free_port)" --redis "redis://127.0.0.1:$redis_port" \
     --kafka-brokers "$bootstrap" --world bench --rack "$name" --sidecar-name "$name-0" --log-level notice \
     --kafka-property fetch.wait.max.ms=${FETCH_WAIT_MS:-10} "$@" 2>> "$WORK/sidecar-$name.log" &
   track $!
@@ -59,8 +61,10 @@ now() { date +%s.%N; }
 
 source_redis=$(free_port)
 start_redis "$source_redis"
+source_pids=("$LAST_PID")
 sidecar source "$source_redis"
 source_sidecar=$SIDECAR_PORT
+source_pids+=("$LAST_PID")
 until [ "$(redis-cli -p "$source_sidecar" INCR warm-up)" -ge 1 ] 2>/dev/null; do sleep 0.1; done
 
 echo "writing $KEYS ops of six types through the source rack's sidecar…" >&2
@@ -115,7 +119,7 @@ t1=$(now)
 baseline_keys=$(redis-cli -p "$baseline_redis" DBSIZE)
 baseline_seconds=$(echo "$t1 - $t0" | bc -l)
 
-p99() { redis-benchmark -p "$source_sidecar" -c 5 -n "$1" -r 100000000 -t get --csv 2>/dev/null | tail -n 1 | tr -d '"' | cut -d, -f7; }
+p99() { ${CORE:+taskset -c "$CORE"} redis-benchmark -p "$source_sidecar" -c 5 -n "$1" -r 100000000 -t get --csv 2>/dev/null | tail -n 1 | tr -d '"' | cut -d, -f7; }
 p99_before=$(p99 20000)
 
 # Pylon: a new rack from the source's snapshot, GETs going to the source meanwhile.
@@ -146,6 +150,19 @@ t1=$(now)
 replay_seconds=$(echo "$t1 - $t0" | bc -l)
 replay_keys=$(redis-cli -p "$replay_redis" DBSIZE)
 
+# The copy's effect on the source with the racks on a core each: the source rack (its Redis and
+# sidecar) and the GETs on CPU 0; a new rack loading a snapshot (its Redis and sidecar) on CPU 1.
+for pid in "${source_pids[@]}"; do taskset -a -p -c 0 "$pid" > /dev/null; done
+p99_pinned_before=$(CORE=0 p99 20000)
+pinned_redis=$(free_port)
+start_redis "$pinned_redis"
+taskset -a -p -c 1 "$LAST_PID" > /dev/null
+CORE=1 sidecar pinned "$pinned_redis" --snapshot-from "redis://127.0.0.1:$source_redis" --snapshot-dir "$WORK/snapshots-pinned"
+pinned_sidecar=$SIDECAR_PORT
+until [ "$(field "$pinned_sidecar" snapshot_phase)" = loading ]; do sleep 0.05; done
+p99_pinned_during=$(CORE=0 p99 20000)
+pinned_still_loading=$(field "$pinned_sidecar" snapshot_phase)
+
 python3 - <<PY
 keys, baseline_keys, baseline_seconds, restore_bytes = $keys, $baseline_keys, $baseline_seconds, $restore_bytes
 load_keys, load_rate, file_bytes = $load_keys, $load_rate, $file_bytes
@@ -160,6 +177,7 @@ print(f"| Pylon: new rack caught up from a snapshot (SYNC, load, the log after) 
 print(f"| Pylon: new rack caught up by replaying the log | {$replay_keys:,} | {$replay_seconds:.2f} | | |")
 print()
 print(f"targets: load rate / pipelined RESTORE rate: {load_rate / (baseline_keys / baseline_seconds):.2f} (target >= 0.7)")
-print(f"         source GET p99 during the copy / before: {$p99_during:.3f} / {$p99_before:.3f} ms = {$p99_during / $p99_before:.2f} (target <= 2; the load was {'still' if '$still_loading' == 'loading' else 'no longer'} running when the GETs ended)")
+print(f"         source GET p99 during the copy / before, racks on a core each: {$p99_pinned_during:.3f} / {$p99_pinned_before:.3f} ms = {$p99_pinned_during / $p99_pinned_before:.2f} (target <= 2; the load was {'still' if '$pinned_still_loading' == 'loading' else 'no longer'} running when the GETs ended)")
+print(f"         the same, everything on the two shared cores: {$p99_during:.3f} / {$p99_before:.3f} ms = {$p99_during / $p99_before:.2f} (the load was {'still' if '$still_loading' == 'loading' else 'no longer'} running)")
 print(f"         catch-up from a snapshot / by replay: {$snapshot_seconds / $replay_seconds:.2f}")
 PY
