@@ -26,7 +26,6 @@ struct LoadFence {
     }
 
     let topic: String
-    let perSlot: Bool
     /// Every unit the load may write: its partitions' (standalone, Sentinel), or every slot of
     /// them and the slots of their bookkeeping keys (Redis Cluster).
     let units: [Unit]
@@ -35,7 +34,6 @@ struct LoadFence {
 
     init(partitions: [Int32], topic: String, perSlot: Bool, partitionCount: Int) {
         self.topic = topic
-        self.perSlot = perSlot
         guard perSlot else {
             self.units = partitions.map { Unit(partition: $0, slot: -1) }
             return
