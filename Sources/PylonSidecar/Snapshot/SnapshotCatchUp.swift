@@ -301,7 +301,7 @@ final class SnapshotLoad: @unchecked Sendable {
                     guard wanted.contains(partition) else { continue }
                     doomed.add([ByteBuffer(string: "UNLINK"), name], to: node, as: .ownTurn)
                 }
-                if !doomed.byNode.isEmpty { try self.write(doomed, doing: "emptying the partitions to load") }
+                if !doomed.isEmpty { try self.write(doomed, doing: "emptying the partitions to load") }
             } while cursor != "0"
         }
     }

@@ -30,23 +30,25 @@ final class RackPipelines {
 
     /// Requests for several nodes, each node's in one pipeline.
     struct Requests {
-        var byNode: [HostPort: (bytes: ByteBuffer, entries: [Entry])] = [:]
+        private(set) var byNode: [HostPort: (bytes: ByteBuffer, entries: [Entry])] = [:]
+        /// The requests' bytes, on every node (kept as they are added: a snapshot load asks after each key).
+        private(set) var byteCount = 0
 
-        /// The requests' bytes, on every node.
-        var byteCount: Int { self.byNode.values.reduce(0) { $0 + $1.bytes.readableBytes } }
+        var isEmpty: Bool { self.byNode.isEmpty }
 
         mutating func add(_ command: [String], to node: HostPort, as entry: Entry) {
             self.add(command.map { ByteBuffer(string: $0) }, to: node, as: entry)
         }
 
         mutating func add(_ command: [ByteBuffer], to node: HostPort, as entry: Entry) {
-            self.byNode[node, default: (ByteBuffer(), [])].bytes.writeRESPCommand(command)
-            self.byNode[node]!.entries.append(entry)
+            self.add(written: { $0.writeRESPCommand(command) }, to: node, as: entry)
         }
 
         mutating func add(written: (inout ByteBuffer) -> Void, to node: HostPort, as entry: Entry) {
-            written(&self.byNode[node, default: (ByteBuffer(), [])].bytes)
-            self.byNode[node]!.entries.append(entry)
+            self.byNode[node, default: (ByteBuffer(), [])].entries.append(entry)
+            let before = self.byNode[node]!.bytes.readableBytes
+            written(&self.byNode[node]!.bytes)
+            self.byteCount += self.byNode[node]!.bytes.readableBytes - before
         }
     }
 
