@@ -52,8 +52,9 @@ final class AppliedReplies: Sendable {
             state.waiting[position] = promise
             while let oldest = state.deadlines.first, state.waiting[oldest.position] == nil { state.deadlines.removeFirst() }
             state.deadlines.append((position, deadline))
-            defer { state.sweepScheduled = true }
-            return (nil, !state.sweepScheduled)
+            let startSweep = !state.sweepScheduled
+            state.sweepScheduled = true
+            return (nil, startSweep)
         }
         if let early {
             promise.succeed(early)
