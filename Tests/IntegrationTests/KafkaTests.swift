@@ -33,6 +33,36 @@ struct KafkaProducerTests {
         #expect(try producer.endOffsets(topic: "pylon.test.ops", partitions: [3, 0, 1, 2], timeoutMilliseconds: 2000) == [50, 50, 50, 50])
     }
 
+    /// Acknowledgements are taken on librdkafka's broker thread and failures from its delivery
+    /// reports: each message is completed once, by one of them, whatever the properties say.
+    @Test func eachSendCompletesOnceWithItsOnDeliveryFirstAndAPartitionTheTopicLacksFails() async throws {
+        let broker = try KafkaBroker()
+        let producer = try KafkaProducer(brokers: broker.bootstrap, properties: ["delivery.report.only.error": "false"])
+        defer { producer.close() }
+        try producer.createTopic("pylon.test.acks", partitions: 2, replicationFactor: 1)
+        let loop = MultiThreadedEventLoopGroup.singleton.any()
+        let seen = Mutex<[KafkaDelivery]>([])
+        var sends: [EventLoopFuture<KafkaDelivery>] = []
+        for i in 0..<100 {
+            sends.append(producer.send(topic: "pylon.test.acks", partition: Int32(i % 2), key: nil, value: ByteBuffer(string: "v\(i)"), on: loop) { delivery in
+                seen.withLock { $0.append(delivery) }
+            })
+        }
+        for send in sends {
+            let delivery = try await send.get()
+            #expect(seen.withLock { $0.contains(delivery) }, "onDelivery ran before the future completed")
+        }
+        #expect(seen.withLock { $0.count } == 100)
+        // The topic's metadata is known now: librdkafka refuses the partition in the send itself.
+        do {
+            _ = try await producer.send(topic: "pylon.test.acks", partition: 7, key: nil, value: ByteBuffer(string: "x"), on: loop).get()
+            Issue.record("a send to a partition the topic does not have succeeded")
+        } catch let error as KafkaError {
+            #expect(!error.mayBeInLog, "refused before sending: \(error)")
+        }
+        #expect(try await producer.send(topic: "pylon.test.acks", partition: 1, key: nil, value: ByteBuffer(string: "y"), on: loop).get() == KafkaDelivery(partition: 1, offset: 50))
+    }
+
     @Test func aBrokerThatIsAwayFailsTheSendInsteadOfHangingAndSaysItWasNeverSent() async throws {
         let port = try Ports.free()
         let producer = try KafkaProducer(brokers: "127.0.0.1:\(port)", stallTimeout: .seconds(1))

@@ -28,9 +28,12 @@ public struct KafkaError: Error, CustomStringConvertible, Equatable {
 }
 
 /// A thin, thread-safe wrapper over a librdkafka producer: acks=all, idempotence on, no
-/// linger. Each `send` completes when the broker acknowledged the message (or it failed): a
-/// dedicated thread blocks in `rd_kafka_poll`, which returns as soon as delivery reports arrive,
-/// and completes the promise each message carries — no timer adds latency to an ack.
+/// linger. Each `send` completes when the broker acknowledged the message (or it failed), with
+/// no timer and no thread hop of librdkafka's in between: an acknowledgement is taken on the
+/// broker thread that read it (an `on_acknowledgement` interceptor), which hands the promises
+/// of a ProduceResponse to their event loop together. Failures come as delivery reports (only
+/// those: `delivery.report.only.error`), served by a thread of this producer blocked in
+/// `rd_kafka_poll`, which also serves librdkafka's other callbacks.
 ///
 /// A failure must be certain. librdkafka's own `message.timeout.ms` would fail messages that a
 /// broker may already have written, so it is off (0: never give up on a message once sent).
@@ -49,22 +52,30 @@ public final class KafkaProducer: Sendable {
         let outstanding = Atomic<Int>(0)
         /// Uptime (ms) of the last progress: a delivery report, or the first message after idling.
         let lastProgress = Atomic<Int64>(0)
-        /// Delivery reports of the current poll, completed together afterwards.
-        let reports = Mutex<[(DeliveryCompletion, Result<KafkaDelivery, KafkaError>)]>([])
+        /// Outcomes not handed to their promises yet, completed together: under load one
+        /// ProduceResponse acknowledges many messages, one poll reports many failures.
+        let reports = Mutex<[(promise: EventLoopPromise<KafkaDelivery>, result: Result<KafkaDelivery, any Error>)]>([])
         init(_ pointer: OpaquePointer) { self.pointer = pointer }
 
-        /// Completes the collected reports with one task per event loop instead of one thread
-        /// hop per message: under load a poll returns hundreds of reports at once.
+        /// A message's outcome, on the thread that learnt it: `onDelivery` runs now, the promise
+        /// is collected. Answers whether the collection was empty (its taker must be called).
+        func report(_ completion: DeliveryCompletion, _ result: Result<KafkaDelivery, KafkaError>) -> Bool {
+            self.outstanding.subtract(1, ordering: .relaxed)
+            self.lastProgress.store(Handle.now(), ordering: .relaxed)
+            if case .success(let delivery) = result { completion.onDelivery?(delivery) }
+            return self.reports.withLock { reports in
+                reports.append((completion.promise, result.mapError { $0 }))
+                return reports.count == 1
+            }
+        }
+
+        /// Completes the collected outcomes with one task per event loop, not a hop each.
         func completeReports() {
             let reports = self.reports.withLock { reports in
                 defer { reports.removeAll(keepingCapacity: true) }
                 return reports
             }
-            guard !reports.isEmpty else { return }
-            for (completion, result) in reports {
-                if case .success(let delivery) = result { completion.onDelivery?(delivery) }
-            }
-            EventLoopPromise.complete(reports.map { (promise: $0.0.promise, result: $0.1.mapError { $0 }) })
+            EventLoopPromise.complete(reports)
         }
 
         static func now() -> Int64 { Int64(DispatchTime.now().uptimeNanoseconds / 1_000_000) }
@@ -92,19 +103,30 @@ public final class KafkaProducer: Sendable {
     ) throws {
         let settings = Self.defaultProperties.merging(properties) { $1 }.merging(["bootstrap.servers": brokers]) { $1 }
         let handle = try KafkaClient.make(RD_KAFKA_PRODUCER, properties: settings) { conf in
+            // Whatever the properties say: a success is the interceptor's, never also a report's.
+            _ = rd_kafka_conf_set(conf, "delivery.report.only.error", "true", nil, 0)
+            rd_kafka_conf_interceptor_add_on_new(conf, "pylon-acknowledgements", { handle, _, _, _, _ in
+                rd_kafka_interceptor_add_on_acknowledgement(handle, "pylon-acknowledgements", { _, message, _ in
+                    // On the broker thread, as the ProduceResponse is read. Failures are left to
+                    // the delivery report, where their status (was it ever sent?) is given.
+                    guard let message, message.pointee.err == RD_KAFKA_RESP_ERR_NO_ERROR, let opaque = message.pointee._private else {
+                        return RD_KAFKA_RESP_ERR_NO_ERROR
+                    }
+                    let completion = Unmanaged<DeliveryCompletion>.fromOpaque(opaque).takeRetainedValue()
+                    let delivery = KafkaDelivery(partition: message.pointee.partition, offset: message.pointee.offset)
+                    if completion.handle.report(completion, .success(delivery)) {
+                        // The first of the response's messages: the rest join it before the loop runs this.
+                        completion.promise.futureResult.eventLoop.execute { completion.handle.completeReports() }
+                    }
+                    return RD_KAFKA_RESP_ERR_NO_ERROR
+                }, nil)
+            }, nil)
             rd_kafka_conf_set_dr_msg_cb(conf) { _, message, _ in
                 guard let message, let opaque = message.pointee._private else { return }
                 let completion = Unmanaged<DeliveryCompletion>.fromOpaque(opaque).takeRetainedValue()
-                completion.handle.outstanding.subtract(1, ordering: .relaxed)
-                completion.handle.lastProgress.store(Handle.now(), ordering: .relaxed)
-                let result: Result<KafkaDelivery, KafkaError>
-                if message.pointee.err == RD_KAFKA_RESP_ERR_NO_ERROR {
-                    result = .success(KafkaDelivery(partition: message.pointee.partition, offset: message.pointee.offset))
-                } else {
-                    let neverSent = rd_kafka_message_status(message) == RD_KAFKA_MSG_STATUS_NOT_PERSISTED
-                    result = .failure(KafkaError(String(cString: rd_kafka_err2str(message.pointee.err)), mayBeInLog: !neverSent))
-                }
-                completion.handle.reports.withLock { $0.append((completion, result)) }
+                let neverSent = rd_kafka_message_status(message) == RD_KAFKA_MSG_STATUS_NOT_PERSISTED
+                let error = KafkaError(String(cString: rd_kafka_err2str(message.pointee.err)), mayBeInLog: !neverSent)
+                _ = completion.handle.report(completion, .failure(error))  // completed once the poll returns
             }
         }
         let wrapped = Handle(handle)
@@ -113,7 +135,7 @@ public final class KafkaProducer: Sendable {
         let stallMilliseconds = stallTimeout.milliseconds
         Blocking.thread(named: "pylon-kafka-poll") {
             while wrapped.polling.load(ordering: .acquiring) {
-                rd_kafka_poll(wrapped.pointer, 100)  // returns at once when a delivery report arrives
+                rd_kafka_poll(wrapped.pointer, 100)  // returns at once when a failure is reported
                 wrapped.completeReports()
                 if wrapped.outstanding.load(ordering: .relaxed) > 0,
                     Handle.now() - wrapped.lastProgress.load(ordering: .relaxed) > stallMilliseconds
@@ -127,7 +149,7 @@ public final class KafkaProducer: Sendable {
         }
     }
 
-    /// What waits for a message's delivery report.
+    /// What waits for a message's acknowledgement or failure.
     private final class DeliveryCompletion: Sendable {
         let promise: EventLoopPromise<KafkaDelivery>
         let onDelivery: (@Sendable (KafkaDelivery) -> Void)?
@@ -140,8 +162,9 @@ public final class KafkaProducer: Sendable {
     }
 
     /// Sends one message; the future completes when Kafka acknowledged it (acks=all) or failed.
-    /// `onDelivery` runs on the polling thread as soon as the acknowledgement arrives, before the
-    /// future completes on its event loop: for work that should not wait for the hop there.
+    /// `onDelivery` runs on librdkafka's broker thread as soon as the acknowledgement arrives,
+    /// before the future completes on its event loop: for quick work that should not wait for
+    /// the hop there (it must not block, nor call this producer).
     public func send(
         topic: String, partition: Int32, key: [UInt8]?, value: ByteBuffer, on eventLoop: EventLoop,
         onDelivery: (@Sendable (KafkaDelivery) -> Void)? = nil
