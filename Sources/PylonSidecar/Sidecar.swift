@@ -154,7 +154,11 @@ public final class Sidecar: Service, Sendable {
                     )
                 }
             })
-            self.peerReplies.set(try await PerLoop(group: self.group) { loop in PeerReplies(peers: peers, context: layer, eventLoop: loop) })
+            if let replies = self.gateway.writes.replies {
+                self.peerReplies.set(try await PerLoop(group: self.group) { loop in
+                    PeerReplies(peers: peers, context: layer, eventLoop: loop, replies: replies, localReady: { backend.isReady })
+                })
+            }
         }
         let (failover, peerReplies) = (self.failover.value, self.peerReplies.value)
         let gateway = self.gateway

@@ -80,6 +80,25 @@ struct WorldViewTests {
         #expect(try await eventually { (try await a.send("PYLON", "INFO").string ?? "").contains("reads_from:local") })
     }
 
+    /// A reply this rack never hands over (its applier stopped, its Redis up) is late after 2 s
+    /// and then asked of another rack: the write still answers its real reply, well within
+    /// `applied-timeout-ms`, and the watch that asked it ends with the write.
+    @Test func aReplyThisRackNeverHandsOverIsAskedOfAnotherRackOnceLate() async throws {
+        let world = try await WorldFixture(racks: 2, peers: true) { $0.peerProbeIntervalMilliseconds = 100 }
+        defer { Task { await world.stop() } }
+        let a = try await world.racks[0].sidecar.client()
+        #expect(try await a.send("INCR", "n") == .integer(1))
+        #expect(try await eventually { (try await a.send("PYLON", "PEERS").string ?? "").contains("reads=yes") })
+        world.racks[0].sidecar.sidecar.applier?.stop()
+        for expected in 2...3 {
+            let started = ContinuousClock.now
+            #expect(try await a.send("INCR", "n") == .integer(expected))
+            let took = ContinuousClock.now - started
+            #expect(took >= .seconds(2) && took < .seconds(5), "\(took)")
+        }
+        #expect(try await world.racks[1].redis.client().send("GET", "n") == .bulk("3"))
+    }
+
     @Test func incrsThroughARackWhoseRedisIsKilledStillAnswerTheirRealValue() async throws {
         let world = try await WorldFixture(racks: 2, peers: true) { $0.peerProbeIntervalMilliseconds = 100 }
         defer { Task { await world.stop() } }

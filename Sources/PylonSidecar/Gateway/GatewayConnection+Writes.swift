@@ -49,25 +49,21 @@ extension GatewayConnection {
         self.releaseHeldRead()
     }
 
-    /// Answers an `applied` write with its real reply once this rack's applier handed it over.
+    /// Answers an `applied` write with its real reply once this rack's applier handed it over,
+    /// or another rack's (`PeerReplies`: while this rack's Redis is away, or the reply is late).
     private func awaitApplied(
         _ positions: [AppliedReplies.Position], partitions: [Int32], replies: AppliedReplies, command: Command, arguments: [ByteBuffer], tag: Int
     ) {
         let timeout = self.gateway.writes.appliedTimeout
         let deadline = NIODeadline.now() + timeout
-        let askedPeers = NIOLoopBoundBox(false, eventLoop: self.context.eventLoop)
-        let waits = positions.map { position in
-            let local = replies.reply(for: position, on: self.context.eventLoop)
-            if let peerReplies = self.peerReplies {
-                self.askPeersWhenTheReplyIsLate(position, replies: replies, peerReplies: peerReplies, until: deadline, pending: local, asked: askedPeers)
-            }
-            return local
-        }
+        let waits = positions.map { replies.reply(for: $0, on: self.context.eventLoop) }
+        let watches = self.peerReplies.map { peerReplies in positions.map { peerReplies.watch($0, until: deadline) } } ?? []
         let finished = { (result: Result<[ByteBuffer], Error>) in
+            for watch in watches { watch.done = true }
             switch result {
             case .success(let replies):
                 self.deliver(self.forClient(WriteReply.applied(replies), command: command, arguments: arguments), tag: tag)
-                self.answered(partitions, positions: positions, appliedHere: !askedPeers.value)
+                self.answered(partitions, positions: positions, appliedHere: !watches.contains(where: \.asked))
             case .failure:
                 let token = positions.map(\.description).joined(separator: ",")
                 self.complete(tag, error: "ERR pylon: the write is in the world's log (\(token)) but this rack has not applied it within \(timeout.nanoseconds / 1_000_000) ms (applied-timeout-ms); it will be: PYLON WAIT \(token) <ms>, then read the key")
@@ -82,43 +78,6 @@ extension GatewayConnection {
         } else {
             EventLoopFuture.whenAllSucceed(waits, on: self.context.eventLoop).assumeIsolated().whenComplete(finished)
         }
-    }
-
-    /// How long a reply may take from this rack before the other racks are asked for it although
-    /// this rack's Redis is up (a reply lost with an applier that stopped between applying and
-    /// handing it over).
-    static let lateReply = TimeAmount.seconds(2)
-
-    /// While this rack's Redis is away, or once the reply is late (`lateReply`), asks the other
-    /// racks for the reply of the op at `position` (`PeerReplies`) and hands it over as if this
-    /// rack's applier had: checked now and every half second until the reply came or `deadline`.
-    private func askPeersWhenTheReplyIsLate(
-        _ position: AppliedReplies.Position, replies: AppliedReplies, peerReplies: PeerReplies, until deadline: NIODeadline,
-        pending: EventLoopFuture<ByteBuffer>, asked: NIOLoopBoundBox<Bool>
-    ) {
-        let loop = self.context.eventLoop
-        let done = NIOLoopBoundBox(false, eventLoop: loop)
-        let late = NIODeadline.now() + Self.lateReply
-        pending.whenComplete { _ in done.value = true }
-        func attempt() {
-            guard !done.value, NIODeadline.now() < deadline else { return }
-            guard !self.gateway.backend.isReady || NIODeadline.now() >= late else {
-                let next = loop.assumeIsolated().scheduleTask(in: .milliseconds(500)) { attempt() }
-                pending.whenComplete { _ in next.cancel() }
-                return
-            }
-            asked.value = true
-            // Each ask waits below the connection's request timeout, and is made again until the deadline.
-            let wait = TimeAmount.nanoseconds(min((deadline - .now()).nanoseconds, 1_000_000_000))
-            peerReplies.reply(for: position, wait: wait).assumeIsolated().whenComplete { result in
-                if case .success(let reply) = result {
-                    replies.deliver(reply, for: position)
-                } else {
-                    loop.assumeIsolated().scheduleTask(in: .milliseconds(100)) { attempt() }
-                }
-            }
-        }
-        attempt()
     }
 
     /// `PYLON REPLY <partition:offset> <timeout-ms>`, asked by a sidecar of another rack whose

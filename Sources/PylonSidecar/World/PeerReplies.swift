@@ -11,13 +11,92 @@ final class PeerReplies {
     private let context: RedisLayerContext
     private let eventLoop: EventLoop
     private var connections: [HostPort: BackendConnection] = [:]
+    /// Where the replies other racks give are handed over, as if this rack's applier had.
+    private let replies: AppliedReplies
+    /// Whether this rack's Redis is reachable (its applier can apply).
+    private let localReady: @Sendable () -> Bool
+    /// The waits watched (`watch`), oldest first; finished ones leave lazily.
+    private var watches = CircularBuffer<Watch>()
+    private var nextCheck: Scheduled<Void>?
 
     struct Unavailable: Error {}
 
-    init(peers: Peers, context: RedisLayerContext, eventLoop: EventLoop) {
+    /// An `applied` write's wait for the reply of its op at `position`, until `deadline`.
+    final class Watch {
+        let position: AppliedReplies.Position
+        let deadline: NIODeadline
+        /// When the reply counts as late although this rack's Redis is up.
+        let late: NIODeadline
+        /// The reply came, or the write stopped waiting for it: nothing more to ask.
+        var done = false
+        /// Another rack was asked: the reply may be theirs.
+        fileprivate(set) var asked = false
+        fileprivate var asking = false
+
+        fileprivate init(position: AppliedReplies.Position, deadline: NIODeadline) {
+            self.position = position
+            self.deadline = deadline
+            self.late = .now() + PeerReplies.lateReply
+        }
+    }
+
+    /// How long a reply may take from this rack before the other racks are asked for it although
+    /// this rack's Redis is up (a reply lost with an applier that stopped between applying and
+    /// handing it over).
+    static let lateReply = TimeAmount.seconds(2)
+    /// How often the watched waits are looked at: one timer for all of them, not one per write
+    /// (a timer scheduled and cancelled per write cost more than the write's hand-offs).
+    static let checkInterval = TimeAmount.milliseconds(500)
+
+    init(peers: Peers, context: RedisLayerContext, eventLoop: EventLoop, replies: AppliedReplies, localReady: @escaping @Sendable () -> Bool) {
         self.peers = peers
         self.context = context
         self.eventLoop = eventLoop
+        self.replies = replies
+        self.localReady = localReady
+    }
+
+    /// Watches an `applied` write's wait: its reply is asked of the other racks at once while
+    /// this rack's Redis is away, else once Redis goes away or the reply is late, and again
+    /// until it came (`done`) or `deadline`.
+    func watch(_ position: AppliedReplies.Position, until deadline: NIODeadline) -> Watch {
+        while let oldest = self.watches.first, oldest.done { self.watches.removeFirst() }
+        let watch = Watch(position: position, deadline: deadline)
+        self.watches.append(watch)
+        if !self.localReady() { self.ask(watch) }
+        if self.nextCheck == nil { self.scheduleCheck() }
+        return watch
+    }
+
+    private func scheduleCheck() {
+        self.nextCheck = self.eventLoop.assumeIsolated().scheduleTask(in: Self.checkInterval) { self.check() }
+    }
+
+    /// Asks for the replies that are late, or for all while this rack's Redis is away, and
+    /// forgets the waits that ended.
+    private func check() {
+        let now = NIODeadline.now()
+        let localReady = self.localReady()
+        self.watches.removeAll { $0.done || $0.deadline <= now }
+        for watch in self.watches where !watch.asking && (!localReady || watch.late <= now) { self.ask(watch) }
+        if self.watches.isEmpty { self.nextCheck = nil } else { self.scheduleCheck() }
+    }
+
+    /// Asks the other racks for a watched wait's reply and hands it over; after a failure, again
+    /// shortly (its client is waiting), until the wait ends.
+    private func ask(_ watch: Watch) {
+        guard !watch.done, NIODeadline.now() < watch.deadline else { return }
+        watch.asking = true
+        watch.asked = true
+        // Each ask waits below the connection's request timeout.
+        let wait = TimeAmount.nanoseconds(min((watch.deadline - .now()).nanoseconds, 1_000_000_000))
+        self.reply(for: watch.position, wait: wait).assumeIsolated().whenComplete { result in
+            if case .success(let reply) = result {
+                self.replies.deliver(reply, for: watch.position)
+            } else {
+                self.eventLoop.assumeIsolated().scheduleTask(in: .milliseconds(100)) { self.ask(watch) }
+            }
+        }
     }
 
     /// The reply another rack gave the op at `position`, waiting at most `wait` for it there
