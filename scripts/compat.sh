@@ -95,8 +95,11 @@ print("\nfailing through pylon:")
 for unit, _, name, detail in failing:
     print(f"  {unit}|{name}\n      {detail}")
 unexpected = [row for row in failing if (row[0], row[2]) not in known]
+# Some tests share a name (a loop whose variable the name does not expand): listed means every
+# test of that name may fail, stale only when none of them failed.
+failed = {(row[0], row[2]) for row in failing}
 passing = {(row[0], row[2]) for row in pylon if row[1] == "ok"}
-stale = sorted(k for k in known if k in passing)
+stale = sorted(k for k in known if k in passing and k not in failed)
 if unexpected:
     print("\nnot in " + sys.argv[3] + ":")
     for unit, _, name, _ in unexpected: print(f"{unit}|{name}")

@@ -39,6 +39,7 @@ struct StandaloneGatewayTests {
         let client = try await sidecar.client()
         #expect(try await client.send("PING") == .simple("PONG"))
         #expect(try await client.send("PING", "hi") == .bulk("hi"))
+        #expect(try await client.send("PING", "x", "y") == .error("ERR wrong number of arguments for 'ping' command"))
         #expect(try await client.send("ECHO", "x y") == .bulk("x y"))
         #expect(try await client.send("CLIENT", "GETNAME") == .null)
         #expect(try await client.send("CLIENT", "SETNAME", "worker-1") == .ok)

@@ -50,6 +50,10 @@ struct WriteReplyTests {
         #expect(try forClient("$-1\r\n", "LMPOP", "1", "l", "LEFT", version: .resp2) == "*-1\r\n")
         #expect(try forClient("$-1\r\n", "LMPOP", "1", "l", "LEFT", version: .resp3) == "_\r\n")
         #expect(try forClient("$-1\r\n", "LPOP", "l", version: .resp2) == "$-1\r\n")
+        // Given a count, LPOP and RPOP answer a list of popped elements: nil is a null array.
+        #expect(try forClient("$-1\r\n", "LPOP", "l", "1", version: .resp2) == "*-1\r\n")
+        #expect(try forClient("$-1\r\n", "RPOP", "l", "0", version: .resp2) == "*-1\r\n")
+        #expect(try forClient("$-1\r\n", "RPOP", "l", "1", version: .resp3) == "_\r\n")
         #expect(try forClient("$3\r\n2.5\r\n", "ZINCRBY", "z", "1", "m", version: .resp3) == ",2.5\r\n")
         #expect(try forClient("*4\r\n$1\r\na\r\n$1\r\n1\r\n$1\r\nb\r\n$1\r\n2\r\n", "ZPOPMIN", "z", "2", version: .resp3)
             == "*2\r\n*2\r\n$1\r\na\r\n,1\r\n*2\r\n$1\r\nb\r\n,2\r\n")

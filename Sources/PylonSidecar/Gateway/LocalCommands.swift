@@ -7,6 +7,8 @@ enum LocalCommands {
         let gateway = connection.gateway
         switch command.name {
         case "ping":
+            // The command table allows any count (as Redis's does); PING itself takes one message at most.
+            guard arguments.count <= 2 else { return .error("ERR wrong number of arguments for 'ping' command") }
             return arguments.count > 1 ? .bulkString(arguments[1]) : .simple("PONG")
         case "echo":
             return .bulkString(arguments[1])

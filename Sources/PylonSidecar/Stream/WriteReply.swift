@@ -71,12 +71,19 @@ public enum WriteReply: Sendable, Equatable {
     /// Lua has one nil for both of RESP2's) as a client of `version` gets it from Redis.
     static func forClient(_ reply: ByteBuffer, command: Command, arguments: [ByteBuffer], version: RESPVersion) -> ByteBuffer {
         var reply = reply
-        if Self.nullArrayCommands.contains(command.name), reply.readableBytesView.elementsEqual("$-1\r\n".utf8) { reply = Self.nullArrayBytes }
+        if Self.nilIsNullArray(command, arguments: arguments), reply.readableBytesView.elementsEqual("$-1\r\n".utf8) { reply = Self.nullArrayBytes }
         return version == .resp3 ? Self.resp3(reply, command: command, arguments: arguments) : reply
     }
 
-    /// Writes whose nil is a null array in RESP2 (`*-1`).
-    static let nullArrayCommands: Set = ["lmpop", "zmpop"]
+    /// Whether a write's nil is a null array in RESP2 (`*-1`): LMPOP's, ZMPOP's, and LPOP's and
+    /// RPOP's given a count (their list of popped elements).
+    static func nilIsNullArray(_ command: Command, arguments: [ByteBuffer]) -> Bool {
+        switch command.name {
+        case "lmpop", "zmpop": true
+        case "lpop", "rpop": arguments.count > 2
+        default: false
+        }
+    }
     private static let nullArrayBytes = ByteBuffer(string: "*-1\r\n")
 
     /// A RESP2 reply as a RESP3 client gets it from Redis: nulls as `_`, and the scores of
