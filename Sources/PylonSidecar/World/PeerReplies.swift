@@ -17,7 +17,7 @@ final class PeerReplies {
     private let localReady: @Sendable () -> Bool
     /// The waits watched (`watch`), oldest first; finished ones leave lazily.
     private var watches = CircularBuffer<Watch>()
-    private var nextCheck: Scheduled<Void>?
+    private var checkScheduled = false
 
     struct Unavailable: Error {}
 
@@ -64,12 +64,13 @@ final class PeerReplies {
         let watch = Watch(position: position, deadline: deadline)
         self.watches.append(watch)
         if !self.localReady() { self.ask(watch) }
-        if self.nextCheck == nil { self.scheduleCheck() }
+        if !self.checkScheduled { self.scheduleCheck() }
         return watch
     }
 
     private func scheduleCheck() {
-        self.nextCheck = self.eventLoop.assumeIsolated().scheduleTask(in: Self.checkInterval) { self.check() }
+        self.checkScheduled = true
+        self.eventLoop.assumeIsolated().scheduleTask(in: Self.checkInterval) { self.check() }
     }
 
     /// Asks for the replies that are late, or for all while this rack's Redis is away, and
@@ -79,7 +80,7 @@ final class PeerReplies {
         let localReady = self.localReady()
         self.watches.removeAll { $0.done || $0.deadline <= now }
         for watch in self.watches where !watch.asking && (!localReady || watch.late <= now) { self.ask(watch) }
-        if self.watches.isEmpty { self.nextCheck = nil } else { self.scheduleCheck() }
+        if self.watches.isEmpty { self.checkScheduled = false } else { self.scheduleCheck() }
     }
 
     /// Asks the other racks for a watched wait's reply and hands it over; after a failure, again
