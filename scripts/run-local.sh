@@ -38,11 +38,11 @@ cat <<TXT
   rack a: pylon-sidecar 127.0.0.1:$RACK_A_PORT -> redis-server 127.0.0.1:$((RACK_A_PORT + 20)), admin 127.0.0.1:$((RACK_A_PORT + 3100))
   rack b: pylon-sidecar 127.0.0.1:$RACK_B_PORT -> redis-server 127.0.0.1:$((RACK_B_PORT + 20)), admin 127.0.0.1:$((RACK_B_PORT + 3100))
 
-  redis-cli -p $RACK_A_PORT SET greeting hello     # a write: acknowledged once Kafka has it
+  redis-cli -p $RACK_A_PORT SET greeting hello     # a write: in Kafka, applied by rack a, Redis's reply
   redis-cli -p $RACK_B_PORT GET greeting           # a read on the other rack: "hello"
   redis-cli -p $RACK_B_PORT PYLON INFO             # the sidecar's view: its partitions, applied offsets, lag
   redis-cli -p $RACK_A_PORT PYLON PEERS            # rack b's sidecar as rack a's sees it
-  redis-cli -p $RACK_A_PORT PYLON CONSISTENCY applied   # then INCR n: the real reply, once rack a applied it
+  redis-cli -p $RACK_A_PORT INCR n                # the real count, as Redis answers it
   redis-cli -p $((RACK_A_PORT + 20)) SHUTDOWN NOSAVE   # stop rack a's Redis: GETs through $RACK_A_PORT go to rack b
   curl -s 127.0.0.1:$((RACK_A_PORT + 3100))/metrics         # Prometheus metrics; also /healthz and /readyz
 
