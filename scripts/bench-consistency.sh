@@ -5,7 +5,8 @@
 # interleaved rounds) — and CPU per acknowledged write: the writing sidecar (gateway + its applier,
 # from /proc) beside twemproxy's per SET. The broker is librdkafka's mock cluster
 # (scripts/mock-kafka), which honours a fetch's max wait: noida-db spins on idle fetches and
-# would be what is measured.
+# would be what is measured. For the throughput target's case (SET, -c 50, unpipelined) it also
+# gives the CPU of every process a write needs: what this machine can give a write at all.
 # Usage: scripts/bench-consistency.sh [ROUNDS]     env: REQUESTS=50000 FETCH_WAIT_MS=1
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,12 +24,14 @@ gcc -O2 -o "$WORK/mock-kafka" scripts/mock-kafka/mock-kafka.c -lrdkafka -ldl
 
 direct=$(free_port); nc_port=$(free_port); nc_stats=$(free_port)
 start_redis "$direct"
+direct_pid=$LAST_PID
 start_twemproxy "$nc_port" "$nc_stats" "$direct"
 nc_pid=$LAST_PID
 rack() {  # name, consistency → sets sidecar_port, sidecar_pid
   local redis_port
   redis_port=$(free_port); sidecar_port=$(free_port)
   start_redis "$redis_port"
+  redis_pid=$LAST_PID
   WORLD_PIDS+=("$LAST_PID")
   "$BIN" --listen "127.0.0.1:$sidecar_port" --admin "127.0.0.1:$(free_port)" --redis "redis://127.0.0.1:$redis_port" \
     --kafka-brokers "$bootstrap" --world bench --rack "$1" --consistency "$2" --log-level warning \
@@ -50,8 +53,9 @@ start_world() {
   WORLD_PIDS=("$LAST_PID")
   for _ in $(seq 100); do [ -s "$WORK/mock-kafka.out" ] && break; sleep 0.05; done
   bootstrap=$(head -n 1 "$WORK/mock-kafka.out")
-  rack a applied; applied_port=$sidecar_port; applied_pid=$sidecar_pid
-  rack b log; log_port=$sidecar_port; log_pid=$sidecar_pid
+  broker_pid=$LAST_PID
+  rack a applied; applied_port=$sidecar_port; applied_pid=$sidecar_pid; applied_redis_pid=$redis_pid
+  rack b log; log_port=$sidecar_port; log_pid=$sidecar_pid; log_redis_pid=$redis_pid
   # Both appliers have joined their groups once a write through rack a is applied on both.
   until [ "$(redis-cli -p "$applied_port" INCR warm-up)" -ge 1 ] 2>/dev/null; do sleep 0.1; done
   until [ "$(redis-cli -p "$log_port" GET warm-up)" -ge 1 ] 2>/dev/null; do sleep 0.1; done
@@ -63,7 +67,9 @@ stop_world() {
 }
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+idle_ticks() { awk '/^cpu / {print $5 + $6}' /proc/stat; }  # both cores, idle + iowait
 results="$WORK/results.csv"
+budget="$WORK/budget.csv"
 for round in $(seq "$ROUNDS"); do
   for test in set incr; do
     for clients in 1 50; do
@@ -77,11 +83,28 @@ for round in $(seq "$ROUNDS"); do
             log) port=$log_port pid=$log_pid ;;
           esac
           n=$REQUESTS; [ "$clients" = 1 ] && [ "$pipeline" = 1 ] && n=$((REQUESTS / 5))
-          before=${pid:+$(cpu_ticks "$pid")}
-          line=$(redis-benchmark -p "$port" -c "$clients" -n "$n" -P "$pipeline" -r 100000 -d 3 --csv -t "$test" 2>/dev/null | tail -n 1 | tr -d '"')
-          ticks=${pid:+$(( $(cpu_ticks "$pid") - before ))}
-          IFS=, read -r _ rps _ _ p50 _ p99 _ <<< "$line"
-          echo "$test,$clients,$pipeline,$target,$rps,$p50,$p99,${ticks:-0},$n" >> "$results"
+          # Every process of the target, by name: the first is the one the table's CPU column is of.
+          case $target in
+            direct) procs=(redis:$direct_pid) ;;
+            twemproxy) procs=(twemproxy:$nc_pid redis:$direct_pid) ;;
+            applied) procs=(sidecar-a:$applied_pid sidecar-b:$log_pid redis-a:$applied_redis_pid redis-b:$log_redis_pid broker:$broker_pid) ;;
+            log) procs=(sidecar-b:$log_pid sidecar-a:$applied_pid redis-b:$log_redis_pid redis-a:$applied_redis_pid broker:$broker_pid) ;;
+          esac
+          before=(); for proc in "${procs[@]}"; do before+=("$(cpu_ticks "${proc#*:}")"); done
+          idle=$(idle_ticks)
+          # `times` after the client: its CPU (the second line: this subshell's children).
+          out=$(redis-benchmark -p "$port" -c "$clients" -n "$n" -P "$pipeline" -r 100000 -d 3 --csv -t "$test" 2>/dev/null | tail -n 1 | tr -d '"'; times)
+          idle=$(( $(idle_ticks) - idle ))
+          ticks=(); for i in "${!procs[@]}"; do ticks+=("$(( $(cpu_ticks "${procs[i]#*:}") - before[i] ))"); done
+          IFS=, read -r _ rps _ _ p50 _ p99 _ <<< "$(head -n 1 <<< "$out")"
+          cpu=0; [ "$target" = direct ] || cpu=${ticks[0]}
+          echo "$test,$clients,$pipeline,$target,$rps,$p50,$p99,$cpu,$n" >> "$results"
+          if [ "$test $clients $pipeline" = "set 50 1" ]; then
+            read -r user system <<< "$(tail -n 1 <<< "$out" | sed 's/[ms]/ /g' | awk '{print $1 * 60 + $2, $3 * 60 + $4}')"
+            for i in "${!procs[@]}"; do echo "$target,${procs[i]%%:*},${ticks[i]},$n" >> "$budget"; done
+            echo "$target,client,$(python3 -c "print(round(($user + $system) * $(getconf CLK_TCK)))"),$n" >> "$budget"
+            echo "$target,idle,$idle,$n" >> "$budget"
+          fi
         done
         stop_world
       done
@@ -89,9 +112,9 @@ for round in $(seq "$ROUNDS"); do
   done
 done
 
-python3 - "$results" "$(getconf CLK_TCK)" <<'PY'
+python3 - "$results" "$budget" "$(getconf CLK_TCK)" <<'PY'
 import csv, statistics, sys
-rows, hz = list(csv.reader(open(sys.argv[1]))), int(sys.argv[2])
+rows, hz = list(csv.reader(open(sys.argv[1]))), int(sys.argv[3])
 data = {}
 for test, clients, pipeline, target, rps, p50, p99, ticks, n in rows:
     data.setdefault((test, int(clients), int(pipeline)), {}).setdefault(target, []).append(
@@ -109,4 +132,21 @@ fifty = {t: [statistics.median(x[i] for x in v) for i in range(4)] for t, v in d
 print(f"\ntargets: SET p50 at the default level / log level, one client: {one['applied'][1] / one['log'][1]:.2f} (target <= 1.5)")
 print(f"         SET req/s at the default level / twemproxy, -c 50: {fifty['applied'][0] / fifty['twemproxy'][0]:.2f} (target >= 0.6)")
 print(f"         CPU per SET, sidecar at the default level / twemproxy, -c 50: {fifty['applied'][3] / max(fifty['twemproxy'][3], 1e-9):.2f} (target <= 3)")
+
+# Where the throughput target's writes spend the machine: CPU per write of each process (median
+# of the rounds), and the machine's idle time. Without the sidecars, a Pylon write still needs
+# the client, the racks' Redis and the broker: two cores over that sum bound its throughput.
+spent = {}
+for target, proc, ticks, n in csv.reader(open(sys.argv[2])):
+    spent.setdefault(target, {}).setdefault(proc, []).append(int(ticks) / hz * 1e6 / int(n))
+print("\nCPU per write, SET -c 50 (µs; idle: both cores' idle time per write):")
+for target in ("twemproxy", "applied"):
+    cells = {proc: statistics.median(v) for proc, v in spent[target].items()}
+    print(f"  {target:9}: " + ", ".join(f"{proc} {v:.1f}" for proc, v in cells.items()))
+    if target == "applied":
+        rest = sum(v for proc, v in cells.items() if not proc.startswith("sidecar") and proc != "idle")
+        goal = 0.6 * fifty["twemproxy"][0]
+        print(f"  0.6x twemproxy is {goal:,.0f} SET/s: two cores give {2e6 / goal:.1f} µs of CPU per write; the client, "
+              f"the racks' Redis and the broker take {rest:.1f} (one rack: {rest - cells['redis-b']:.1f}), which leaves "
+              f"{2e6 / goal - rest:.1f} for both sidecars; twemproxy alone spends {statistics.median(spent['twemproxy']['twemproxy']):.1f}")
 PY
