@@ -8,6 +8,7 @@
 # would be what is measured. For the throughput target's case (SET, -c 50, unpipelined) it also
 # gives the CPU of every process a write needs: what this machine can give a write at all.
 # Usage: scripts/bench-consistency.sh [ROUNDS]     env: REQUESTS=50000 FETCH_WAIT_MS=1
+#   KAFKA_PROPERTIES="linger.ms=1 …" (more librdkafka properties for both racks' sidecars)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${1:-3}
@@ -35,7 +36,8 @@ rack() {  # name, consistency → sets sidecar_port, sidecar_pid
   WORLD_PIDS+=("$LAST_PID")
   "$BIN" --listen "127.0.0.1:$sidecar_port" --admin "127.0.0.1:$(free_port)" --redis "redis://127.0.0.1:$redis_port" \
     --kafka-brokers "$bootstrap" --world bench --rack "$1" --consistency "$2" --log-level warning \
-    --kafka-property "fetch.wait.max.ms=$FETCH_WAIT_MS" 2>> "$WORK/sidecar-$1.log" &
+    --kafka-property "fetch.wait.max.ms=$FETCH_WAIT_MS" ${KAFKA_PROPERTIES:+$(printf -- '--kafka-property %s ' $KAFKA_PROPERTIES)} \
+    2>> "$WORK/sidecar-$1.log" &
   track $!
   sidecar_pid=$LAST_PID
   WORLD_PIDS+=("$LAST_PID")
