@@ -43,8 +43,11 @@ struct ClusterTests {
         #expect(try await client.send("MGET", "{tag}.a", "{tag}.b") == .array([.bulk("1"), .null]))
         let crossSlot = try await client.send("SUNION", "key-1", "key-2")
         #expect(crossSlot.string?.hasPrefix("CROSSSLOT") == true, "\(crossSlot)")
-        // Keyless reads are answered by some node.
+        // Keyless reads are answered by some node; so are requests whose keys cannot be found, in
+        // Redis's words (a numkeys past the arguments), as Redis Cluster itself does.
         #expect(try await client.send("DBSIZE").int != nil)
+        #expect(try await client.send("SINTERCARD", "5", "key-1") == .error("ERR Number of keys can't be greater than number of args"))
+        #expect(try await client.send("ZUNION", "x", "key-1") == .error("ERR value is not an integer or out of range"))
         let info = try #require(try await client.send("PYLON", "INFO").string)
         #expect(info.contains("topology:cluster"))
         #expect(info.contains("cluster_slots_covered:16384"))

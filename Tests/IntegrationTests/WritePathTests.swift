@@ -53,6 +53,10 @@ struct WritePathTests {
         #expect(try await a.send("EXPIRE", "greeting", "100") == .integer(0))
         #expect(try await a.send("PTTL", "greeting").int.map { $0 > 90_000 && $0 <= 100_000 } == true)
         #expect(try await eventually { try await b.send("PTTL", "greeting").int.map { $0 > 90_000 && $0 <= 100_000 } == true })
+        // A write whose keys cannot be found is Redis's to refuse, in its words, at either level.
+        #expect(try await a.send("LMPOP", "a", "list", "LEFT") == .error("ERR numkeys should be greater than 0"))
+        #expect(try await a.send("ZUNIONSTORE", "d", "5", "z") == .error("ERR syntax error"))
+        #expect(try await a.send("GEORADIUS", "points", "13.36", "38.11", "50", "km", "STORE") == .error("ERR syntax error"))
         // Wrong arities and cross-slot writes are answered without touching the log.
         #expect(try await a.send("SPOP").string == "ERR wrong number of arguments for 'spop' command")
         #expect(try await a.send("MSET", "a", "1", "b", "2") == .simple("OK"))

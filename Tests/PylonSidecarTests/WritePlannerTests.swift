@@ -120,4 +120,18 @@ struct WritePlannerTests {
         let ops = try WritePlanner.plan(buffers, command: command, now: self.now)
         #expect(ops.map(\.slot) == [HashSlot.of("user1")])
     }
+
+    @Test func writesWhoseKeysCannotBeFoundAreLoggedKeylessForRedisToRefuse() throws {
+        // A numkeys that is no count, or counts past the arguments; STORE without its key.
+        for arguments in [
+            ["LMPOP", "a", "list", "LEFT"], ["ZMPOP", "-1", "z", "MIN"], ["ZUNIONSTORE", "d", "5", "a"],
+            ["GEORADIUS", "points", "13.36", "38.11", "50", "km", "STORE"],
+        ] {
+            let ops = try Self.planned(arguments)
+            #expect(ops.map(\.slot) == [OpRecord.noSlot], "\(arguments)")
+            #expect(ops.map { $0.arguments.map { String(buffer: $0) } } == [arguments])
+        }
+        // Found keys still keep writes off Pylon's bookkeeping.
+        #expect(self.refusal("LMPOP", "1", "pylon:applied:t:0", "LEFT") == Bookkeeping.refusal)
+    }
 }

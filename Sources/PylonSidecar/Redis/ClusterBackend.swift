@@ -208,9 +208,9 @@ final class ClusterRouter: BackendRouter {
 
     func send(_ request: RedisRequest, command: Command, sink: ReplySink, tag: Int) {
         self.syncTopology()
-        guard let positions = command.keyPositions(in: request.arguments) else {
-            return Self.fail(sink, tag, "ERR wrong number of arguments for '\(command.name)' command")
-        }
+        // Keys the specification cannot find, Redis cannot either: as in Redis Cluster itself, the
+        // node that gets such a request answers it (with its own error).
+        let positions = command.keyPositions(in: request.arguments) ?? []
         if positions.isEmpty {
             guard !self.topology.primaries.isEmpty else { return Self.fail(sink, tag, Self.noSlotMap) }
             // Reads of the whole keyspace ask every primary; other keyless reads (INFO, TIME…) one, in turn.

@@ -58,9 +58,10 @@ public enum WritePlanner {
     static func partitioned(_ arguments: [ByteBuffer], command: Command, now: Int64, seed: UInt64?) throws -> [PlannedOp] {
         if let reason = refusals[command.name] { throw Refusal(description: reason) }
         let rewritten = try self.deterministic(arguments, command: command.name, now: now, seed: seed)
-        guard let positions = command.keyPositions(in: rewritten) else {
-            throw Refusal(description: "ERR wrong number of arguments for '\(command.name)' command")
-        }
+        // Keys the specification cannot find (a numkeys that is no count, STORE without its key)
+        // Redis cannot find either: it refuses the command, and logged as a keyless op the write
+        // gets Redis's own error, from every rack alike.
+        let positions = command.keyPositions(in: rewritten) ?? []
         // The keys are found once here, so the planner also keeps writes off Pylon's bookkeeping.
         if positions.contains(where: { Bookkeeping.isBookkeeping(rewritten[$0]) }) { throw Refusal(description: Bookkeeping.refusal) }
         guard !positions.isEmpty else {
