@@ -70,8 +70,15 @@ stop_world() {
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 idle_ticks() { awk '/^cpu / {print $5 + $6}' /proc/stat; }  # both cores, idle + iowait
+# A process's threads by name, user and system ticks (librdkafka's broker threads share a name).
+thread_ticks() {
+  # A thread that ends while listed is left out.
+  for t in /proc/"$1"/task/*; do echo "$(tr ' ' _ 2>/dev/null < "$t/comm") $(awk '{print $14, $15}' "$t/stat" 2>/dev/null)"; done \
+    | awk 'NF == 3 {u[$1] += $2; s[$1] += $3} END {for (n in u) print n, u[n], s[n]}' | sort
+}
 results="$WORK/results.csv"
 budget="$WORK/budget.csv"
+threads="$WORK/threads.csv"
 for round in $(seq "$ROUNDS"); do
   for test in set incr; do
     for clients in 1 50; do
@@ -93,6 +100,7 @@ for round in $(seq "$ROUNDS"); do
             log) procs=(sidecar-b:$log_pid sidecar-a:$applied_pid redis-b:$log_redis_pid redis-a:$applied_redis_pid broker:$broker_pid) ;;
           esac
           before=(); for proc in "${procs[@]}"; do before+=("$(cpu_ticks "${proc#*:}")"); done
+          threads_before=$(thread_ticks "${procs[0]#*:}")
           idle=$(idle_ticks)
           # `times` after the client: its CPU (the second line: this subshell's children).
           out=$(redis-benchmark -p "$port" -c "$clients" -n "$n" -P "$pipeline" -r 100000 -d 3 --csv -t "$test" 2>/dev/null | tail -n 1 | tr -d '"'; times)
@@ -106,6 +114,8 @@ for round in $(seq "$ROUNDS"); do
             for i in "${!procs[@]}"; do echo "$target,${procs[i]%%:*},${ticks[i]},$n" >> "$budget"; done
             echo "$target,client,$(python3 -c "print(round(($user + $system) * $(getconf CLK_TCK)))"),$n" >> "$budget"
             echo "$target,idle,$idle,$n" >> "$budget"
+            [ "$target" = applied ] && join <(echo "$threads_before") <(thread_ticks "$applied_pid") \
+              | awk -v n="$n" '{print $1 "," $4 - $2 "," $5 - $3 "," n}' >> "$threads"
           fi
         done
         stop_world
@@ -114,9 +124,9 @@ for round in $(seq "$ROUNDS"); do
   done
 done
 
-python3 - "$results" "$budget" "$(getconf CLK_TCK)" <<'PY'
+python3 - "$results" "$budget" "$threads" "$(getconf CLK_TCK)" <<'PY'
 import csv, statistics, sys
-rows, hz = list(csv.reader(open(sys.argv[1]))), int(sys.argv[3])
+rows, hz = list(csv.reader(open(sys.argv[1]))), int(sys.argv[4])
 data = {}
 for test, clients, pipeline, target, rps, p50, p99, ticks, n in rows:
     data.setdefault((test, int(clients), int(pipeline)), {}).setdefault(target, []).append(
@@ -151,4 +161,11 @@ for target in ("twemproxy", "applied"):
         print(f"  0.6x twemproxy is {goal:,.0f} SET/s: two cores give {2e6 / goal:.1f} µs of CPU per write; the client, "
               f"the racks' Redis and the broker take {rest:.1f} (one rack: {rest - cells['redis-b']:.1f}), which leaves "
               f"{2e6 / goal - rest:.1f} for both sidecars; twemproxy alone spends {statistics.median(spent['twemproxy']['twemproxy']):.1f}")
+# The writing sidecar's threads, user and system time per write (threads busy at all).
+per_thread = {}
+for name, user, system, n in csv.reader(open(sys.argv[3])):
+    per_thread.setdefault(name, []).append((int(user) / hz * 1e6 / int(n), int(system) / hz * 1e6 / int(n)))
+print("  sidecar-a by thread, user + system µs per write: " + ", ".join(
+    f"{name} {statistics.median(u for u, _ in v):.1f} + {statistics.median(s for _, s in v):.1f}"
+    for name, v in sorted(per_thread.items()) if statistics.median(u + s for u, s in v) >= 0.5))
 PY
