@@ -85,20 +85,14 @@ for round in $(seq "$ROUNDS"); do
       for pipeline in 1 16; do
         start_world
         for target in direct twemproxy applied log; do
-          case $target in
-            direct) port=$direct pid="" ;;
-            twemproxy) port=$nc_port pid=$nc_pid ;;
-            applied) port=$applied_port pid=$applied_pid ;;
-            log) port=$log_port pid=$log_pid ;;
-          esac
-          n=$REQUESTS; [ "$clients" = 1 ] && [ "$pipeline" = 1 ] && n=$((REQUESTS / 5))
           # Every process of the target, by name: the first is the one the table's CPU column is of.
           case $target in
-            direct) procs=(redis:$direct_pid) ;;
-            twemproxy) procs=(twemproxy:$nc_pid redis:$direct_pid) ;;
-            applied) procs=(sidecar-a:$applied_pid sidecar-b:$log_pid redis-a:$applied_redis_pid redis-b:$log_redis_pid broker:$broker_pid) ;;
-            log) procs=(sidecar-b:$log_pid sidecar-a:$applied_pid redis-b:$log_redis_pid redis-a:$applied_redis_pid broker:$broker_pid) ;;
+            direct) port=$direct procs=(redis:$direct_pid) ;;
+            twemproxy) port=$nc_port procs=(twemproxy:$nc_pid redis:$direct_pid) ;;
+            applied) port=$applied_port procs=(sidecar-a:$applied_pid sidecar-b:$log_pid redis-a:$applied_redis_pid redis-b:$log_redis_pid broker:$broker_pid) ;;
+            log) port=$log_port procs=(sidecar-b:$log_pid sidecar-a:$applied_pid redis-b:$log_redis_pid redis-a:$applied_redis_pid broker:$broker_pid) ;;
           esac
+          n=$REQUESTS; [ "$clients" = 1 ] && [ "$pipeline" = 1 ] && n=$((REQUESTS / 5))
           before=(); for proc in "${procs[@]}"; do before+=("$(cpu_ticks "${proc#*:}")"); done
           threads_before=$(thread_ticks "${procs[0]#*:}")
           idle=$(idle_ticks)
@@ -114,8 +108,9 @@ for round in $(seq "$ROUNDS"); do
             for i in "${!procs[@]}"; do echo "$target,${procs[i]%%:*},${ticks[i]},$n" >> "$budget"; done
             echo "$target,client,$(python3 -c "print(round(($user + $system) * $(getconf CLK_TCK)))"),$n" >> "$budget"
             echo "$target,idle,$idle,$n" >> "$budget"
-            [ "$target" = applied ] && join <(echo "$threads_before") <(thread_ticks "$applied_pid") \
-              | awk -v n="$n" '{print $1 "," $4 - $2 "," $5 - $3 "," n}' >> "$threads"
+            if [ "$target" = applied ]; then
+              join <(echo "$threads_before") <(thread_ticks "$applied_pid") | awk -v n="$n" '{print $1 "," $4 - $2 "," $5 - $3 "," n}' >> "$threads"
+            fi
           fi
         done
         stop_world
