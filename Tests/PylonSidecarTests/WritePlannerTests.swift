@@ -129,6 +129,7 @@ struct WritePlannerTests {
         ] {
             let ops = try Self.planned(arguments)
             #expect(ops.map(\.slot) == [OpRecord.noSlot], "\(arguments)")
+            #expect(ops.map(\.keysUnknown) == [true])
             #expect(ops.map { $0.arguments.map { String(buffer: $0) } } == [arguments])
         }
         // Found keys still keep writes off Pylon's bookkeeping.

@@ -44,16 +44,13 @@ final class Gateway: Sendable {
         /// Where `applied` writes wait for their replies (nil without a world).
         var replies: AppliedReplies?
 
-        /// The level of a write: `applied` for contentious keys whatever the connection chose, and
-        /// for a write whose keys cannot be found (Redis refuses it: its error is the reply).
+        /// The level of a write: `applied` for contentious keys whatever the connection chose.
         func level(of arguments: [ByteBuffer], command: Command, chosen: Consistency?) -> Consistency {
-            let level = chosen ?? self.consistency
-            guard level != .applied || !self.contentious.isEmpty else { return level }
-            guard let positions = command.keyPositions(in: arguments) else { return .applied }
-            if positions.contains(where: { position in self.contentious.contains { $0.matches(arguments[position]) } }) {
+            if !self.contentious.isEmpty, let positions = command.keyPositions(in: arguments),
+               positions.contains(where: { position in self.contentious.contains { $0.matches(arguments[position]) } }) {
                 return .applied
             }
-            return level
+            return chosen ?? self.consistency
         }
     }
 

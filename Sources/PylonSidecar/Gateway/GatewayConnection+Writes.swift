@@ -21,7 +21,8 @@ extension GatewayConnection {
             self.complete(tag, error: "\(error)")
             return
         }
-        let applied = self.gateway.writes.level(of: request.arguments, command: command, chosen: self.consistency) == .applied
+        let applied = ops.contains(where: \.keysUnknown)
+            || self.gateway.writes.level(of: request.arguments, command: command, chosen: self.consistency) == .applied
         let partitions = ops.map { OpRecord.partition(ofSlot: $0.slot, count: log.partitions) }
         self.session.sent(to: partitions)
         let loop = self.context.eventLoop

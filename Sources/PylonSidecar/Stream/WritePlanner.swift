@@ -20,6 +20,9 @@ public enum WritePlanner {
     public struct PlannedOp: Sendable, Equatable {
         public var arguments: [ByteBuffer]
         public var slot: Int
+        /// Its keys could not be found from its arguments: Redis refuses it, so its reply (Redis's
+        /// error) is awaited whatever the level.
+        public var keysUnknown = false
     }
 
     public struct Refusal: Error, Equatable, CustomStringConvertible {
@@ -61,7 +64,9 @@ public enum WritePlanner {
         // Keys the specification cannot find (a numkeys that is no count, STORE without its key)
         // Redis cannot find either: it refuses the command, and logged as a keyless op the write
         // gets Redis's own error, from every rack alike.
-        let positions = command.keyPositions(in: rewritten) ?? []
+        guard let positions = command.keyPositions(in: rewritten) else {
+            return [PlannedOp(arguments: rewritten, slot: OpRecord.noSlot, keysUnknown: true)]
+        }
         // The keys are found once here, so the planner also keeps writes off Pylon's bookkeeping.
         if positions.contains(where: { Bookkeeping.isBookkeeping(rewritten[$0]) }) { throw Refusal(description: Bookkeeping.refusal) }
         guard !positions.isEmpty else {
